@@ -1,0 +1,3 @@
+"""resgrad: why residual connections make deep networks trainable, measured."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from resgrad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""The ``resgrad`` command: argparse lives here and nowhere else.
+
+Each subcommand turns its flags into a typed config at once and calls library code.
+Bad input (``UsageError``) prints one sentence and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from resgrad import __version__
+from resgrad.errors import UsageError
+
+log = logging.getLogger("resgrad")
+
+EPILOG_TRAIN = """\
+examples:
+  resgrad train --arch residual --depth 20 --steps 500 --train-subset 10000
+  resgrad train --arch seed-residual --epochs 10 --batch-size 64
+  resgrad train --arch plain --depth 56 --norm batch --record-every 1 --out runs/plain56
+
+The run directory holds config.json, metrics.csv (step, epoch, train_loss,
+test_loss, test_acc), grad_norms.parquet (step, epoch, layer_index, layer,
+quantity, norm) and summary.json. Steps count from 0; a test evaluation on row
+`step` is made after that step's update.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _depth(text: str) -> int:
+    from resgrad.models import check_depth
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of the form 6n+2, got {text!r}") from None
+    try:
+        check_depth(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+    return value
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options that apply to every run (shared by ``train`` and ``sweep``)."""
+    g = p.add_argument_group("length and optimiser")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive_int, help="train for this many epochs (default: 1 epoch)")
+    length.add_argument("--steps", type=_positive_int, help="train for this many steps instead")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
+    g.add_argument("--momentum", type=float, default=0.5, help="SGD momentum (default: 0.5)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay (default: 0)")
+    g.add_argument("--shortcut", choices=["A", "B"], default="A",
+                   help="A: parameter-free identity/zero-pad shortcut; B: 1x1 projections where the shape changes (default: A)")
+    g.add_argument("--zero-init-residual", action="store_true", help="zero the last layer of every block's branch")
+    g = p.add_argument_group("recording and evaluation")
+    g.add_argument("--eval-every", type=_positive_int, help="steps between test evaluations (default: once per epoch, and at the end)")
+    g.add_argument("--record-every", type=_positive_int, default=10, help="record gradient norms every K steps, and at the last (default: 10)")
+    g.add_argument("--record-log", type=_positive_int, metavar="N", help="record at about N log-spaced steps instead of every K")
+    g = p.add_argument_group("data and machine")
+    g.add_argument("--train-subset", type=_positive_int, metavar="N", help="train on the first N of the 60,000 training images")
+    g.add_argument("--test-subset", type=_positive_int, metavar="N", help="test on the first N test images (default: all 10,000)")
+    g.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
+    g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to train (default: auto = CUDA if present)")
+    g.add_argument("--threads", type=_positive_int, help="torch threads on the CPU (default: torch's choice)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+
+
+def _run_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    names = ("epochs", "steps", "batch_size", "momentum", "weight_decay", "shortcut", "zero_init_residual",
+             "eval_every", "record_every", "record_log", "train_subset", "test_subset", "data_dir", "device", "threads")
+    return {n: getattr(args, n) for n in names}
+
+
+# ---------------------------------------------------------------- train
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from resgrad.models import ACTIVATIONS, INITS, NORMS, available_archs
+
+    p = sub.add_parser(
+        "train", help="train one model on MNIST and record its gradient norms",
+        description="Train one plain or residual net on MNIST with SGD, recording per-layer gradient norms.",
+        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=available_archs(), default="residual", help="model (default: residual)")
+    g.add_argument("--depth", type=_depth, default=20, help="weighted layers, 6n+2: 8, 14, 20, 32, 44, 56, 110, ... (default: 20)")
+    g.add_argument("--width", type=_positive_int, default=16, help="channels of the first stage; stages use w, 2w, 4w (default: 16)")
+    g.add_argument("--norm", choices=NORMS, default="none", help="normalisation after each conv (default: none)")
+    g.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu", help="(default: relu)")
+    g.add_argument("--init", choices=INITS, default="default", help="weight init; default is PyTorch's (default: default)")
+    g.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default: 0.01)")
+    g.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch order (default: 0)")
+    add_run_options(p)
+    p.add_argument("--out", type=Path, help="run directory to write (default: runs/<run_id>)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from resgrad.train import TrainConfig, save_run, train
+
+    config = TrainConfig(
+        arch=args.arch, depth=args.depth, width=args.width, norm=args.norm, activation=args.activation,
+        init=args.init, lr=args.lr, seed=args.seed, **_run_kwargs(args),  # type: ignore[arg-type]
+    ).validate()
+    out = args.out or Path("runs") / config.run_id()
+    result = train(config, progress=False if args.quiet else None)
+    save_run(result, out)
+    s = result.summary
+    if s["status"] == "complete":
+        if not args.quiet:
+            print(
+                f"{s['run_id']}: complete after {s['steps']} steps: test acc {s['final_test_acc']:.4f}, "
+                f"test loss {s['final_test_loss']:.4f}, {s['images_per_s']:.0f} images/s, "
+                f"{s['wall_seconds']:.1f} s -> {out}"
+            )
+    else:
+        log.warning("%s: diverged at step %d -> %s", s["run_id"], s["diverged_at_step"], out)
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resgrad",
+        description="Measure why residual connections make deep networks trainable: "
+        "train plain/residual twins on MNIST, record per-layer gradient norms, sweep depths, report, benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"resgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``resgrad`` console script; returns the exit code."""
+    logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"resgrad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resgrad {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,309 @@
+"""One training run on MNIST with gradient recording: ``train(config) -> RunResult``.
+
+The run directory it saves (:func:`save_run`) holds ``config.json``,
+``metrics.csv``, ``grad_norms.parquet`` and ``summary.json``; the folder appears
+whole or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resgrad import __version__
+from resgrad.data import Split, endless_batches, load_split
+from resgrad.errors import UsageError, check_choice, check_positive
+from resgrad.files import atomic_dir, write_csv, write_json, write_parquet
+from resgrad.gradients import GradientRecorder, every, log_spaced
+from resgrad.models import ACTIVATIONS, FIXED_ARCHS, INITS, NORMS, SHORTCUTS, available_archs, build_model, check_depth, count_params
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "cuda", "auto")
+METRIC_COLUMNS = ["step", "epoch", "train_loss", "test_loss", "test_acc"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Steps count from 0."""
+
+    arch: str = "residual"  # a name from resgrad.models.available_archs()
+    depth: int = 20  # weighted layers, 6n+2 (plain/residual only)
+    width: int = 16  # channels of the first stage (plain/residual only)
+    norm: str = "none"  # none | batch
+    activation: str = "relu"  # relu | tanh | sigmoid
+    init: str = "default"  # default | kaiming | xavier
+    shortcut: str = "A"  # A: parameter-free, B: 1x1 projections
+    zero_init_residual: bool = False
+    epochs: int | None = None  # length of the run: epochs or steps, not both
+    steps: int | None = None  # default when neither is given: 1 epoch
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.5
+    weight_decay: float = 0.0
+    eval_every: int | None = None  # steps between test evaluations; default once per epoch (and at the end)
+    record_every: int = 10  # record gradient norms every k steps (and at the last step)
+    record_log: int | None = None  # instead: about this many log-spaced recording steps
+    seed: int = 0
+    train_subset: int | None = None  # first N training images
+    test_subset: int | None = None  # first N test images (default: all 10,000)
+    device: str = "auto"  # cpu | cuda | auto
+    threads: int | None = None  # torch intra-op threads on the CPU (default: torch's choice)
+    data_dir: str | None = None  # folder holding MNIST/raw (default: $RESGRAD_DATA or ./data)
+
+    # Fields that do not change the numbers a run produces, left out of its id.
+    NOT_IN_ID = ("threads", "data_dir")
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``UsageError`` on the first bad value; return the config with ignored fields reset."""
+        check_choice("arch", self.arch, available_archs())
+        check_choice("norm", self.norm, NORMS)
+        check_choice("activation", self.activation, tuple(ACTIVATIONS))
+        check_choice("init", self.init, INITS)
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
+        check_choice("device", self.device, DEVICES)
+        if self.arch not in FIXED_ARCHS:
+            check_depth(self.depth)
+            if not isinstance(self.width, int) or self.width < 1:
+                raise UsageError(f"width must be a whole number >= 1, got {self.width!r}.")
+        if self.epochs is not None and self.steps is not None:
+            raise UsageError(f"give epochs or steps, not both (got epochs={self.epochs}, steps={self.steps}).")
+        for name in ("epochs", "steps", "eval_every", "record_log", "train_subset", "test_subset", "threads"):
+            check_positive(name.replace("_", "-"), getattr(self, name), allow_none=True)
+        for name in ("batch_size", "lr", "record_every"):
+            check_positive(name.replace("_", "-"), getattr(self, name))
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise UsageError(f"momentum and weight-decay must be >= 0, got {self.momentum} and {self.weight_decay}.")
+        if self.arch in FIXED_ARCHS:  # these archs fix their own shape: keep ids stable
+            defaults = TrainConfig()
+            return dataclasses.replace(
+                self, depth=defaults.depth, width=defaults.width, norm="none", activation="relu", shortcut="A"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UsageError(f"unknown config option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}.")
+        return cls(**d)
+
+    def run_id(self) -> str:
+        """Readable and stable: ``residual-d56-w16-s0-3f9c1a`` (a hash of every field that changes the numbers)."""
+        key = {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_ID}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
+        shape = "" if self.arch in FIXED_ARCHS else f"-d{self.depth}-w{self.width}"
+        return f"{self.arch}{shape}-s{self.seed}-{digest}"
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the summary, per-step metrics and gradient norms."""
+
+    config: TrainConfig
+    summary: dict[str, Any]
+    metrics: pd.DataFrame = field(repr=False)
+    grad_norms: pd.DataFrame = field(repr=False)
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for an absent CUDA is a usage error."""
+    check_choice("device", name, DEVICES)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device 'cuda' was asked for but torch sees no CUDA device here; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=split.images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.images.device)
+    for x, y in zip(split.images.split(batch_size), split.labels.split(batch_size)):
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(split)
+    return total_loss.item() / n, correct.item() / n
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
+    """Train one model on MNIST, recording gradient norms.
+
+    Args:
+        config: the run; validated here.
+        progress: show a tqdm bar over steps (default: when stderr is a terminal).
+
+    Returns:
+        A :class:`RunResult`; ``status`` is ``complete`` or ``diverged`` (a NaN or
+        inf training loss stops the run, keeping what was recorded up to it).
+    """
+    from tqdm.auto import tqdm
+
+    config = config.validate()
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    t_start = time.perf_counter()
+    train_set = load_split(True, config.data_dir, config.train_subset, device)
+    test_set = load_split(False, config.data_dir, config.test_subset, device)
+
+    torch.manual_seed(config.seed)
+    model = build_model(
+        config.arch, config.depth, config.width, config.norm, config.activation,
+        config.init, config.shortcut, config.zero_init_residual,
+    ).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total = config.steps or (config.epochs or 1) * steps_per_epoch
+    eval_every = config.eval_every or steps_per_epoch
+    base = log_spaced(total, config.record_log) if config.record_log else every(config.record_every)
+    schedule = lambda step: base(step) or step == total - 1  # noqa: E731  (always record the last step)
+    # Losses stay on the device; the host reads them in chunks (every step on the CPU, where it is free).
+    check_every = 1 if device.type == "cpu" else 50
+
+    losses = torch.full((total,), math.nan, device=device)
+    epochs = torch.zeros(total, dtype=torch.int64)
+    evals: list[tuple[int, float, float]] = []
+    checked, diverged_at = 0, None
+    train_seconds = 0.0
+    batches = endless_batches(len(train_set), config.batch_size, config.seed)
+    model.train()
+    with GradientRecorder(model, schedule) as rec, tqdm(
+        total=total, desc=config.run_id(), unit="step", disable=not _progress_enabled(progress), leave=False
+    ) as bar:
+        t_loop = time.perf_counter()
+        for step in range(total):
+            # 1. a batch: indices into the device-resident tensors
+            epoch, idx = next(batches)
+            epochs[step] = epoch
+            idx = idx.to(device, non_blocking=True)
+            x, y = train_set.images[idx], train_set.labels[idx]
+            # 2. forward, backward; the recorder reads gradients before the update
+            rec.begin_step(step, epoch)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            rec.end_step()
+            opt.step()
+            losses[step] = loss.detach()
+            bar.update()
+            # 3. divergence check and evaluation
+            do_eval = (step + 1) % eval_every == 0 or step == total - 1
+            if (step + 1) % check_every == 0 or do_eval:
+                chunk = losses[checked : step + 1].cpu()
+                bad = (~torch.isfinite(chunk)).nonzero()
+                if len(bad):
+                    diverged_at = checked + int(bad[0])
+                    break
+                checked = step + 1
+                bar.set_postfix(loss=f"{chunk[-1].item():.4f}", refresh=False)
+            if do_eval:
+                train_seconds += time.perf_counter() - t_loop
+                test_loss, test_acc = evaluate(model, test_set)
+                evals.append((step, test_loss, test_acc))
+                t_loop = time.perf_counter()
+        else:
+            train_seconds += time.perf_counter() - t_loop
+        if diverged_at is not None:
+            train_seconds += time.perf_counter() - t_loop
+            log.warning("%s diverged: non-finite training loss at step %d", config.run_id(), diverged_at)
+
+    last = total - 1 if diverged_at is None else diverged_at
+    n_steps = last + 1
+    metrics = pd.DataFrame(
+        {"step": range(n_steps), "epoch": epochs[:n_steps].numpy(), "train_loss": losses[:n_steps].cpu().double().numpy()}
+    )
+    eval_frame = pd.DataFrame(evals, columns=["step", "test_loss", "test_acc"])
+    metrics = metrics.merge(eval_frame, on="step", how="left")[METRIC_COLUMNS]
+    grad_norms = rec.to_frame(until_step=last)
+
+    complete = diverged_at is None
+    tail = metrics["train_loss"].iloc[-min(50, n_steps) :]
+    summary = {
+        "run_id": config.run_id(),
+        "status": "complete" if complete else "diverged",
+        "final_test_acc": evals[-1][2] if complete else None,
+        "final_test_loss": evals[-1][1] if complete else None,
+        "final_train_loss": float(tail.mean()) if complete else None,  # mean of the last 50 steps
+        "steps": n_steps,
+        "epochs": float(n_steps / steps_per_epoch),
+        "diverged_at_step": diverged_at,
+        "wall_seconds": time.perf_counter() - t_start,
+        "train_seconds": train_seconds,
+        "images_per_s": n_steps * config.batch_size / train_seconds if train_seconds > 0 else None,
+        "params": count_params(model),
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "resgrad_version": __version__,
+        "error": None,
+    }
+    return RunResult(config, summary, metrics, grad_norms)
+
+
+def save_run(result: RunResult, out_dir: str | os.PathLike[str]) -> Path:
+    """Write the run directory atomically (an existing one is replaced)."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / "config.json", result.config.to_dict())
+        write_csv(tmp / "metrics.csv", result.metrics)
+        write_parquet(tmp / "grad_norms.parquet", result.grad_norms)
+        write_json(tmp / "summary.json", result.summary)
+    return out_dir
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
+    """Read a run directory written by :func:`save_run`."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return RunResult(config, summary, pd.read_csv(run_dir / "metrics.csv"), pd.read_parquet(run_dir / "grad_norms.parquet"))
