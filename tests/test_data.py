@@ -1,0 +1,64 @@
+"""MNIST as device tensors: values equal torchvision's transform pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import transforms
+from torchvision.datasets import MNIST
+
+from resgrad.data import DataError, MNIST_FILES, batches, load_split, resolve_data_dir
+
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_images_equal_totensor_then_normalize(data_dir: Path) -> None:
+    split = load_split(False, data_dir)
+    assert split.images.shape == (10_000, 1, 28, 28) and split.images.dtype == torch.float32
+    assert split.labels.dtype == torch.int64
+    assert torch.bincount(split.labels).tolist() == TEST_COUNTS
+    reference = MNIST(str(data_dir), train=False, transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
+    for i in (0, 1234, 9999):
+        image, label = reference[i]
+        torch.testing.assert_close(split.images[i], image, rtol=0, atol=1e-6)
+        assert split.labels[i].item() == label
+
+
+def test_train_split_and_subset(data_dir: Path) -> None:
+    full = load_split(True, data_dir)
+    assert len(full) == 60_000
+    sub = load_split(True, data_dir, subset=100)
+    assert len(sub) == 100 and torch.equal(sub.images, full.images[:100])
+
+
+def test_batches_are_a_seeded_permutation() -> None:
+    one = torch.cat(list(batches(10, 3, torch.Generator().manual_seed(1))))
+    two = torch.cat(list(batches(10, 3, torch.Generator().manual_seed(1))))
+    other = torch.cat(list(batches(10, 3, torch.Generator().manual_seed(2))))
+    assert torch.equal(one, two) and not torch.equal(one, other)
+    assert sorted(one.tolist()) == list(range(10))
+    assert [len(b) for b in batches(10, 3, torch.Generator())] == [3, 3, 3, 1]
+
+
+def test_data_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESGRAD_DATA", "/from/env")
+    assert resolve_data_dir("/from/flag") == Path("/from/flag")
+    assert resolve_data_dir() == Path("/from/env")
+    monkeypatch.delenv("RESGRAD_DATA")
+    assert resolve_data_dir() == Path("data")
+
+
+def test_missing_files_offline_name_the_folder_and_the_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_split(False, tmp_path / "empty")
+    message = str(info.value)
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in message
+    assert all(name in message for name in MNIST_FILES)
+
+
+def test_subset_must_be_positive(data_dir: Path) -> None:
+    with pytest.raises(ValueError, match="at least 1 image"):
+        load_split(False, data_dir, subset=0)

@@ -1,0 +1,86 @@
+"""Training on real MNIST: loss goes down, runs are deterministic, divergence is caught."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from resgrad.errors import UsageError
+from resgrad.train import METRIC_COLUMNS, TrainConfig, load_run, save_run, train
+
+SMALL = dict(depth=8, width=4, train_subset=1024, test_subset=500, threads=1, batch_size=32)
+
+
+def test_short_run_on_real_mnist_lowers_the_loss(data_dir: Path) -> None:
+    config = TrainConfig(arch="residual", steps=60, lr=0.05, momentum=0.9, norm="batch", eval_every=20,
+                         data_dir=str(data_dir), **SMALL)
+    result = train(config, progress=False)
+    loss = result.metrics.train_loss.to_numpy()
+    assert result.status == "complete" and len(loss) == 60
+    assert loss[-10:].mean() < 0.8 * loss[:10].mean()
+    evals = result.metrics.dropna(subset=["test_acc"])
+    assert evals.step.tolist() == [19, 39, 59]
+    assert evals.test_acc.iloc[-1] > 0.3  # far above the 0.1 of chance
+    assert result.summary["final_test_acc"] == evals.test_acc.iloc[-1]
+
+
+def test_same_config_and_threads_give_the_same_numbers(data_dir: Path) -> None:
+    config = TrainConfig(arch="plain", steps=12, record_every=3, data_dir=str(data_dir), **SMALL)
+    a, b = train(config, progress=False), train(config, progress=False)
+    pd.testing.assert_frame_equal(a.metrics, b.metrics)
+    pd.testing.assert_frame_equal(a.grad_norms, b.grad_norms)
+    other = train(TrainConfig(arch="plain", steps=12, record_every=3, seed=1, data_dir=str(data_dir), **SMALL), progress=False)
+    assert not np.allclose(a.metrics.train_loss, other.metrics.train_loss)
+
+
+def test_nan_loss_stops_the_run_as_diverged_and_keeps_the_record(data_dir: Path, tmp_path: Path) -> None:
+    config = TrainConfig(arch="plain", steps=50, lr=1e6, momentum=0.9, record_every=1, data_dir=str(data_dir), **SMALL)
+    result = train(config, progress=False)
+    assert result.status == "diverged"
+    step = result.summary["diverged_at_step"]
+    assert 0 < step < 49 and result.summary["steps"] == step + 1
+    assert not math.isfinite(result.metrics.train_loss.iloc[-1])
+    assert np.isfinite(result.metrics.train_loss.iloc[:-1]).all()
+    assert result.grad_norms.step.max() == step
+    save_run(result, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_save_and_load_round_trip(data_dir: Path, tmp_path: Path) -> None:
+    result = train(TrainConfig(arch="seed-residual", steps=3, record_every=1, data_dir=str(data_dir),
+                               train_subset=256, test_subset=100, threads=1), progress=False)
+    save_run(result, tmp_path / "run")
+    back = load_run(tmp_path / "run")
+    assert back.config == result.config and back.summary == json.loads(json.dumps(result.summary))
+    assert list(back.metrics.columns) == METRIC_COLUMNS
+    pd.testing.assert_frame_equal(back.grad_norms, result.grad_norms, check_dtype=False)
+    assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+
+
+def test_run_id_is_readable_and_stable() -> None:
+    a = TrainConfig(arch="residual", depth=56, width=16, seed=0)
+    assert a.run_id().startswith("residual-d56-w16-s0-") and a.run_id() == TrainConfig(arch="residual", depth=56).run_id()
+    assert a.run_id() != TrainConfig(arch="residual", depth=56, lr=0.1).run_id()
+    assert a.run_id() == TrainConfig(arch="residual", depth=56, threads=3, data_dir="x").run_id()
+    assert TrainConfig(arch="seed-plain", depth=56).validate().run_id() == TrainConfig(arch="seed-plain").validate().run_id()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(depth=9), "nearest valid depths are 8 and 14"),
+        (dict(epochs=1, steps=5), "epochs or steps, not both"),
+        (dict(batch_size=0), "batch-size must be a positive number, got 0"),
+        (dict(lr=-1.0), "lr must be a positive number"),
+        (dict(device="tpu"), "unknown device 'tpu'"),
+        (dict(momentum=-0.1), "momentum and weight-decay must be >= 0"),
+    ],
+)
+def test_bad_config_is_refused_before_anything_runs(kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        TrainConfig(**kwargs).validate()
