@@ -1,0 +1,94 @@
+"""What recording gradient norms every step costs a training step, measured side by side.
+
+    python benchmarks/recorder_overhead.py                 # residual, depth 56, width 16, batch 128, CPU
+    python benchmarks/recorder_overhead.py --device cuda
+
+Both variants run in one process, in alternating rounds timed with
+torch.utils.benchmark, on the same model and a real MNIST batch; the script prints
+the median step time of each and their ratio (the goal: at most 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark
+
+from resgrad.data import load_split
+from resgrad.gradients import GradientRecorder
+from resgrad.models import build_model
+
+
+def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recorder: GradientRecorder | None):
+    """One training step, as resgrad.train runs it; with a recorder, every step is recorded."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.5)
+    counter = [0]
+
+    def step() -> None:
+        if recorder is not None:
+            recorder.begin_step(counter[0])
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if recorder is not None:
+            recorder.end_step()
+        opt.step()
+        counter[0] += 1
+
+    return step
+
+
+def measure(
+    arch: str = "residual", depth: int = 56, width: int = 16, batch_size: int = 128,
+    device: str = "cpu", rounds: int = 5, min_run_time: float = 2.0, data_dir: str | None = None,
+) -> dict[str, float]:
+    """Median ms per training step without and with the recorder, and their ratio."""
+    dev = torch.device(device)
+    split = load_split(False, data_dir, subset=batch_size, device=dev)
+    torch.manual_seed(0)
+    model = build_model(arch, depth, width).to(dev)
+    threads = torch.get_num_threads()
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    with GradientRecorder(model, schedule=1) as rec:
+        steps = {"off": make_step(model, split.images, split.labels, None),
+                 "on": make_step(model, split.images, split.labels, rec)}
+        for name in ("off", "on"):  # warm-up outside the measurement
+            for _ in range(3):
+                steps[name]()
+        for _ in range(rounds):
+            for name in ("off", "on"):
+                sync = "torch.cuda.synchronize()" if dev.type == "cuda" else "pass"
+                timer = benchmark.Timer(stmt=f"step(); {sync}", globals={"step": steps[name], "torch": torch},
+                                        num_threads=threads)
+                times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+        recorded = rec.to_frame()
+    assert recorded.step.nunique() > 0
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    return {"off_ms": off, "on_ms": on, "ratio": on / off, "threads": threads, "recorded_steps": int(recorded.step.nunique())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="residual")
+    p.add_argument("--depth", type=int, default=56)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of both variants (default: 5)")
+    p.add_argument("--min-run-time", type=float, default=2.0, help="seconds per round and variant (default: 2)")
+    p.add_argument("--data-dir")
+    a = p.parse_args()
+    r = measure(a.arch, a.depth, a.width, a.batch_size, a.device, a.rounds, a.min_run_time, a.data_dir)
+    name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
+    print(f"recorder overhead: {a.arch} depth {a.depth} width {a.width} batch {a.batch_size} on {name}, "
+          f"{r['threads']} threads, torch {torch.__version__}")
+    print(f"  training step without recording: {r['off_ms']:.2f} ms (median of {a.rounds} rounds)")
+    print(f"  training step recording every step: {r['on_ms']:.2f} ms")
+    print(f"  ratio with/without: {r['ratio']:.3f}  (goal: <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
