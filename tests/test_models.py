@@ -144,3 +144,12 @@ def test_registry_refuses_a_duplicate_name() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_arch("plain")(lambda **kw: nn.Linear(1, 1))
     assert issubclass(UsageError, ValueError)
+
+
+def test_fixed_archs_declare_their_true_shape() -> None:
+    from resgrad.models import FIXED_ARCHS
+
+    for arch, (depth, width) in FIXED_ARCHS.items():
+        model = build_model(arch)
+        weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert len(weighted) == depth and weighted[0].out_channels == width

@@ -23,19 +23,24 @@ SHORTCUTS = ("A", "B")
 # ---------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-# Archs whose depth and width are fixed by their definition.
-FIXED_ARCHS: set[str] = set()
+# Archs whose shape is fixed by their definition: name -> (weighted layers, first-layer width).
+FIXED_ARCHS: dict[str, tuple[int, int]] = {}
 
 
-def register_arch(name: str, fixed: bool = False) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a model builder under ``name``; a duplicate name is refused."""
+def register_arch(
+    name: str, fixed_shape: tuple[int, int] | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model builder under ``name``; a duplicate name is refused.
+
+    ``fixed_shape`` (depth, width) marks an arch that ignores the depth and width options.
+    """
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"arch {name!r} is already registered; pick another name.")
         _REGISTRY[name] = builder
-        if fixed:
-            FIXED_ARCHS.add(name)
+        if fixed_shape is not None:
+            FIXED_ARCHS[name] = fixed_shape
         return builder
 
     return decorator
@@ -228,12 +233,12 @@ def _residual(**kw: object) -> nn.Module:
     return DepthNet(ResidualBlock, **kw)  # type: ignore[arg-type]
 
 
-@register_arch("seed-plain", fixed=True)
+@register_arch("seed-plain", fixed_shape=(7, 16))
 def _seed_plain(**kw: object) -> nn.Module:
     return SeedNet(PlainBlock)
 
 
-@register_arch("seed-residual", fixed=True)
+@register_arch("seed-residual", fixed_shape=(7, 16))
 def _seed_residual(**kw: object) -> nn.Module:
     return SeedNet(ResidualBlock)
 

@@ -89,11 +89,9 @@ class TrainConfig:
             check_positive(name.replace("_", "-"), getattr(self, name))
         if self.momentum < 0 or self.weight_decay < 0:
             raise UsageError(f"momentum and weight-decay must be >= 0, got {self.momentum} and {self.weight_decay}.")
-        if self.arch in FIXED_ARCHS:  # these archs fix their own shape: keep ids stable
-            defaults = TrainConfig()
-            return dataclasses.replace(
-                self, depth=defaults.depth, width=defaults.width, norm="none", activation="relu", shortcut="A"
-            )
+        if self.arch in FIXED_ARCHS:  # these archs fix their own shape: record it, keep ids stable
+            depth, width = FIXED_ARCHS[self.arch]
+            return dataclasses.replace(self, depth=depth, width=width, norm="none", activation="relu", shortcut="A")
         return self
 
     def to_dict(self) -> dict[str, Any]:
