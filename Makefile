@@ -27,8 +27,10 @@ data: data/MNIST/raw
 demo: setup data
 	$(VENV)/bin/resgrad train --arch residual --depth 20 --steps 300 --train-subset 20000 --out runs/demo
 
+# The tests, then the benchmark suite once without timing so that it cannot rot.
 test: setup data
 	$(PY) -m pytest tests
+	$(PY) -m pytest benchmarks --benchmark-disable -q
 
 clean:
 	rm -rf runs .pytest_cache .benchmarks

@@ -1,0 +1,35 @@
+"""pytest-benchmark: a training step with and without gradient recording.
+
+    pytest benchmarks/test_recorder.py --benchmark-group-by=group
+
+The side-by-side ratio at the README's size (residual, depth 56, width 16,
+batch 128) comes from `python benchmarks/recorder_overhead.py`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recorder_overhead import make_step
+from resgrad.gradients import GradientRecorder
+from resgrad.models import build_model
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("recording", ["off", "every_step"])
+def test_training_step_with_recorder(benchmark, device: str, recording: str) -> None:
+    torch.manual_seed(0)
+    model = build_model("residual", 14, width=8).to(device)
+    x = torch.randn(32, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (32,), device=device)
+    benchmark.group = f"recorder {device}"
+    benchmark.extra_info["images_per_step"] = 32
+    with GradientRecorder(model, schedule=1) as rec:
+        step = make_step(model, x, y, rec if recording == "every_step" else None)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        benchmark(lambda: (step(), sync()))
+        if recording == "every_step":
+            assert rec.to_frame().step.nunique() >= 1
