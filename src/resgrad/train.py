@@ -210,7 +210,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     epochs = torch.zeros(total, dtype=torch.int64)
     evals: list[tuple[int, float, float]] = []
     checked, diverged_at = 0, None
-    train_seconds = 0.0
+    train_seconds, images_seen = 0.0, 0
     batches = endless_batches(len(train_set), config.batch_size, config.seed)
     model.train()
     with GradientRecorder(model, schedule) as rec, tqdm(
@@ -221,6 +221,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
             # 1. a batch: indices into the device-resident tensors
             epoch, idx = next(batches)
             epochs[step] = epoch
+            images_seen += len(idx)
             idx = idx.to(device, non_blocking=True)
             x, y = train_set.images[idx], train_set.labels[idx]
             # 2. forward, backward; the recorder reads gradients before the update
@@ -275,7 +276,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
         "diverged_at_step": diverged_at,
         "wall_seconds": time.perf_counter() - t_start,
         "train_seconds": train_seconds,
-        "images_per_s": n_steps * config.batch_size / train_seconds if train_seconds > 0 else None,
+        "images_per_s": images_seen / train_seconds if train_seconds > 0 else None,
         "params": count_params(model),
         "device": device.type,
         "device_name": device_name(device),
