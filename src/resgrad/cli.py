@@ -133,6 +133,86 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- bench
+
+EPILOG_BENCH = """\
+examples:
+  resgrad bench --out runs/bench
+  resgrad bench --devices cpu --depths 8 14 20 32 44 56 --batch-sizes 32 128 --out results/bench/cpu
+  resgrad bench --devices cuda --dtype float32 bfloat16 --depths 8 56 110 --batch-sizes 128 512 --out runs/bench-gpu
+  resgrad bench --devices cuda --compile --depths 56 --modes train_step --out runs/bench-compiled
+
+DIR gets bench.csv (one row per point: device, device_name, arch, depth, width,
+batch_size, mode, dtype, channels_last, compiled, median_ms, iqr_ms,
+images_per_s, gflop, gflop_per_s, pct_of_peak, params, threads, torch_version,
+then status [ok|oom] and error), bench.md (readable table, peaks, command and
+machine), bench.png (throughput vs depth) and, when CPU and CUDA both ran,
+speedup.csv. Inputs are random tensors on the device: compute only, no data
+loading. A listed device that is absent is skipped with a warning.
+"""
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from resgrad.bench import BENCH_DEVICES, DTYPES, MODES, BenchConfig
+    from resgrad.models import available_archs
+
+    d = BenchConfig()
+    p = sub.add_parser(
+        "bench", help="time forward, backward and training steps per device, arch, depth and batch size",
+        description="Time plain and residual nets with torch.utils.benchmark: forward, forward+backward and the "
+        "full training step, per device, arch, depth, width, batch size and dtype; FLOPs per step and % of a "
+        "dense-matmul peak measured in the same run.",
+        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("grid")
+    g.add_argument("--devices", nargs="+", choices=BENCH_DEVICES, default=list(d.devices),
+                   help="devices to time; an absent one is skipped (default: cpu cuda)")
+    g.add_argument("--archs", nargs="+", choices=available_archs(), default=list(d.archs), metavar="ARCH",
+                   help=f"models, from {', '.join(available_archs())} (default: plain residual)")
+    g.add_argument("--depths", nargs="+", type=int, default=list(d.depths), metavar="DEPTH",
+                   help="weighted layers, 6n+2 (default: 8 20)")
+    g.add_argument("--widths", nargs="+", type=int, default=list(d.widths), metavar="WIDTH",
+                   help="channels of the first stage (default: 16)")
+    g.add_argument("--batch-sizes", nargs="+", type=int, default=list(d.batch_sizes), metavar="B",
+                   help="images per step (default: 128)")
+    g.add_argument("--modes", nargs="+", choices=MODES, default=list(d.modes),
+                   help="forward (no_grad), forward_backward (forward, loss, backward), train_step (+ SGD step) (default: all three)")
+    g.add_argument("--dtype", nargs="+", choices=tuple(DTYPES), default=list(d.dtypes),
+                   help="bfloat16 runs under torch.autocast (default: float32)")
+    g.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (the optimizer step stays eager)")
+    g = p.add_argument_group("timing and output")
+    g.add_argument("--min-run-time", type=float, default=d.min_run_time, metavar="SECONDS",
+                   help=f"seconds of measurement per point, Timer.blocked_autorange (default: {d.min_run_time:g})")
+    g.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed calls before each measurement (default: {d.warmup})")
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds weights and the random inputs (default: 0)")
+    g.add_argument("--threads", type=_positive_int, help="torch threads on the CPU (default: torch's choice)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    g.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="folder to write (default: runs/bench)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from resgrad.bench import PARTIAL_NAME, BenchConfig, run_bench, write_bench
+
+    config = BenchConfig(
+        devices=args.devices, archs=args.archs, depths=args.depths, widths=args.widths, batch_sizes=args.batch_sizes,
+        modes=args.modes, dtypes=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        threads=args.threads, min_run_time=args.min_run_time, warmup=args.warmup, seed=args.seed,
+    ).validate()
+    result = run_bench(config, progress=False if args.quiet else None, checkpoint=args.out / PARTIAL_NAME)
+    write_bench(result, args.out)
+    if not args.quiet:
+        rows = result.rows
+        oom = int((rows["status"] == "oom").sum())
+        print(
+            f"{len(rows)} points on {', '.join(rows['device'].unique())} in {result.wall_seconds:.0f} s"
+            + (f" ({oom} out of memory)" if oom else "")
+            + f" -> {args.out}/bench.csv, bench.md, bench.png"
+        )
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -149,7 +229,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_bench]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The CUDA benchmarks in one go, for a machine with a GPU and no network:
+#
+#     bash benchmarks/gpu.sh                 # about 5 minutes; BUDGET_S=420 bash benchmarks/gpu.sh for more
+#
+# writes results/bench/<gpu-name-slug>/ (e.g. results/bench/nvidia-h200/):
+#   bench.csv, bench.md, bench.png   the CUDA grid: float32 and bfloat16, plain and residual,
+#                                    depths 8-110, batch 128 and 512, all three modes
+#   compiled/                        the same with --compile at depth 56 (training step)
+#   cpu-vs-cuda/                     a small grid on both devices, with speedup.csv
+#   recorder_overhead.txt            python benchmarks/recorder_overhead.py --device cuda
+#   gpu.log                          everything this script printed
+#
+# Stages run in that order of importance, each under a cap and a shared deadline
+# (BUDGET_S, default 300 s); a stage that runs out of time leaves bench.partial.csv.
+# Nothing is installed from the internet.
+set -uo pipefail  # no -e: a stage that fails or runs out of time does not stop the next
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+START=$(date +%s)
+BUDGET_S=${BUDGET_S:-300}
+
+# --- Python: the repo's .venv when it has torch, else python3 (or $PYTHON).
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then PY=.venv/bin/python
+else PY=python3; fi
+# resgrad itself: if it is not installed, run it from src/ (the same as an editable install;
+# `python3 -m pip install --no-deps --no-build-isolation -e .` would also work offline).
+if ! "$PY" -c "import resgrad" 2>/dev/null; then
+    export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$PY" -c "import resgrad, torch, pandas, seaborn, tqdm" ; then
+    echo "gpu.sh: $PY lacks a package resgrad needs (torch, pandas, seaborn, tqdm); nothing run." >&2
+    exit 1
+fi
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu.sh: torch sees no CUDA device here; nothing run." >&2
+    exit 1
+fi
+
+NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
+SLUG=$(printf '%s' "$NAME" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+//; s/-+$//')
+OUT=results/bench/$SLUG
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu.log") 2>&1
+echo "gpu.sh: $NAME -> $OUT (budget ${BUDGET_S} s, python $PY)"
+"$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', torch.backends.cudnn.version())"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || true
+
+# run CAP_S DESCRIPTION COMMAND...: run under min(CAP_S, what is left of the budget); skip when < 20 s is left.
+run() {
+    local cap=$1 what=$2; shift 2
+    local left=$(( BUDGET_S - ($(date +%s) - START) ))
+    local limit=$(( cap < left ? cap : left ))
+    if [ "$limit" -lt 20 ]; then echo "gpu.sh: SKIPPED $what: ${left} s of the budget left"; return 0; fi
+    echo "gpu.sh: $what (limit ${limit} s)"
+    local t0=$(date +%s)
+    timeout --signal=INT --kill-after=15 "$limit" "$@"
+    local rc=$?
+    echo "gpu.sh: $what: exit $rc after $(( $(date +%s) - t0 )) s"
+    [ $rc -eq 124 ] && echo "gpu.sh: $what ran out of time; rows measured so far are in its bench.partial.csv"
+    return 0
+}
+
+# 1. The CUDA grid: 2 dtypes x 2 batch sizes x 3 modes x 7 depths x 2 archs = 168 points.
+run 200 "CUDA grid" "$PY" -m resgrad bench --devices cuda --archs plain residual \
+    --depths 8 14 20 32 44 56 110 --batch-sizes 128 512 --dtype float32 bfloat16 \
+    --modes forward forward_backward train_step --min-run-time 0.3 --warmup 3 --quiet --out "$OUT"
+
+# 2. Recorder overhead on CUDA (reads a real MNIST batch: copy MNIST in only if it is missing).
+if [ ! -f benchmarks/recorder_overhead.py ]; then
+    echo "gpu.sh: SKIPPED recorder overhead: benchmarks/recorder_overhead.py is not in this checkout"
+else
+    RAW=data/MNIST/raw
+    if [ ! -e "$RAW/t10k-images-idx3-ubyte.gz" ] && [ ! -e "$RAW/t10k-images-idx3-ubyte" ]; then
+        for mirror in "${RESGRAD_DATA:-}/MNIST" shared/data/MNIST ../shared/data/MNIST; do
+            if [ -d "$mirror/raw" ]; then mkdir -p data && cp -r "$mirror" data/ && chmod -R u+w data && echo "gpu.sh: copied MNIST from $mirror"; break; fi
+        done
+    fi
+    if [ -e "$RAW/t10k-images-idx3-ubyte.gz" ] || [ -e "$RAW/t10k-images-idx3-ubyte" ]; then
+        run 90 "recorder overhead" bash -c "'$PY' benchmarks/recorder_overhead.py --device cuda --data-dir data | tee '$OUT/recorder_overhead.txt'"
+    else
+        echo "gpu.sh: SKIPPED recorder overhead: no MNIST in $RAW and no mirror to copy (this machine has no network)"
+    fi
+fi
+
+# 3. torch.compile at depth 56: each point compiles afresh, so keep it to the training step.
+run 150 "compiled, depth 56" "$PY" -m resgrad bench --devices cuda --compile --archs plain residual \
+    --depths 56 --batch-sizes 512 --dtype float32 bfloat16 --modes train_step --min-run-time 0.3 --warmup 3 --quiet \
+    --out "$OUT/compiled"
+
+# 4. CPU vs CUDA on a few points (the CPU is this machine's, not the development machine's).
+run 90 "CPU vs CUDA" "$PY" -m resgrad bench --devices cpu cuda --archs plain residual --depths 8 20 56 \
+    --batch-sizes 128 --dtype float32 --modes train_step --min-run-time 0.5 --warmup 2 --quiet --out "$OUT/cpu-vs-cuda"
+
+echo "gpu.sh: done in $(( $(date +%s) - START )) s -> $OUT"
+ls -la "$OUT"

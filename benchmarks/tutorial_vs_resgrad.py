@@ -1,0 +1,239 @@
+"""Two comparisons measured side by side in one process, printed as ratios.
+
+    python benchmarks/tutorial_vs_resgrad.py                 # small defaults, ~1-2 minutes on 2 CPU cores
+    python benchmarks/tutorial_vs_resgrad.py --steps 500 --repeats 5 --threads 2
+
+1. resgrad's training step against the tutorial's original loop, same model
+   (``seed-residual``), batch 64, SGD(lr=0.01, momentum=0.5), cross-entropy:
+   - tutorial: ``DataLoader(shuffle=True)`` over ``torchvision.datasets.MNIST`` with
+     ``Compose([ToTensor(), Normalize((0.1307,), (0.3081,))])``, ``loss.item()`` every step;
+   - resgrad: the step of ``resgrad.train``: MNIST as normalised tensors on the device
+     (``load_split``), seeded index batches (``endless_batches``), losses kept on the
+     device and checked for divergence as ``train`` does, and the gradient recorder at
+     ``resgrad train``'s default schedule (every 10 steps; ``--no-recorder`` to drop it).
+   Both run the same number of steps, in alternating repeats; the medians give images/s
+   and the ratio resgrad / tutorial (the goal: >= 1.5). One-off set-up (reading MNIST) is
+   left out of both and printed on its own.
+
+2. ``resgrad bench``'s median for one point against a hand-written
+   ``torch.utils.benchmark`` measurement of the same step, in alternating repeats: the
+   ratio of the medians (the goal: within 10 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resgrad.bench import BenchConfig, run_bench
+from resgrad.data import endless_batches, load_split, resolve_data_dir
+from resgrad.gradients import GradientRecorder, every
+from resgrad.models import build_model
+
+BATCH = 64
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------- 1. the tutorial's loop
+
+
+def tutorial_loader(data_dir: str | None, batch_size: int = BATCH) -> torch.utils.data.DataLoader:
+    """The tutorial's input pipeline, unchanged."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train_dataset = datasets.MNIST(root=str(resolve_data_dir(data_dir)), train=True, transform=transform, download=True)
+    return torch.utils.data.DataLoader(dataset=train_dataset, batch_size=batch_size, shuffle=True)
+
+
+def tutorial_steps(loader, model: nn.Module, optimizer, criterion, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` steps of the tutorial's loop (a fresh epoch iterator each call)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    done = 0
+    while done < steps:
+        for images, labels in loader:
+            images = images.to(device)
+            labels = labels.to(device)
+            outputs = model(images)
+            loss = criterion(outputs, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()
+            done += 1
+            if done == steps:
+                break
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- 1. resgrad's step
+
+
+class ResgradSteps:
+    """resgrad.train's training step on device-resident MNIST, kept across calls like one long run."""
+
+    def __init__(self, split, model: nn.Module, device: torch.device, recorder: GradientRecorder | None, seed: int = 0) -> None:
+        self.split, self.model, self.device, self.recorder = split, model, device, recorder
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+        self.batches = endless_batches(len(split), BATCH, seed)
+        self.check_every = 1 if device.type == "cpu" else 50  # as resgrad.train
+        self.step = 0
+
+    def run(self, steps: int) -> float:
+        """Seconds for ``steps`` more steps."""
+        split, model, opt, rec, device = self.split, self.model, self.opt, self.recorder, self.device
+        losses = torch.full((steps,), math.nan, device=device)
+        checked = 0
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            epoch, idx = next(self.batches)
+            idx = idx.to(device, non_blocking=True)
+            x, y = split.images[idx], split.labels[idx]
+            if rec is not None:
+                rec.begin_step(self.step, epoch)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if rec is not None:
+                rec.end_step()
+            opt.step()
+            losses[i] = loss.detach()
+            if (i + 1) % self.check_every == 0 or i == steps - 1:
+                chunk = losses[checked : i + 1].cpu()
+                if not torch.isfinite(chunk).all():
+                    raise RuntimeError(f"the loss diverged at step {self.step}")
+                checked = i + 1
+            self.step += 1
+        _sync(device)
+        return time.perf_counter() - t0
+
+
+def compare_training(steps: int, repeats: int, device: torch.device, data_dir: str | None, recorder: bool) -> dict[str, float]:
+    t = time.perf_counter()
+    loader = tutorial_loader(data_dir)
+    setup_tutorial = time.perf_counter() - t
+    t = time.perf_counter()
+    split = load_split(True, data_dir, device=device)
+    setup_resgrad = time.perf_counter() - t
+
+    torch.manual_seed(0)
+    tut_model = build_model("seed-residual").to(device)
+    torch.manual_seed(0)
+    res_model = build_model("seed-residual").to(device)
+    tut_opt = torch.optim.SGD(tut_model.parameters(), lr=0.01, momentum=0.5)
+    criterion = nn.CrossEntropyLoss()
+    with GradientRecorder(res_model, every(10)) if recorder else contextlib.nullcontext() as rec:
+        res = ResgradSteps(split, res_model, device, rec)
+        tutorial_steps(loader, tut_model, tut_opt, criterion, 5, device)  # warm-up, outside the measurement
+        res.run(5)
+        tut_s, res_s = [], []
+        for _ in range(repeats):  # alternating, so both see the same machine
+            tut_s.append(tutorial_steps(loader, tut_model, tut_opt, criterion, steps, device))
+            res_s.append(res.run(steps))
+    tut = steps * BATCH / statistics.median(tut_s)
+    ours = steps * BATCH / statistics.median(res_s)
+    return {
+        "tutorial_images_per_s": tut, "resgrad_images_per_s": ours, "ratio": ours / tut,
+        "tutorial_runs": [steps * BATCH / s for s in tut_s], "resgrad_runs": [steps * BATCH / s for s in res_s],
+        "setup_tutorial_s": setup_tutorial, "setup_resgrad_s": setup_resgrad,
+    }
+
+
+# ---------------------------------------------------------------- 2. bench vs a hand-written Timer
+
+
+def hand_timed_step(arch: str, depth: int, width: int, batch: int, device: torch.device, min_run_time: float) -> float:
+    """Median ms of one training step, measured directly with torch.utils.benchmark."""
+    from torch.utils import benchmark
+
+    torch.manual_seed(0)
+    model = build_model(arch, depth, width).to(device)
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+
+    for _ in range(3):
+        step()
+    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def compare_bench(arch: str, depth: int, width: int, batch: int, device: torch.device, min_run_time: float, repeats: int) -> dict[str, float]:
+    config = BenchConfig(
+        devices=[device.type], archs=[arch], depths=[depth], widths=[width], batch_sizes=[batch],
+        modes=["train_step"], dtypes=["float32"], threads=torch.get_num_threads(), min_run_time=min_run_time,
+    )
+    ours, hand = [], []
+    for _ in range(repeats):
+        ours.append(float(run_bench(config, progress=False).rows["median_ms"].iloc[0]))
+        hand.append(hand_timed_step(arch, depth, width, batch, device, min_run_time))
+    b, h = statistics.median(ours), statistics.median(hand)
+    return {"bench_ms": b, "hand_ms": h, "ratio": b / h, "bench_runs": ours, "hand_runs": hand}
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice; 1 on a busy shared machine)")
+    p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
+    p.add_argument("--steps", type=int, default=150, help="1: training steps per repeat and loop (default: 150)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repeats of each comparison (default: 3)")
+    p.add_argument("--no-recorder", action="store_true", help="1: resgrad's step without gradient recording")
+    p.add_argument("--skip", choices=["1", "2"], help="leave one comparison out")
+    p.add_argument("--arch", default="residual", help="2: the point (default: residual)")
+    p.add_argument("--depth", type=int, default=20, help="2: (default: 20)")
+    p.add_argument("--width", type=int, default=16, help="2: (default: 16)")
+    p.add_argument("--batch-size", type=int, default=32, help="2: (default: 32)")
+    p.add_argument("--min-run-time", type=float, default=1.0, help="2: seconds per measurement (default: 1)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    where = f"{a.device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+
+    if a.skip != "1":
+        r = compare_training(a.steps, a.repeats, device, a.data_dir, recorder=not a.no_recorder)
+        print(f"1. training step, seed-residual, batch {BATCH}, {a.steps} steps x {a.repeats} alternating repeats, {where}")
+        print(f"   tutorial loop (DataLoader + ToTensor/Normalize):  {r['tutorial_images_per_s']:8.0f} images/s  "
+              f"(repeats: {', '.join(f'{v:.0f}' for v in r['tutorial_runs'])})")
+        rec = "no recorder" if a.no_recorder else "recorder every 10 steps"
+        print(f"   resgrad step (device tensors, {rec}):  {r['resgrad_images_per_s']:8.0f} images/s  "
+              f"(repeats: {', '.join(f'{v:.0f}' for v in r['resgrad_runs'])})")
+        print(f"   ratio resgrad / tutorial: {r['ratio']:.2f}x  (goal: >= 1.5x)")
+        print(f"   one-off set-up, not timed above: tutorial MNIST dataset {r['setup_tutorial_s']:.2f} s, "
+              f"resgrad load_split {r['setup_resgrad_s']:.2f} s")
+    if a.skip != "2":
+        r = compare_bench(a.arch, a.depth, a.width, a.batch_size, device, a.min_run_time, a.repeats)
+        print(f"2. resgrad bench vs a hand-written torch.utils.benchmark Timer: {a.arch} depth {a.depth} width {a.width} "
+              f"batch {a.batch_size} train_step float32, {a.repeats} alternating repeats, {where}")
+        print(f"   resgrad bench median: {r['bench_ms']:.2f} ms  (repeats: {', '.join(f'{v:.2f}' for v in r['bench_runs'])})")
+        print(f"   hand-written median:  {r['hand_ms']:.2f} ms  (repeats: {', '.join(f'{v:.2f}' for v in r['hand_runs'])})")
+        print(f"   ratio bench / hand: {r['ratio']:.3f}  (goal: within 10 %, i.e. 0.90-1.10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""resgrad bench: the rows of a tiny grid, FLOP counts against a hand count, devices and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from resgrad.bench import (
+    COLUMNS, MODES, STATUS_COLUMNS, BenchConfig, count_flops, make_step, run_bench, speedup_table, write_bench,
+)
+from resgrad.cli import main
+from resgrad.errors import UsageError
+from resgrad.models import FIXED_ARCHS, build_model
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
+TINY = dict(archs=["plain", "residual"], depths=[8], widths=[2], batch_sizes=[2], threads=1, min_run_time=0.01, warmup=1)
+
+
+def exit_code(argv: list[str]) -> int:
+    """``main``'s exit code, whether argparse (SystemExit) or a UsageError (return value) stopped it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+# ---------------------------------------------------------------- rows
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    return run_bench(BenchConfig(devices=["cpu"], **TINY), progress=False)
+
+
+def test_tiny_grid_has_the_issue_columns_and_positive_values(tiny_result, tmp_path):
+    rows = tiny_result.rows
+    assert list(rows.columns) == COLUMNS + STATUS_COLUMNS
+    assert len(rows) == 2 * len(MODES)  # 2 archs x 3 modes
+    assert (rows["status"] == "ok").all()
+    for col in ("median_ms", "images_per_s", "gflop", "gflop_per_s", "pct_of_peak", "params"):
+        assert (rows[col] > 0).all(), col
+    assert (rows["iqr_ms"] >= 0).all()
+    assert set(rows["device"]) == {"cpu"} and (rows["threads"] == 1).all()
+    assert (rows["torch_version"] == torch.__version__).all()
+    # units: a batch of 2 in median_ms milliseconds
+    assert rows["images_per_s"].to_numpy() == pytest.approx(2 / (rows["median_ms"].to_numpy() / 1e3))
+    # params from an independent count of the same-shaped net
+    assert (rows["params"] == sum(p.numel() for p in build_model("plain", 8, 2).parameters())).all()
+
+    out = write_bench(tiny_result, tmp_path / "b")
+    back = pd.read_csv(out / "bench.csv")
+    assert list(back.columns) == COLUMNS + STATUS_COLUMNS and len(back) == len(rows)
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "bench.md").read_text()
+    assert "resgrad bench" in md and "| arch |" in md and "peak_gflop_per_s" in md
+    assert not (out / "speedup.csv").exists()  # one device ran
+
+
+def test_twins_count_the_same_flops_and_backward_adds_to_forward(tiny_result):
+    rows = tiny_result.rows.set_index(["arch", "mode"])["gflop"]
+    for mode in MODES:  # the residual addition is element-wise: not a FLOP the counter counts
+        assert rows["plain", mode] == rows["residual", mode]
+    assert rows["plain", "forward_backward"] > 2 * rows["plain", "forward"]
+    assert rows["plain", "train_step"] == rows["plain", "forward_backward"]  # the SGD update is element-wise
+
+
+def test_two_devices_get_a_speedup_table(tiny_result, tmp_path):
+    # No GPU here: a second device's rows are made from the CPU rows with half the time,
+    # so the right speedup is known: exactly 2 for every point.
+    cuda = tiny_result.rows.assign(device="cuda", median_ms=tiny_result.rows["median_ms"] / 2)
+    both = dataclasses.replace(tiny_result, rows=pd.concat([tiny_result.rows, cuda], ignore_index=True))
+    table = speedup_table(both.rows)
+    assert len(table) == len(tiny_result.rows)
+    assert table["speedup"].to_numpy() == pytest.approx(2.0)
+    out = write_bench(both, tmp_path / "b")
+    assert pd.read_csv(out / "speedup.csv")["speedup"].to_numpy() == pytest.approx(2.0)
+    assert "## CPU vs CUDA" in (out / "bench.md").read_text()
+
+
+def test_a_fixed_arch_is_timed_once_with_its_own_shape():
+    config = BenchConfig(devices=["cpu"], **{**TINY, "archs": ["seed-residual"], "depths": [8, 14], "modes": ["forward"]})
+    rows = run_bench(config, progress=False).rows
+    assert len(rows) == 1  # depth and width do not apply: one point, not one per depth
+    assert (rows["depth"].iloc[0], rows["width"].iloc[0]) == FIXED_ARCHS["seed-residual"]
+    assert rows["params"].iloc[0] == sum(p.numel() for p in build_model("seed-residual").parameters())
+
+
+# ---------------------------------------------------------------- FLOPs against a hand count
+
+
+def test_flop_count_of_conv_plus_linear_equals_hand_count():
+    torch.manual_seed(0)
+    b = 3
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(18, 4))  # (B,1,5,5) -> (B,2,3,3) -> (B,18) -> (B,4)
+    x, y = torch.randn(b, 1, 5, 5), torch.randint(0, 4, (b,))
+    conv_macs = 2 * 3 * 3 * (1 * 3 * 3)  # out channels x out pixels x (in channels x kernel)
+    fc_macs = 18 * 4
+    fwd = b * 2 * (conv_macs + fc_macs)
+    # backward: the conv needs only its weight gradient (x needs no grad); the linear layer
+    # needs the gradient of its input and of its weight: each costs as much as the forward.
+    bwd = b * 2 * (conv_macs + 2 * fc_macs)
+    assert count_flops(make_step(model, x, y, "forward")) == fwd
+    assert count_flops(make_step(model, x, y, "forward_backward")) == fwd + bwd
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    assert count_flops(make_step(model, x, y, "train_step", optimizer=opt)) == fwd + bwd
+    assert count_flops(make_step(model, x, y, "forward", dtype="bfloat16")) == fwd  # autocast: same work
+
+
+def test_flop_count_of_a_depth_8_net_equals_hand_count():
+    w, b = 2, 4
+    model = build_model("residual", depth=8, width=w)
+    x, y = torch.randn(b, 1, 28, 28), torch.randint(0, 10, (b,))
+
+    def conv(pixels: int, cin: int, cout: int) -> int:  # 3x3 conv: 2 FLOPs per multiply-add
+        return 2 * pixels * cout * cin * 9
+
+    per_image = (
+        conv(28 * 28, 1, w)  # stem
+        + conv(28 * 28, w, w) + conv(28 * 28, w, w)  # stage 1: one block
+        + conv(14 * 14, w, 2 * w) + conv(14 * 14, 2 * w, 2 * w)  # stage 2, stride 2
+        + conv(7 * 7, 2 * w, 4 * w) + conv(7 * 7, 4 * w, 4 * w)  # stage 3, stride 2
+        + 2 * 4 * w * 10  # fc
+    )
+    assert count_flops(make_step(model, x, y, "forward")) == b * per_image
+
+
+# ---------------------------------------------------------------- devices and bad input
+
+
+@NO_CUDA
+def test_absent_cuda_is_skipped_with_a_note_when_cpu_runs(tmp_path, caplog):
+    out = tmp_path / "b"
+    argv = ["bench", "--devices", "cpu", "cuda", "--archs", "residual", "--depths", "8", "--widths", "2",
+            "--batch-sizes", "2", "--modes", "forward", "--min-run-time", "0.01", "--warmup", "1",
+            "--threads", "1", "--quiet", "--out", str(out)]
+    assert exit_code(argv) == 0
+    assert "cuda" in caplog.text and "absent" in caplog.text
+    rows = pd.read_csv(out / "bench.csv")
+    assert list(rows["device"]) == ["cpu"]
+    assert "skipped (absent): cuda" in (out / "bench.md").read_text()
+
+
+@NO_CUDA
+def test_no_listed_device_present_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert exit_code(["bench", "--devices", "cuda", "--quiet", "--out", str(out)]) == 2
+    assert "none of the listed devices" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--depths", "8", "10"], "depth 10 is not of the form 6n+2"),
+        (["--batch-sizes", "0"], "batch size must be a whole number >= 1"),
+        (["--widths", "0"], "width must be a whole number >= 1"),
+        (["--modes", "backward"], "invalid choice: 'backward'"),
+        (["--dtype", "float16"], "invalid choice: 'float16'"),
+        (["--devices", "tpu"], "invalid choice: 'tpu'"),
+        (["--min-run-time", "0"], "min-run-time must be a positive number"),
+    ],
+)
+def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, flags, message):
+    out = tmp_path / "b"
+    assert exit_code(["bench", "--devices", "cpu", *flags, "--quiet", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(modes=["backward"]), dict(dtypes=["float16"]), dict(devices=["tpu"]), dict(depths=[9]), dict(batch_sizes=[-1]), dict(depths=[])],
+)
+def test_library_rejects_bad_config(kw):
+    with pytest.raises(UsageError):
+        BenchConfig(**{"devices": ["cpu"], **kw}).validate()
+
+
+def _overcommit_refuses_huge() -> bool:
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_huge(), reason="needs a kernel that refuses an impossible allocation at once")
+def test_out_of_memory_point_is_recorded_and_the_rest_goes_on():
+    huge = 10**10  # a (1e10, 1, 28, 28) float input is 31 TB: the allocator refuses it outright
+    config = BenchConfig(devices=["cpu"], **{**TINY, "archs": ["residual"], "batch_sizes": [huge, 2], "modes": ["forward"]})
+    rows = run_bench(config, progress=False).rows.set_index("batch_size")
+    assert rows.loc[huge, "status"] == "oom" and "allocate" in rows.loc[huge, "error"]
+    assert math.isnan(rows.loc[huge, "median_ms"])
+    assert rows.loc[2, "status"] == "ok" and rows.loc[2, "median_ms"] > 0
