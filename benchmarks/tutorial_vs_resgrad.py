@@ -218,12 +218,16 @@ def main() -> None:
     if a.skip != "1":
         r = compare_training(a.steps, a.repeats, device, a.data_dir, recorder=not a.no_recorder)
         print(f"1. training step, seed-residual, batch {BATCH}, {a.steps} steps x {a.repeats} alternating repeats, {where}")
-        print(f"   tutorial loop (DataLoader + ToTensor/Normalize):  {r['tutorial_images_per_s']:8.0f} images/s  "
-              f"(repeats: {', '.join(f'{v:.0f}' for v in r['tutorial_runs'])})")
         rec = "no recorder" if a.no_recorder else "recorder every 10 steps"
-        print(f"   resgrad step (device tensors, {rec}):  {r['resgrad_images_per_s']:8.0f} images/s  "
+        labels = ["tutorial loop (DataLoader + ToTensor/Normalize):", f"resgrad step (device tensors, {rec}):"]
+        width = max(map(len, labels))
+        print(f"   {labels[0]:<{width}} {r['tutorial_images_per_s']:7.0f} images/s  "
+              f"(repeats: {', '.join(f'{v:.0f}' for v in r['tutorial_runs'])})")
+        print(f"   {labels[1]:<{width}} {r['resgrad_images_per_s']:7.0f} images/s  "
               f"(repeats: {', '.join(f'{v:.0f}' for v in r['resgrad_runs'])})")
-        print(f"   ratio resgrad / tutorial: {r['ratio']:.2f}x  (goal: >= 1.5x)")
+        paired = [o / t for o, t in zip(r["resgrad_runs"], r["tutorial_runs"])]
+        print(f"   ratio resgrad / tutorial: {r['ratio']:.2f}x  (goal: >= 1.5x; per repeat: "
+              f"{', '.join(f'{v:.2f}' for v in paired)})")
         print(f"   one-off set-up, not timed above: tutorial MNIST dataset {r['setup_tutorial_s']:.2f} s, "
               f"resgrad load_split {r['setup_resgrad_s']:.2f} s")
     if a.skip != "2":
@@ -232,7 +236,9 @@ def main() -> None:
               f"batch {a.batch_size} train_step float32, {a.repeats} alternating repeats, {where}")
         print(f"   resgrad bench median: {r['bench_ms']:.2f} ms  (repeats: {', '.join(f'{v:.2f}' for v in r['bench_runs'])})")
         print(f"   hand-written median:  {r['hand_ms']:.2f} ms  (repeats: {', '.join(f'{v:.2f}' for v in r['hand_runs'])})")
-        print(f"   ratio bench / hand: {r['ratio']:.3f}  (goal: within 10 %, i.e. 0.90-1.10)")
+        paired = [b / h for b, h in zip(r["bench_runs"], r["hand_runs"])]
+        print(f"   ratio bench / hand: {r['ratio']:.3f}  (goal: within 10 %, i.e. 0.90-1.10; per repeat: "
+              f"{', '.join(f'{v:.3f}' for v in paired)})")
 
 
 if __name__ == "__main__":
