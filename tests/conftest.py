@@ -26,7 +26,10 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _one_thread_per_test():
-    """Tests run on 2-core machines beside other work: keep torch to the thread count they set."""
+    """Tests use tiny nets on 2-core machines, maybe beside other work: one torch thread avoids
+    the spin-waiting of oversubscribed OpenMP threads (a 30x slowdown seen here), and whatever a
+    test sets is undone after it."""
     before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
