@@ -133,6 +133,97 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- sweep
+
+EPILOG_SWEEP = """\
+examples:
+  resgrad sweep --out runs/depth --archs plain residual --depths 8 14 20 32 --seeds 0 1 --steps 300 --train-subset 10000
+  resgrad sweep --config sweeps/example.toml
+  resgrad sweep --config sweeps/example.toml --depths 8 14 20 --workers 2 --threads 1
+  resgrad sweep --config big.toml --out runs/big --executor ray --ray-address auto
+
+The grid is the cross product of the list flags. A --config file (TOML) takes the
+long flag names with '_' for '-' (archs, depths, steps, batch_size, out, workers, ...);
+flags given on the command line override it.
+
+DIR holds sweep.json (the grid), runs/<run_id>/ (one run directory per point, as
+`resgrad train` writes it) and summary.csv (run_id, arch, depth, width, norm,
+activation, init, lr, seed, status, final_test_acc, final_test_loss,
+final_train_loss, steps, wall_seconds, images_per_s, error). Rerunning the command
+skips runs already complete or diverged and retries failed ones; --force reruns all.
+Each run gets --threads torch threads (default: CPU cores / workers).
+Exit code: 0 when no run failed, 1 when some run failed (rerun to retry), 2 on bad input.
+"""
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from resgrad.models import ACTIVATIONS, INITS, NORMS, available_archs
+
+    p = sub.add_parser(
+        "sweep", help="run a resumable grid of training runs (archs x depths x seeds x ...)",
+        description="Train every point of a grid of runs, locally in parallel processes or on Ray; "
+        "a rerun completes what is missing.",
+        epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("the grid (each flag takes one or more values)")
+    g.add_argument("--archs", nargs="+", metavar="ARCH",
+                   help=f"models: {', '.join(available_archs())} (default: plain residual)")
+    g.add_argument("--depths", nargs="+", type=int, metavar="D", help="weighted layers, 6n+2 each (default: 8 14 20)")
+    g.add_argument("--widths", nargs="+", type=int, metavar="W", help="channels of the first stage (default: 16)")
+    g.add_argument("--norms", nargs="+", metavar="NORM", help=f"{', '.join(NORMS)} (default: none)")
+    g.add_argument("--activations", nargs="+", metavar="ACT", help=f"{', '.join(ACTIVATIONS)} (default: relu)")
+    g.add_argument("--inits", nargs="+", metavar="INIT", help=f"{', '.join(INITS)} (default: default)")
+    g.add_argument("--lrs", nargs="+", type=float, metavar="LR", help="SGD learning rates (default: 0.01)")
+    g.add_argument("--seeds", nargs="+", type=int, metavar="S", help="seeds of weights and batch order (default: 0)")
+    # The run options default to None here, so that a flag left out can come from --config.
+    before = set(vars(p.parse_args([])))
+    add_run_options(p)
+    p.set_defaults(**dict.fromkeys(set(vars(p.parse_args([]))) - before - {"quiet"}, None))
+    g = p.add_argument_group("the sweep")
+    g.add_argument("--out", type=Path, metavar="DIR", help="the sweep folder (created, or resumed when it is one)")
+    g.add_argument("--config", type=Path, metavar="FILE", help="a sweep TOML file, e.g. sweeps/example.toml")
+    g.add_argument("--executor", choices=["local", "ray"], help="local processes or Ray tasks (default: local)")
+    g.add_argument("--workers", type=_positive_int,
+                   help="runs at a time; local: processes, 1 = in this process (default: 1); ray: CPUs of a local Ray")
+    g.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster (e.g. auto, ray://host:10001); default: start a local Ray")
+    g.add_argument("--force", action="store_true", help="rerun points already complete or diverged")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from resgrad.sweep import CONFIG_KEYS, LIST_FLAGS, RUN_KEYS, SweepSpec, count_statuses, read_config, run_sweep
+
+    opts = read_config(args.config) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS and v is not None}
+    if "steps" in given or "epochs" in given:  # the run length given here replaces the file's, whichever kind
+        opts.pop("steps", None)
+        opts.pop("epochs", None)
+    opts.update(given)
+    if "out" not in opts:
+        raise UsageError("give the sweep folder with --out DIR (or out = \"DIR\" in the --config file).")
+    spec = SweepSpec(
+        grid={option: opts[flag] for flag, option in LIST_FLAGS.items() if flag in opts},
+        fixed={k: opts[k] for k in RUN_KEYS if k in opts},
+    )
+    out = Path(opts["out"])
+    summary = run_sweep(
+        spec, out, executor=opts.get("executor", "local"), workers=opts.get("workers", 1), force=args.force,
+        ray_address=opts.get("ray_address"), progress=False if args.quiet else None,
+    )
+    counts = count_statuses(summary)
+    line = (
+        f"sweep {out}: {len(summary)} runs: {counts['complete']} complete, {counts['diverged']} diverged, "
+        f"{counts['failed']} failed ({summary.attrs['ran']} run now, {summary.attrs['skipped']} already done) "
+        f"in {summary.attrs['wall_seconds']:.1f} s -> {out / 'summary.csv'}"
+    )
+    if counts["failed"]:
+        log.warning("%s", line)
+        return 1
+    if not args.quiet:
+        print(line)
+    return 0
+
+
 # ---------------------------------------------------------------- bench
 
 EPILOG_BENCH = """\
@@ -229,7 +320,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_bench]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_bench, _add_sweep]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,576 @@
+"""Depth sweeps: a resumable grid of runs on local processes or Ray.
+
+A sweep folder holds ``sweep.json`` (the grid), ``runs/<run_id>/`` (one run
+directory per grid point, as :func:`resgrad.train.save_run` writes it) and
+``summary.csv`` (one row per finished run). Workers only train and return their
+:class:`~resgrad.train.RunResult`; the driver alone writes files, each run folder
+atomically, and rewrites ``summary.csv`` after every finished run. So a killed
+sweep loses no finished run, and rerunning it trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+import typing
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from resgrad import __version__
+from resgrad.errors import UsageError, check_choice, check_positive
+from resgrad.files import atomic_dir, write_csv, write_json
+from resgrad.train import RunResult, TrainConfig
+
+try:  # POSIX only; elsewhere two sweeps on one folder are not prevented
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+GRID_OPTIONS = ("arch", "depth", "width", "norm", "activation", "init", "lr", "seed")
+# Used for a grid option the spec leaves out (the CLI's defaults too).
+DEFAULT_GRID: dict[str, list[Any]] = {
+    "arch": ["plain", "residual"],
+    "depth": [8, 14, 20],
+    "width": [16],
+    "norm": ["none"],
+    "activation": ["relu"],
+    "init": ["default"],
+    "lr": [0.01],
+    "seed": [0],
+}
+EXECUTORS = ("local", "ray")
+STATUSES = ("complete", "diverged", "failed")
+DONE = ("complete", "diverged")  # statuses a rerun skips; failed runs are retried
+SUMMARY_COLUMNS = [
+    "run_id", *GRID_OPTIONS, "status", "final_test_acc", "final_test_loss", "final_train_loss",
+    "steps", "wall_seconds", "images_per_s", "error",
+]
+# The keys of summary.json, as resgrad.train.train writes them; a failed run gets them all too.
+RUN_SUMMARY_KEYS = (
+    "run_id", "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps", "epochs",
+    "diverged_at_step", "wall_seconds", "train_seconds", "images_per_s", "params", "device", "device_name",
+    "threads", "python_version", "torch_version", "resgrad_version", "error",
+)
+MAX_SEED = 2**63 - 1
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def _check_type(name: str, value: Any) -> Any:
+    """Check one TrainConfig value read from JSON/TOML against the field's type; ints become floats where floats go."""
+    hint = _FIELD_TYPES[name]
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return value
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{name} must be true or false, got {value!r}.")
+    if isinstance(value, bool):  # bool is an int subclass: refuse it for numbers
+        pass
+    elif int in allowed and isinstance(value, int):
+        return value
+    elif float in allowed and isinstance(value, (int, float)):
+        return float(value)
+    elif str in allowed and isinstance(value, str):
+        return value
+    kind = "a whole number" if int in allowed else "a number" if float in allowed else "a string"
+    if type(None) in allowed:
+        kind += " (or left out)"
+    raise UsageError(f"{name} must be {kind}, got {value!r}.")
+
+
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@dataclass
+class SweepSpec:
+    """A grid of runs: the cross product of ``grid`` with ``fixed`` applied to every point.
+
+    Args:
+        grid: option name (from ``GRID_OPTIONS``) -> non-empty list of values; an
+            option left out takes its ``DEFAULT_GRID`` list.
+        fixed: any other ``TrainConfig`` fields, the same for every run (steps,
+            batch_size, train_subset, device, threads, ...).
+    """
+
+    grid: dict[str, list[Any]]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "SweepSpec":
+        """Return the spec with every grid option filled in and values type-checked; raise ``UsageError``."""
+        unknown = sorted(set(self.grid) - set(GRID_OPTIONS))
+        if unknown:
+            raise UsageError(f"unknown grid option(s) {', '.join(unknown)}; allowed: {', '.join(GRID_OPTIONS)}.")
+        grid: dict[str, list[Any]] = {}
+        for name in GRID_OPTIONS:
+            values = self.grid.get(name, DEFAULT_GRID[name])
+            if not isinstance(values, (list, tuple)):
+                raise UsageError(f"grid option {name} must be a list of values, got {values!r}.")
+            if not values:
+                raise UsageError(f"grid option {name} is an empty list; give at least one value.")
+            grid[name] = [_check_type(name, v) for v in values]
+            if name == "seed" and not all(0 <= s <= MAX_SEED for s in grid[name]):
+                raise UsageError(f"seeds must be whole numbers from 0 to 2**63-1, got {grid[name]}.")
+        fixed: dict[str, Any] = {}
+        for name, value in self.fixed.items():
+            if name in GRID_OPTIONS:
+                raise UsageError(f"{name} is a grid option; give it in the grid as a list, not as a fixed option.")
+            if name not in _CONFIG_FIELDS:
+                allowed = [n for n in _CONFIG_FIELDS if n not in GRID_OPTIONS]
+                raise UsageError(f"unknown run option {name!r}; allowed: {', '.join(allowed)}.")
+            fixed[name] = _check_type(name, value)
+        return SweepSpec(grid, fixed)
+
+    def configs(self) -> list[TrainConfig]:
+        """Every grid point as a validated ``TrainConfig`` (points with the same run id once).
+
+        Raises ``UsageError`` on the first bad value, before anything runs.
+        """
+        spec = self.validate()
+        configs: dict[str, TrainConfig] = {}
+        for values in itertools.product(*(spec.grid[name] for name in GRID_OPTIONS)):
+            config = TrainConfig(**dict(zip(GRID_OPTIONS, values)), **spec.fixed).validate()
+            configs.setdefault(config.run_id(), config)  # fixed archs ignore depth/width: one run, not several
+        return list(configs.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"grid": {k: list(v) for k, v in self.grid.items()}, "fixed": dict(self.fixed)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SweepSpec":
+        """Read ``{"grid": ..., "fixed": ...}``; other keys (metadata) are ignored."""
+        if not isinstance(d, dict) or not isinstance(d.get("grid"), dict) or not isinstance(d.get("fixed", {}), dict):
+            raise UsageError("a sweep spec must be a mapping with a 'grid' mapping and an optional 'fixed' mapping.")
+        return cls(grid=dict(d["grid"]), fixed=dict(d.get("fixed", {})))
+
+
+def load_spec(sweep_dir: str | os.PathLike[str]) -> SweepSpec:
+    """The spec of an existing sweep folder (its ``sweep.json``)."""
+    path = Path(sweep_dir) / "sweep.json"
+    if not path.is_file():
+        raise UsageError(f"{sweep_dir} is not a sweep folder: it has no sweep.json.")
+    try:
+        return SweepSpec.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}).") from None
+
+
+# ---------------------------------------------------------------- the sweep.toml file
+
+# CLI list flag -> grid option
+LIST_FLAGS = {
+    "archs": "arch", "depths": "depth", "widths": "width", "norms": "norm",
+    "activations": "activation", "inits": "init", "lrs": "lr", "seeds": "seed",
+}
+RUN_KEYS = (
+    "epochs", "steps", "batch_size", "momentum", "weight_decay", "shortcut", "zero_init_residual",
+    "eval_every", "record_every", "record_log", "train_subset", "test_subset", "data_dir", "device", "threads",
+)
+SWEEP_KEYS = ("out", "executor", "workers", "ray_address")
+CONFIG_KEYS = (*LIST_FLAGS, *RUN_KEYS, *SWEEP_KEYS)
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a sweep TOML file into a flat dict keyed like the CLI flags (``depths``, ``batch_size``, ``out``, ...).
+
+    Keys may use ``-`` or ``_``; a single value for a list key counts as a list of one.
+    Raises ``UsageError`` for a missing or malformed file or an unknown key.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read sweep config {path}: {exc.strerror or exc}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"sweep config {path} is not valid TOML: {exc}.") from None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in CONFIG_KEYS:
+            raise UsageError(f"unknown key {key!r} in {path}; allowed: {', '.join(CONFIG_KEYS)}.")
+        if isinstance(value, dict):
+            raise UsageError(f"key {key!r} in {path} must be a value or a list, not a table.")
+        if name in LIST_FLAGS and not isinstance(value, list):
+            value = [value]
+        if name in RUN_KEYS:
+            value = _check_type(name, value)
+        elif name in SWEEP_KEYS and (isinstance(value, bool) or not isinstance(value, int if name == "workers" else str)):
+            kind = "a whole number" if name == "workers" else "a string"
+            raise UsageError(f"key {key!r} in {path} must be {kind}, got {value!r}.")
+        out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------- one run, in a worker
+
+
+@dataclass
+class RunFailure:
+    """A run that raised: its config and the error, one line."""
+
+    config: TrainConfig
+    error: str
+    wall_seconds: float | None = None
+
+
+def _run_point(config: TrainConfig, progress: bool = False) -> RunResult | RunFailure:
+    """Train one grid point; an exception becomes a :class:`RunFailure` (the sweep goes on)."""
+    from resgrad.train import train
+
+    t0 = time.perf_counter()
+    try:
+        return train(config, progress=progress)
+    except Exception as exc:  # any error in one run is that run's result, not the sweep's
+        return RunFailure(config, _describe(exc), time.perf_counter() - t0)
+
+
+def _describe(exc: BaseException, where: bool = True) -> str:
+    """``Type: message (at file.py:line in function)``: one line, useful even when the message is empty."""
+    import traceback
+
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__) if where else []
+    if frames:
+        where = frames[-1]
+        text += f" (at {'/'.join(Path(where.filename).parts[-2:])}:{where.lineno} in {where.name})"
+    text = " ".join(text.split())
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
+    """Pool worker set-up: torch threads, and exit when the driver is gone (e.g. SIGKILLed)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+# ---------------------------------------------------------------- executors
+# Each yields (config, outcome) as runs finish; the driver records them.
+
+Outcome = tuple[TrainConfig, RunResult | RunFailure]
+
+
+def _run_in_process(configs: list[TrainConfig], step_bar: bool) -> Iterator[Outcome]:
+    for config in configs:
+        yield config, _run_point(config, progress=step_bar)
+
+
+def _run_pool(configs: list[TrainConfig], workers: int, threads: int) -> Iterator[Outcome]:
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: a forked child of a process that has started torch's threads can deadlock.
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker, initargs=(threads, os.getpid()),
+    )
+    futures: dict[Future, TrainConfig] = {pool.submit(_run_point, c): c for c in configs}
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool as exc:
+                    # The pool cannot tell which run killed it: every unfinished one is marked, and a rerun retries them.
+                    outcome = RunFailure(futures[fut], f"a worker process died before the run finished ({exc})")
+                yield futures[fut], outcome
+    finally:
+        if pending:  # interrupted: stop the workers now rather than wait for their runs
+            procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API for this
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+        pool.shutdown(wait=True)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray, which is not installed; pip install 'resgrad[ray]'.") from None
+    return ray
+
+
+def _run_ray(configs: list[TrainConfig], workers: int, ray_address: str | None) -> Iterator[Outcome]:
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+        started = True
+    # Results travel back through the object store: the cluster needs no shared filesystem.
+    task = ray.remote(max_retries=1, num_cpus=1)(_run_point)  # a worker that dies is retried once
+    refs = {task.remote(c): c for c in configs}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the worker died twice, or the task could not run
+                    outcome = RunFailure(refs[ref], _describe(exc, where=False))  # raised here, not in the run
+                yield refs[ref], outcome
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------- the sweep folder
+
+
+def summary_row(config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """One ``summary.csv`` row from a run's config and its summary.json."""
+    row: dict[str, Any] = {"run_id": config.run_id()}
+    row.update({name: getattr(config, name) for name in GRID_OPTIONS})
+    for name in SUMMARY_COLUMNS[len(row):]:
+        row[name] = summary.get(name)
+    return row
+
+
+def _failure_summary(failure: RunFailure) -> dict[str, Any]:
+    import torch
+
+    summary: dict[str, Any] = dict.fromkeys(RUN_SUMMARY_KEYS)
+    summary.update(
+        run_id=failure.config.run_id(), status="failed", error=failure.error, wall_seconds=failure.wall_seconds,
+        threads=failure.config.threads, python_version=platform.python_version(),
+        torch_version=torch.__version__, resgrad_version=__version__,
+    )
+    return summary
+
+
+def _save_failure(failure: RunFailure, run_dir: Path) -> dict[str, Any]:
+    """A failed run's folder: config.json and summary.json only."""
+    summary = _failure_summary(failure)
+    with atomic_dir(run_dir) as tmp:
+        write_json(tmp / "config.json", failure.config.to_dict())
+        write_json(tmp / "summary.json", summary)
+    return summary
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _clean_stale(folder: Path) -> None:
+    """Remove what a killed driver left half done: temp files and folders of the atomic writers."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if not entry.name.startswith("."):
+            continue
+        if entry.name.endswith(".tmp"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        elif ".old-" in entry.name and entry.is_dir():
+            # Killed between the two renames of atomic_dir: the old folder was whole; put it back.
+            original = folder / entry.name[1:].rsplit(".old-", 1)[0]
+            if original.exists():
+                shutil.rmtree(entry)
+            else:
+                os.replace(entry, original)
+
+
+@contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """Hold DIR/.lock so that two sweeps never write one folder (the OS drops it if we die)."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(out_dir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"another sweep is writing to {out_dir}; wait for it or pick another --out.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"sweep folder {out_dir} is a file; give a folder.")
+    if out_dir.is_dir() and not (out_dir / "sweep.json").exists():
+        if any(p.name != ".lock" for p in out_dir.iterdir()):
+            raise UsageError(f"{out_dir} exists and is not a sweep folder (no sweep.json); give a new or empty folder.")
+
+
+def _preflight(sample: TrainConfig) -> None:
+    """Catch what would fail every run (no MNIST, no CUDA) as one usage error, before writing anything."""
+    from resgrad.data import load_split
+    from resgrad.train import resolve_device
+
+    resolve_device(sample.device)
+    load_split(False, sample.data_dir, subset=1)
+
+
+def _pending(configs: list[TrainConfig], runs_dir: Path, force: bool) -> list[TrainConfig]:
+    """The configs to run: all with ``force``, else those without a complete or diverged run folder."""
+    if force:
+        return list(configs)
+    return [c for c in configs if (_read_summary(runs_dir / c.run_id()) or {}).get("status") not in DONE]
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: str | os.PathLike[str],
+    executor: str = "local",
+    workers: int = 1,
+    force: bool = False,
+    ray_address: str | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Run every grid point not yet done in ``out_dir`` and return the summary (one row per grid point).
+
+    Args:
+        spec: the grid; validated completely before anything is written.
+        out_dir: the sweep folder (created; an existing sweep folder is resumed).
+        executor: ``local`` (``workers`` processes; in this process when 1) or ``ray``.
+        workers: parallel runs; each gets ``spec.fixed["threads"]`` torch threads,
+            default ``max(1, cpu_count // workers)``.
+        force: rerun points already complete or diverged (failed ones always rerun).
+        ray_address: a Ray cluster to use; default a local Ray started for the sweep.
+        progress: tqdm bars (default: when stderr is a terminal).
+
+    Returns:
+        The ``summary.csv`` frame; ``attrs`` holds ``ran``, ``skipped`` and ``wall_seconds``.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    spec = spec.validate()
+    configs = spec.configs()
+    check_choice("executor", executor, EXECUTORS)
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        raise UsageError(f"workers must be a whole number >= 1, got {workers!r}.")
+    check_positive("workers", workers)
+    if ray_address and executor != "ray":
+        raise UsageError("a Ray address only applies to --executor ray.")
+    if executor == "ray":
+        _import_ray()
+    _check_out_dir(out_dir)
+    runs_dir = out_dir / "runs"
+
+    threads = spec.fixed.get("threads") or max(1, (os.cpu_count() or 1) // workers)
+    remote_cluster = executor == "ray" and ray_address is not None
+    configs = [dataclasses.replace(c, threads=threads) for c in configs]
+    if not remote_cluster:  # workers here share the driver's files: make the data folder absolute
+        from resgrad.data import resolve_data_dir
+
+        data_dir = str(resolve_data_dir(configs[0].data_dir).resolve())
+        configs = [dataclasses.replace(c, data_dir=data_dir) for c in configs]
+
+    if not remote_cluster and _pending(configs, runs_dir, force):
+        _preflight(configs[0])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(out_dir):
+        _clean_stale(out_dir)
+        _clean_stale(runs_dir)
+        todo = _pending(configs, runs_dir, force)
+        todo_ids = {c.run_id() for c in todo}
+        rows = {  # finished runs kept from before
+            c.run_id(): summary_row(c, _read_summary(runs_dir / c.run_id()) or {})
+            for c in configs if c.run_id() not in todo_ids
+        }
+        write_json(out_dir / "sweep.json", {**spec.to_dict(), "runs": len(configs), "resgrad_version": __version__})
+
+        def frame() -> pd.DataFrame:
+            return pd.DataFrame(
+                [rows[c.run_id()] for c in configs if c.run_id() in rows], columns=SUMMARY_COLUMNS
+            )
+
+        write_csv(out_dir / "summary.csv", frame())
+        skipped = len(configs) - len(todo)
+        if skipped:
+            log.info("%d of %d runs already done in %s; running %d", skipped, len(configs), out_dir, len(todo))
+
+        show = _progress_enabled(progress)
+        if executor == "ray":
+            outcomes = _run_ray(todo, workers, ray_address)
+        elif workers == 1:
+            outcomes = _run_in_process(todo, step_bar=show)
+        else:
+            outcomes = _run_pool(todo, workers, threads)
+        counts = dict.fromkeys(STATUSES, 0)
+        with ExitStack() as stack:
+            bar = stack.enter_context(
+                tqdm(total=len(configs), initial=skipped, desc="sweep", unit="run", disable=not show)
+            )
+            if show:
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
+                stack.enter_context(logging_redirect_tqdm())
+            stack.callback(getattr(outcomes, "close"))  # stops pool workers / Ray tasks when interrupted
+            for config, outcome in outcomes:
+                run_dir = runs_dir / config.run_id()
+                if isinstance(outcome, RunResult):
+                    from resgrad.train import save_run
+
+                    save_run(outcome, run_dir)
+                    summary = outcome.summary
+                else:
+                    summary = _save_failure(outcome, run_dir)
+                    log.warning("%s failed: %s", config.run_id(), outcome.error)
+                rows[config.run_id()] = summary_row(config, summary)
+                write_csv(out_dir / "summary.csv", frame())
+                counts[summary["status"]] += 1
+                bar.set_postfix(counts, refresh=False)
+                bar.update()
+
+    result = frame()
+    result.attrs.update(ran=len(todo), skipped=skipped, wall_seconds=time.perf_counter() - t0)
+    return result
+
+
+def count_statuses(summary: pd.DataFrame) -> dict[str, int]:
+    """``{"complete": n, "diverged": n, "failed": n}`` for a summary frame."""
+    counts = summary["status"].value_counts()
+    return {s: int(counts.get(s, 0)) for s in STATUSES}
+

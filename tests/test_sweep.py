@@ -1,0 +1,313 @@
+"""Depth sweeps on real MNIST: the grid, validation, resume after SIGKILL, faults, Ray vs local."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from resgrad.cli import main
+from resgrad.errors import UsageError
+from resgrad.sweep import DEFAULT_GRID, GRID_OPTIONS, SUMMARY_COLUMNS, SweepSpec, load_spec, run_sweep
+from resgrad.train import TrainConfig
+
+RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "summary.json"}
+
+
+def tiny(data_dir: Path, steps: int | None = 6) -> list[str]:
+    """Single-run flags for runs of about a second (steps None: one epoch of 256 images, 2 steps)."""
+    length = ["--steps", str(steps)] if steps else []
+    return ["--widths", "2", *length, "--train-subset", "256", "--test-subset", "200",
+            "--record-every", "2", "--threads", "1", "--device", "cpu", "--data-dir", str(data_dir), "--quiet"]
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, str]]:
+    """Each file of a run folder: (mtime in ns, sha256 of its bytes)."""
+    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in run_dir.iterdir()}
+
+
+def run_folders(out: Path) -> list[Path]:
+    """The run folders a reader would take as runs (hidden temp folders excluded)."""
+    runs = out / "runs"
+    return sorted(p for p in runs.iterdir() if not p.name.startswith(".")) if runs.exists() else []
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def test_grid_is_the_cross_product_with_fixed_options_on_every_run() -> None:
+    spec = SweepSpec(grid={"arch": ["plain", "residual"], "depth": [8, 14], "seed": [0, 1]},
+                     fixed={"steps": 7, "batch_size": 32})
+    configs = spec.configs()
+    expected = set(itertools.product(["plain", "residual"], [8, 14], [0, 1]))
+    assert len(configs) == 8 and {(c.arch, c.depth, c.seed) for c in configs} == expected
+    assert len({c.run_id() for c in configs}) == 8
+    for c in configs:  # options left out of the grid take the defaults; fixed ones apply everywhere
+        assert (c.width, c.norm, c.activation, c.init, c.lr) == (16, "none", "relu", "default", 0.01)
+        assert (c.steps, c.batch_size) == (7, 32)
+    assert SweepSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).configs() == configs
+    assert len(SweepSpec(grid={}).configs()) == len(DEFAULT_GRID["arch"]) * len(DEFAULT_GRID["depth"]) == 6
+
+
+def test_a_fixed_arch_ignores_depth_so_it_runs_once() -> None:
+    configs = SweepSpec(grid={"arch": ["seed-plain", "residual"], "depth": [8, 14]}).configs()
+    assert sorted(c.arch for c in configs) == ["residual", "residual", "seed-plain"]
+
+
+@pytest.mark.parametrize(
+    ("grid", "fixed", "message"),
+    [
+        ({"depth": []}, {}, "empty list"),
+        ({"depth": [8, 10]}, {}, "depth 10 is not of the form 6n+2"),
+        ({"depth": [8.0]}, {}, "depth must be a whole number"),
+        ({"arch": ["resnet"]}, {}, "unknown arch 'resnet'"),
+        ({"colour": ["red"]}, {}, "unknown grid option(s) colour"),
+        ({"lr": [0.1, -1]}, {}, "lr must be a positive number"),
+        ({"seed": [-1]}, {}, "seeds must be whole numbers"),
+        ({}, {"stepz": 3}, "unknown run option 'stepz'"),
+        ({}, {"depth": 8}, "depth is a grid option"),
+        ({}, {"steps": 3, "epochs": 1}, "give epochs or steps, not both"),
+        ({}, {"steps": "3"}, "steps must be a whole number"),
+    ],
+)
+def test_bad_grid_raises_usage_error_naming_it(grid: dict, fixed: dict, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        SweepSpec(grid=grid, fixed=fixed).configs()
+    assert message in str(info.value)
+
+
+# ---------------------------------------------------------------- the command: bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "toml", "message"),
+    [
+        (["--depths", "8", "20", "21"], None, "depth 21 is not of the form 6n+2"),
+        (["--archs", "resnet"], None, "unknown arch 'resnet'"),
+        (["--norms", "layer"], None, "unknown norm 'layer'"),
+        (["--widths", "0"], None, "width must be a whole number >= 1"),
+        (["--seeds", "-3"], None, "seeds must be whole numbers"),
+        (["--ray-address", "auto"], None, "only applies to --executor ray"),
+        ([], "depths = [8, 14\n", "is not valid TOML"),
+        ([], "depths = []\n", "depth is an empty list"),
+        ([], "depths = ['eight']\n", "depth must be a whole number"),
+        ([], "colour = 'red'\n", "unknown key 'colour'"),
+        ([], "steps = 3\nepochs = 1\n", "give epochs or steps, not both"),
+        ([], "workers = 'two'\n", "must be a whole number"),
+        ([], "executor = 'dask'\n", "unknown executor 'dask'"),
+    ],
+)
+def test_bad_sweep_input_exits_2_and_writes_nothing(
+    args: list[str], toml: str | None, message: str, tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), *tiny(data_dir, steps=None), *args]
+    if toml is not None:
+        (tmp_path / "sweep.toml").write_text(toml)
+        argv += ["--config", str(tmp_path / "sweep.toml")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resgrad sweep: error: ") and message in err
+    assert not out.exists()
+
+
+def test_unknown_toml_key_error_lists_the_allowed_keys(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "s.toml").write_text("dephts = [8]\n")
+    assert main(["sweep", "--config", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "'dephts'" in err and "depths" in err and "batch_size" in err and "workers" in err
+
+
+def test_missing_out_and_missing_config_file_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["sweep", "--depths", "8"]) == 2
+    assert "--out DIR" in capsys.readouterr().err
+    assert main(["sweep", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read sweep config" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_that_is_not_a_sweep_is_left_alone(tmp_path: Path, data_dir: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["sweep", "--out", str(tmp_path), "--depths", "8", *tiny(data_dir)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_missing_ray_is_a_usage_error_naming_the_extra(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
+    out = tmp_path / "o"
+    assert main(["sweep", "--out", str(out), "--executor", "ray", *tiny(data_dir)]) == 2
+    assert "pip install 'resgrad[ray]'" in capsys.readouterr().err and not out.exists()
+
+
+def test_flags_override_the_toml_file(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "sweep"
+    (tmp_path / "s.toml").write_text(
+        f'out = "{out}"\narchs = ["residual"]\ndepths = [8, 14, 20]\nwidths = 2\nsteps = 50\nbatch_size = 16\n'
+        f'train_subset = 256\ntest_subset = 200\nthreads = 1\ndevice = "cpu"\ndata_dir = "{data_dir}"\n'
+    )
+    assert main(["sweep", "--config", str(tmp_path / "s.toml"), "--depths", "8", "--epochs", "1", "--quiet"]) == 0
+    spec = load_spec(out)
+    assert spec.grid["depth"] == [8] and spec.grid["width"] == [2] and spec.grid["arch"] == ["residual"]
+    assert spec.fixed["epochs"] == 1 and "steps" not in spec.fixed and spec.fixed["batch_size"] == 16
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.steps.tolist() == [16]  # 1 epoch of 256 images in batches of 16
+
+
+# ---------------------------------------------------------------- the sweep folder, resume, faults
+
+
+def test_sigkill_mid_sweep_loses_no_finished_run_and_a_rerun_completes(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), "--archs", "plain", "residual", "--depths", "8", "14", *tiny(data_dir, steps=25)]
+    proc = subprocess.Popen([sys.executable, "-m", "resgrad", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not run_folders(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()  # still running: killed in the middle
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+
+    finished = run_folders(out)
+    assert 1 <= len(finished) < 4
+    for run in finished:  # a folder that looks like a run is a whole run
+        assert {p.name for p in run.iterdir()} == RUN_FILES
+        assert json.loads((run / "summary.json").read_text())["status"] == "complete"
+    if (out / "summary.csv").exists():
+        assert set(pd.read_csv(out / "summary.csv").run_id) <= {p.name for p in finished}
+    before = {run.name: snapshot(run) for run in finished}
+
+    assert main(argv) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4 and (summary.status == "complete").all()
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert {p.name for p in run_folders(out)} == set(summary.run_id)
+    assert not [p for p in (out / "runs").iterdir() if p.name.startswith(".")]  # temp folders cleaned away
+    for name, files in before.items():  # skipped, not retrained or rewritten
+        assert snapshot(out / "runs" / name) == files
+
+
+def test_a_run_folder_caught_between_two_renames_is_put_back(tmp_path: Path, data_dir: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), "--archs", "residual", "--depths", "8", *tiny(data_dir)]
+    assert main(argv) == 0
+    (run,) = run_folders(out)
+    files = snapshot(run)
+    # What a kill leaves inside atomic_dir: the old folder set aside, a half-written new one.
+    os.replace(run, run.with_name(f".{run.name}.old-4242"))
+    half = out / "runs" / f".{run.name}.abc123.tmp"
+    half.mkdir()
+    (half / "config.json").write_text("{}")
+    capsys.readouterr()
+    assert main(argv[:-1]) == 0  # without --quiet: read the end line
+    assert "(0 run now, 1 already done)" in capsys.readouterr().out
+    assert snapshot(run) == files and not half.exists()
+
+
+def test_a_diverging_run_is_recorded_and_the_others_complete(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), "--archs", "plain", "--depths", "8", "14", "--lrs", "0.05", "1e6",
+            "--workers", "2", *tiny(data_dir, steps=10), "--widths", "4"]  # width 2 can die quietly instead
+    assert main(argv) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4
+    assert (summary.status == summary.lr.map({0.05: "complete", 1e6: "diverged"})).all()
+    assert summary[summary.status == "complete"].final_test_acc.notna().all()
+    assert summary.error.isna().all()
+    for run_id in summary.run_id:
+        assert {p.name for p in (out / "runs" / run_id).iterdir()} == RUN_FILES
+    diverged = json.loads((out / "runs" / summary.run_id[summary.lr == 1e6].iloc[0] / "summary.json").read_text())
+    assert diverged["diverged_at_step"] is not None and diverged["steps"] < 10
+
+
+def test_a_raising_run_is_recorded_as_failed_and_retried_on_rerun(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A data folder whose training files are corrupt: the driver's check reads only the test split,
+    # so every run starts and raises inside train().
+    bad = tmp_path / "bad" / "MNIST" / "raw"
+    bad.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(data_dir / "MNIST" / "raw" / name, bad / name)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (bad / name).write_bytes(b"not an idx file")
+    out = tmp_path / "sweep"
+    grid = ["sweep", "--out", str(out), "--archs", "residual", "--depths", "8", "--seeds", "0", "1"]
+    assert main([*grid, *tiny(tmp_path / "bad")]) == 1
+    assert "0 complete, 0 diverged, 2 failed" in caplog.text  # a warning, as the exit code says
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary.status == "failed").all() and summary.error.str.contains("mnist.py").all()
+    for run_id in summary.run_id:
+        assert {p.name for p in (out / "runs" / run_id).iterdir()} == {"config.json", "summary.json"}
+
+    assert main([*grid, *tiny(data_dir)[:-1]]) == 0  # the same runs (data_dir is not in the id), now whole
+    assert "2 complete, 0 diverged, 0 failed (2 run now, 0 already done)" in capsys.readouterr().out
+    again = pd.read_csv(out / "summary.csv")
+    assert again.run_id.tolist() == summary.run_id.tolist() and (again.status == "complete").all()
+
+
+def test_a_grown_grid_runs_only_the_new_points_and_force_reruns(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "sweep"
+    spec = lambda depths: SweepSpec(  # noqa: E731
+        grid={"arch": ["residual"], "depth": depths, "width": [2]},
+        fixed={"steps": 4, "train_subset": 256, "test_subset": 200, "threads": 1, "device": "cpu",
+               "data_dir": str(data_dir)},
+    )
+    first = run_sweep(spec([8]), out, progress=False)
+    (old,) = first.run_id
+    files = snapshot(out / "runs" / old)
+
+    grown = run_sweep(spec([8, 14]), out, progress=False)
+    assert (grown.attrs["ran"], grown.attrs["skipped"]) == (1, 1)
+    assert grown.depth.tolist() == [8, 14] and (grown.status == "complete").all()
+    assert snapshot(out / "runs" / old) == files
+    assert load_spec(out).grid["depth"] == [8, 14]
+    assert pd.read_csv(out / "summary.csv").run_id.tolist() == grown.run_id.tolist()
+
+    forced = run_sweep(spec([8, 14]), out, force=True, progress=False)
+    assert (forced.attrs["ran"], forced.attrs["skipped"]) == (2, 0)
+    assert snapshot(out / "runs" / old)["summary.json"][0] != files["summary.json"][0]  # rewritten
+    # Same config, same thread count: the rerun reproduces the numbers.
+    cols = ["final_test_acc", "final_test_loss", "final_train_loss"]
+    pd.testing.assert_frame_equal(forced[cols], grown[cols])
+
+
+# ---------------------------------------------------------------- executors agree
+
+
+@pytest.mark.slow
+def test_ray_and_process_pool_give_the_same_numbers_as_in_process(tmp_path: Path, data_dir: Path) -> None:
+    spec = SweepSpec(
+        grid={"arch": ["plain", "residual"], "depth": [8], "width": [2]},
+        fixed={"steps": 6, "record_every": 2, "train_subset": 256, "test_subset": 200, "threads": 1,
+               "device": "cpu", "data_dir": str(data_dir)},
+    )
+    local = run_sweep(spec, tmp_path / "local", executor="local", workers=1, progress=False)
+    pool = run_sweep(spec, tmp_path / "pool", executor="local", workers=2, progress=False)
+    ray_ = run_sweep(spec, tmp_path / "ray", executor="ray", workers=2, progress=False)
+    same = ["run_id", *GRID_OPTIONS, "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps"]
+    assert (local.status == "complete").all() and len(local) == 2
+    for other, name in ((pool, "pool"), (ray_, "ray")):
+        pd.testing.assert_frame_equal(other[same], local[same])
+        for run_id in local.run_id:
+            a, b = tmp_path / "local" / "runs" / run_id, tmp_path / name / "runs" / run_id
+            pd.testing.assert_frame_equal(pd.read_csv(b / "metrics.csv"), pd.read_csv(a / "metrics.csv"))
+            pd.testing.assert_frame_equal(pd.read_parquet(b / "grad_norms.parquet"), pd.read_parquet(a / "grad_norms.parquet"))
+            assert TrainConfig.from_dict(json.loads((b / "config.json").read_text())).run_id() == run_id
