@@ -304,6 +304,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- report
+
+EPILOG_REPORT = """\
+examples:
+  resgrad report runs/depth
+  resgrad report results/mnist-depth-sweep --out /tmp/depth-report
+
+DIR (default SWEEP_DIR/report) gets report.md, a self-contained report.html
+(figures embedded), figures/*.png (weight_grad_by_layer, activation_grad_by_block,
+grad_norm_over_steps, train_loss, test_error_vs_depth) and tables/*.csv
+(by_arch_depth: mean and std over seeds per arch and depth; headline: plain vs
+residual per depth; runs: one row per grid point with its status). Missing,
+diverged and failed runs are listed as such. In Python,
+resgrad.report.load_sweep(SWEEP_DIR) returns the same data as pandas frames.
+Prints the path of report.html and the headline table.
+"""
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="tables, figures and an HTML report from a sweep folder",
+        description="Summarise a sweep folder made by `resgrad sweep`: gradient-norm figures, "
+        "tables over seeds, report.md and a self-contained report.html.",
+        epilog=EPILOG_REPORT, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a sweep folder (holds sweep.json and runs/)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="folder to write (default: SWEEP_DIR/report)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from resgrad.report import headline_markdown, make_report
+
+    report = make_report(args.sweep_dir, args.out)
+    print(f"report: {report.html}")
+    print(headline_markdown(report.headline))
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -320,7 +359,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_bench, _add_sweep]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_bench, _add_sweep, _add_report]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
