@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+RESGRAD := $(VENV)/bin/resgrad
 SHARED_MNIST := ../shared/data/MNIST
 
-.PHONY: setup demo test bench-smoke results data clean
+.PHONY: setup demo test results data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +25,27 @@ data/MNIST/raw:
 
 data: data/MNIST/raw
 
+# The main job end to end: a small sweep (plain vs residual, depths 8 20 56) and its report.
 demo: setup data
-	$(VENV)/bin/resgrad train --arch residual --depth 20 --steps 300 --train-subset 20000 --out runs/demo
+	$(RESGRAD) sweep --config sweeps/demo.toml
+	$(RESGRAD) report runs/demo
 
 # The tests, then the benchmark suite once without timing so that it cannot rot.
 test: setup data
 	$(PY) -m pytest tests
 	$(PY) -m pytest benchmarks --benchmark-disable -q
+
+# The committed reference results (about 75 minutes on a 2-core CPU). A rerun resumes
+# the sweeps; delete a folder to make it afresh.
+results: setup data
+	rm -f results/mnist-depth-sweep/PROVENANCE.md results/seed-resnet/PROVENANCE.md results/bench/cpu/PROVENANCE.md
+	results/record.sh results/mnist-depth-sweep $(RESGRAD) sweep --config sweeps/mnist-depth-sweep.toml --quiet
+	results/record.sh results/mnist-depth-sweep $(RESGRAD) report results/mnist-depth-sweep
+	results/record.sh results/seed-resnet $(RESGRAD) sweep --config sweeps/seed-resnet.toml --quiet
+	results/record.sh results/seed-resnet $(RESGRAD) report results/seed-resnet
+	results/record.sh results/bench/cpu $(RESGRAD) bench --devices cpu --archs plain residual \
+		--depths 8 14 20 32 44 56 --widths 16 --batch-sizes 32 128 --modes forward forward_backward train_step \
+		--dtype float32 --threads 2 --min-run-time 4 --warmup 1 --quiet --out results/bench/cpu
 
 clean:
 	rm -rf runs .pytest_cache .benchmarks
