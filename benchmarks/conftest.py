@@ -10,10 +10,13 @@ for every arch x depth x device; CUDA cases are skipped where torch sees no GPU.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 STEP_DEVICES = ("cpu", "cuda")
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,3 +53,11 @@ def step_options(request: pytest.FixtureRequest) -> dict[str, object]:
         torch.set_num_threads(opt("step_threads"))
         request.addfinalizer(lambda: torch.set_num_threads(before))
     return {"width": opt("step_width"), "batch_size": opt("step_batch_size"), "mode": opt("step_mode")}
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> str:
+    """The repo's data/ folder with MNIST/raw (`make test` copies it there first)."""
+    if not (DATA / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST is missing: put the four official files in {DATA / 'MNIST' / 'raw'} (see README).")
+    return str(DATA)

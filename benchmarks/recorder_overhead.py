@@ -14,12 +14,12 @@ import argparse
 import statistics
 
 import torch
-import torch.nn.functional as F
 from torch.utils import benchmark
 
 from resgrad.data import load_split
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model
+from resgrad.train import train_step
 
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recorder: GradientRecorder | None):
@@ -28,14 +28,7 @@ def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recorder
     counter = [0]
 
     def step() -> None:
-        if recorder is not None:
-            recorder.begin_step(counter[0])
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if recorder is not None:
-            recorder.end_step()
-        opt.step()
+        train_step(model, opt, x, y, recorder, counter[0])
         counter[0] += 1
 
     return step
@@ -48,19 +41,21 @@ def measure(
     """Median ms per training step without and with the recorder, and their ratio."""
     dev = torch.device(device)
     split = load_split(False, data_dir, subset=batch_size, device=dev)
-    torch.manual_seed(0)
-    model = build_model(arch, depth, width).to(dev)
+    models = {}
+    for name in ("off", "on"):  # the same weights; only "on" ever has the recorder's hooks attached
+        torch.manual_seed(0)
+        models[name] = build_model(arch, depth, width).to(dev)
     threads = torch.get_num_threads()
     times: dict[str, list[float]] = {"off": [], "on": []}
-    with GradientRecorder(model, schedule=1) as rec:
-        steps = {"off": make_step(model, split.images, split.labels, None),
-                 "on": make_step(model, split.images, split.labels, rec)}
+    with GradientRecorder(models["on"], schedule=1) as rec:
+        steps = {"off": make_step(models["off"], split.images, split.labels, None),
+                 "on": make_step(models["on"], split.images, split.labels, rec)}
         for name in ("off", "on"):  # warm-up outside the measurement
             for _ in range(3):
                 steps[name]()
-        for _ in range(rounds):
+        sync = "torch.cuda.synchronize()" if dev.type == "cuda" else "pass"
+        for _ in range(rounds):  # alternate, so that drifts in machine load hit both alike
             for name in ("off", "on"):
-                sync = "torch.cuda.synchronize()" if dev.type == "cuda" else "pass"
                 timer = benchmark.Timer(stmt=f"step(); {sync}", globals={"step": steps[name], "torch": torch},
                                         num_threads=threads)
                 times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)

@@ -36,6 +36,7 @@ from resgrad.bench import BenchConfig, run_bench
 from resgrad.data import endless_batches, load_split, resolve_data_dir
 from resgrad.gradients import GradientRecorder, every
 from resgrad.models import build_model
+from resgrad.train import train_step
 
 BATCH = 64
 
@@ -103,15 +104,7 @@ class ResgradSteps:
             epoch, idx = next(self.batches)
             idx = idx.to(device, non_blocking=True)
             x, y = split.images[idx], split.labels[idx]
-            if rec is not None:
-                rec.begin_step(self.step, epoch)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if rec is not None:
-                rec.end_step()
-            opt.step()
-            losses[i] = loss.detach()
+            losses[i] = train_step(model, opt, x, y, rec, self.step, epoch)
             if (i + 1) % self.check_every == 0 or i == steps - 1:
                 chunk = losses[checked : i + 1].cpu()
                 if not torch.isfinite(chunk).all():

@@ -84,3 +84,10 @@ def test_run_id_is_readable_and_stable() -> None:
 def test_bad_config_is_refused_before_anything_runs(kwargs: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         TrainConfig(**kwargs).validate()
+
+
+def test_summary_has_the_documented_keys_in_order(data_dir: Path) -> None:
+    from resgrad.train import SUMMARY_KEYS
+
+    result = train(TrainConfig(arch="plain", steps=2, data_dir=str(data_dir), **SMALL), progress=False)
+    assert tuple(result.summary) == SUMMARY_KEYS

@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda", "auto")
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "test_loss", "test_acc"]
+# The keys of summary.json, in the order train() writes them.
+SUMMARY_KEYS = (
+    "run_id", "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps", "epochs",
+    "diverged_at_step", "wall_seconds", "train_seconds", "images_per_s", "params", "device", "device_name",
+    "threads", "python_version", "torch_version", "resgrad_version", "error",
+)
 
 
 @dataclass
@@ -166,8 +172,30 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[fl
     return total_loss.item() / n, correct.item() / n
 
 
-def _progress_enabled(progress: bool | None) -> bool:
+def progress_enabled(progress: bool | None) -> bool:
+    """A progress bar shows when asked, or by default when stderr is a terminal."""
     return sys.stderr.isatty() if progress is None else progress
+
+
+def train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recorder: GradientRecorder | None = None,
+    step: int = 0,
+    epoch: int = 0,
+) -> torch.Tensor:
+    """One SGD step as :func:`train` runs it; returns the loss, detached, still on the device."""
+    if recorder is not None:
+        recorder.begin_step(step, epoch)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if recorder is not None:
+        recorder.end_step()  # reads the gradients before the update
+    opt.step()
+    return loss.detach()
 
 
 def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
@@ -214,7 +242,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     batches = endless_batches(len(train_set), config.batch_size, config.seed)
     model.train()
     with GradientRecorder(model, schedule) as rec, tqdm(
-        total=total, desc=config.run_id(), unit="step", disable=not _progress_enabled(progress), leave=False
+        total=total, desc=config.run_id(), unit="step", disable=not progress_enabled(progress), leave=False
     ) as bar:
         t_loop = time.perf_counter()
         for step in range(total):
@@ -224,14 +252,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
             images_seen += len(idx)
             idx = idx.to(device, non_blocking=True)
             x, y = train_set.images[idx], train_set.labels[idx]
-            # 2. forward, backward; the recorder reads gradients before the update
-            rec.begin_step(step, epoch)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            rec.end_step()
-            opt.step()
-            losses[step] = loss.detach()
+            # 2. forward, backward, gradient norms, update
+            losses[step] = train_step(model, opt, x, y, rec, step, epoch)
             bar.update()
             # 3. divergence check and evaluation
             do_eval = (step + 1) % eval_every == 0 or step == total - 1
