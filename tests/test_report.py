@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from resgrad.cli import main
+from resgrad.markdown import markdown_table
 from resgrad.report import headline_table, load_sweep, summary_display, summary_table
 from resgrad.sweep import SweepSpec, run_sweep
 
@@ -360,3 +361,13 @@ def test_headline_table_api(sweep_dir: Path) -> None:
     assert list(table.columns) == ["depth", "plain_test_acc", "residual_test_acc",
                                    "plain_log10_grad_ratio_first", "residual_log10_grad_ratio_first",
                                    "plain_log10_grad_ratio_last", "residual_log10_grad_ratio_last"]
+
+
+def test_markdown_table_escapes_pipes_and_aligns_numbers_right() -> None:
+    frame = pd.DataFrame({"name|x": ["a|b", "two\nlines"], "ms": [1.5, 20.0]})
+    text = markdown_table(frame)
+    assert text == ("| name\\|x | ms |\n"
+                    "|:---|---:|\n"
+                    "| a\\|b | 1.5 |\n"
+                    "| two lines | 20.0 |\n")
+    assert markdown_table(frame, lambda v, c: f"<{c}>").splitlines()[2] == "| <name\\|x> | <ms> |"

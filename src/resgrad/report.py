@@ -34,6 +34,7 @@ import pandas as pd
 
 from resgrad.errors import UsageError
 from resgrad.files import atomic_write, write_bytes, write_text
+from resgrad.markdown import markdown_table
 from resgrad.sweep import GRID_OPTIONS, SweepSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -334,20 +335,9 @@ def headline_display(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of a frame of strings."""
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
-
-
 def headline_markdown(table: pd.DataFrame) -> str:
     """The headline table (from :func:`headline_table`) as Markdown, as ``resgrad report`` prints it."""
-    return markdown_table(headline_display(table))
+    return markdown_table(headline_display(table)).rstrip("\n")
 
 
 # ---------------------------------------------------------------- figures
@@ -838,7 +828,7 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     body = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{_inline_html(p)}</p>" for p in intro)]
 
     def section(heading: str, frame: pd.DataFrame, csv: str, lead: str = "") -> None:
-        md.extend([f"## {heading}", "", *([lead, ""] if lead else []), markdown_table(frame), "",
+        md.extend([f"## {heading}", "", *([lead, ""] if lead else []), markdown_table(frame),
                    f"CSV: `tables/{csv}.csv`", ""])
         body.extend([f"<h2>{html.escape(heading)}</h2>", *([f"<p>{_inline_html(lead)}</p>"] if lead else []),
                      _html_table(frame), f"<p>CSV: <code>tables/{csv}.csv</code></p>"])
