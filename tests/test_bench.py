@@ -12,14 +12,17 @@ import torch
 from torch import nn
 
 from resgrad.bench import (
-    COLUMNS, MODES, STATUS_COLUMNS, BenchConfig, count_flops, make_step, run_bench, speedup_table, write_bench,
+    COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig, OutOfMemoryError, bench_markdown, convs_use_tf32,
+    count_flops, is_oom, make_step, matmul_precision_like_convs, run_bench, speedup_table, write_bench,
 )
 from resgrad.cli import main
 from resgrad.errors import UsageError
 from resgrad.models import FIXED_ARCHS, build_model
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
-TINY = dict(archs=["plain", "residual"], depths=[8], widths=[2], batch_sizes=[2], threads=1, min_run_time=0.01, warmup=1)
+TINY = dict(
+    archs=["plain", "residual"], depths=[8], widths=[2], batch_sizes=[2], threads=1, min_run_time=0.01, warmup=1,
+)
 
 
 def exit_code(argv: list[str]) -> int:
@@ -83,12 +86,101 @@ def test_two_devices_get_a_speedup_table(tiny_result, tmp_path):
     assert "## CPU vs CUDA" in (out / "bench.md").read_text()
 
 
+def test_a_rerun_into_the_same_folder_leaves_no_file_of_the_earlier_run(tiny_result, tmp_path):
+    out = tmp_path / "b"
+    cuda = tiny_result.rows.assign(device="cuda")
+    write_bench(dataclasses.replace(tiny_result, rows=pd.concat([tiny_result.rows, cuda], ignore_index=True)), out)
+    assert (out / "speedup.csv").exists() and (out / "bench.png").exists()
+    (out / PARTIAL_NAME).write_text("left by an interrupted run\n")
+    (out / "notes.txt").write_text("a file of the user's\n")
+    # Second run, one device and no point to plot (every point out of memory): neither file is made.
+    oom = tiny_result.rows.assign(status="oom", median_ms=math.nan, images_per_s=math.nan)
+    write_bench(dataclasses.replace(tiny_result, rows=oom), out)
+    assert sorted(p.name for p in out.iterdir()) == ["bench.csv", "bench.md", "notes.txt"]
+    assert (pd.read_csv(out / "bench.csv")["status"] == "oom").all()
+
+
 def test_a_fixed_arch_is_timed_once_with_its_own_shape():
-    config = BenchConfig(devices=["cpu"], **{**TINY, "archs": ["seed-residual"], "depths": [8, 14], "modes": ["forward"]})
+    config = BenchConfig(
+        devices=["cpu"], **{**TINY, "archs": ["seed-residual"], "depths": [8, 14], "modes": ["forward"]}
+    )
     rows = run_bench(config, progress=False).rows
     assert len(rows) == 1  # depth and width do not apply: one point, not one per depth
     assert (rows["depth"].iloc[0], rows["width"].iloc[0]) == FIXED_ARCHS["seed-residual"]
     assert rows["params"].iloc[0] == sum(p.numel() for p in build_model("seed-residual").parameters())
+
+
+# ---------------------------------------------------------------- the peak's precision
+
+
+def test_cpu_peak_is_float32_and_bench_md_says_so(tiny_result):
+    peaks = tiny_result.peaks
+    assert list(peaks["matmul_precision"]) == ["float32"] and (peaks["peak_gflop_per_s"] > 0).all()
+    assert "| matmul_precision |" in bench_markdown(tiny_result)
+
+
+@pytest.fixture
+def restore_tf32_flags():
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    yield
+    torch.backends.cudnn.allow_tf32 = conv  # the legacy setter sets conv and RNN alike: a state any reader accepts
+    torch.set_float32_matmul_precision(matmul)
+    assert torch.backends.cudnn.allow_tf32 == conv  # reading it raises if the flags were left mixed
+
+
+@pytest.mark.parametrize("conv_tf32", [True, False])
+def test_cuda_float32_peak_uses_tf32_exactly_when_convolutions_may(restore_tf32_flags, conv_tf32):
+    # Setting the flags needs no GPU; torch reads them when a CUDA matmul or conv runs.
+    torch.backends.cudnn.allow_tf32 = conv_tf32  # the legacy switch, as a user would set it
+    assert convs_use_tf32() is conv_tf32
+    before = torch.get_float32_matmul_precision()
+    with matmul_precision_like_convs("cuda", "float32") as precision:
+        assert precision == ("tf32" if conv_tf32 else "float32")
+        assert torch.backends.cuda.matmul.fp32_precision == ("tf32" if conv_tf32 else "ieee")
+    assert torch.get_float32_matmul_precision() == before
+    for device, dtype in (("cuda", "bfloat16"), ("cpu", "float32")):  # left as they are
+        with matmul_precision_like_convs(device, dtype) as precision:
+            assert precision == dtype and torch.get_float32_matmul_precision() == before
+
+
+def test_conv_tf32_is_read_from_the_newer_flags_too(restore_tf32_flags):
+    torch.backends.cudnn.conv.fp32_precision = "ieee"  # after this, reading cudnn.allow_tf32 raises in torch >= 2.9
+    assert convs_use_tf32() is False
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    assert convs_use_tf32() is True
+
+
+# ---------------------------------------------------------------- out of memory, wrapped
+
+
+def _raise_chain(inner: BaseException, linked_by: str) -> BaseException:
+    """The exception a wrapper raises around ``inner``, as dynamo/inductor do: ``from`` it or while handling it."""
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            if linked_by == "cause":
+                raise RuntimeError("backend='inductor' raised: see above") from exc
+            raise RuntimeError("an error occurred while handling the one above")
+    except RuntimeError as outer:
+        return outer
+
+
+@pytest.mark.parametrize("linked_by", ["cause", "context"])
+def test_out_of_memory_is_found_inside_a_wrapping_exception(linked_by):
+    cuda_oom = OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    cpu_oom = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 31360000000000 bytes.")
+    for inner in (cuda_oom, cpu_oom):
+        outer = _raise_chain(inner, linked_by)
+        assert "memory" not in str(outer) and is_oom(outer)
+        assert is_oom(_raise_chain(outer, linked_by))  # two levels deep
+    assert not is_oom(_raise_chain(ValueError("shapes do not match"), linked_by))
+
+
+def test_is_oom_stops_on_a_chain_that_loops():
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__context__, b.__context__ = b, a
+    assert not is_oom(a)
 
 
 # ---------------------------------------------------------------- FLOPs against a hand count
@@ -97,7 +189,8 @@ def test_a_fixed_arch_is_timed_once_with_its_own_shape():
 def test_flop_count_of_conv_plus_linear_equals_hand_count():
     torch.manual_seed(0)
     b = 3
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(18, 4))  # (B,1,5,5) -> (B,2,3,3) -> (B,18) -> (B,4)
+    # (B,1,5,5) -> (B,2,3,3) -> (B,18) -> (B,4)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(18, 4))
     x, y = torch.randn(b, 1, 5, 5), torch.randint(0, 4, (b,))
     conv_macs = 2 * 3 * 3 * (1 * 3 * 3)  # out channels x out pixels x (in channels x kernel)
     fc_macs = 18 * 4
@@ -175,7 +268,10 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, flags, message
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(modes=["backward"]), dict(dtypes=["float16"]), dict(devices=["tpu"]), dict(depths=[9]), dict(batch_sizes=[-1]), dict(depths=[])],
+    [
+        dict(modes=["backward"]), dict(dtypes=["float16"]), dict(devices=["tpu"]), dict(depths=[9]),
+        dict(batch_sizes=[-1]), dict(depths=[]),
+    ],
 )
 def test_library_rejects_bad_config(kw):
     with pytest.raises(UsageError):
@@ -189,10 +285,14 @@ def _overcommit_refuses_huge() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _overcommit_refuses_huge(), reason="needs a kernel that refuses an impossible allocation at once")
+@pytest.mark.skipif(
+    not _overcommit_refuses_huge(), reason="needs a kernel that refuses an impossible allocation at once"
+)
 def test_out_of_memory_point_is_recorded_and_the_rest_goes_on():
     huge = 10**10  # a (1e10, 1, 28, 28) float input is 31 TB: the allocator refuses it outright
-    config = BenchConfig(devices=["cpu"], **{**TINY, "archs": ["residual"], "batch_sizes": [huge, 2], "modes": ["forward"]})
+    config = BenchConfig(
+        devices=["cpu"], **{**TINY, "archs": ["residual"], "batch_sizes": [huge, 2], "modes": ["forward"]}
+    )
     rows = run_bench(config, progress=False).rows.set_index("batch_size")
     assert rows.loc[huge, "status"] == "oom" and "allocate" in rows.loc[huge, "error"]
     assert math.isnan(rows.loc[huge, "median_ms"])

@@ -16,16 +16,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 import logging
 import math
 import os
 import platform
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -34,7 +34,9 @@ from torch import nn
 
 from resgrad.errors import UsageError, check_choice
 from resgrad.files import write_bytes, write_csv, write_text
+from resgrad.markdown import markdown_table
 from resgrad.models import FIXED_ARCHS, available_archs, build_model, check_depth, count_params
+from resgrad.train import TrainConfig, device_name, progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,13 @@ COLUMNS = [
     "median_ms", "iqr_ms", "images_per_s", "gflop", "gflop_per_s", "pct_of_peak", "params", "threads", "torch_version",
 ]
 STATUS_COLUMNS = ["status", "error"]  # status: ok | oom
-PEAK_COLUMNS = ["device", "device_name", "dtype", "matmul_n", "peak_gflop_per_s"]
+# matmul_precision: float32 | tf32 | bfloat16, what the peak's matmul ran in (see measure_peak)
+PEAK_COLUMNS = ["device", "device_name", "dtype", "matmul_precision", "matmul_n", "peak_gflop_per_s"]
 # Side of the square matmul that measures a device's peak: big enough to reach it, small enough to be quick.
 PEAK_MATMUL_N = {"cpu": 2048, "cuda": 8192}
 PARTIAL_NAME = "bench.partial.csv"
-LR, MOMENTUM = 0.01, 0.5  # resgrad train's SGD defaults
+# Files write_bench makes only in some runs: removed when a run does not make them, so none is left from an earlier one.
+OPTIONAL_FILES = ("speedup.csv", "bench.png")
 
 
 # ---------------------------------------------------------------- config
@@ -85,7 +89,8 @@ class BenchConfig:
 
         devices, archs = unique("devices", self.devices), unique("archs", self.archs)
         depths, widths = unique("depths", self.depths), unique("widths", self.widths)
-        batch_sizes, modes, dtypes = unique("batch-sizes", self.batch_sizes), unique("modes", self.modes), unique("dtype", self.dtypes)
+        batch_sizes, modes = unique("batch-sizes", self.batch_sizes), unique("modes", self.modes)
+        dtypes = unique("dtype", self.dtypes)
         for d in devices:
             check_choice("device", d, BENCH_DEVICES)
         for a in archs:
@@ -120,8 +125,9 @@ class BenchConfig:
         if out is not None:
             parts += ["--out", str(out)]
         for flag, values in (
-            ("--devices", self.devices), ("--archs", self.archs), ("--depths", self.depths), ("--widths", self.widths),
-            ("--batch-sizes", self.batch_sizes), ("--modes", self.modes), ("--dtype", self.dtypes),
+            ("--devices", self.devices), ("--archs", self.archs), ("--depths", self.depths),
+            ("--widths", self.widths), ("--batch-sizes", self.batch_sizes), ("--modes", self.modes),
+            ("--dtype", self.dtypes),
         ):
             parts += [flag, *map(str, values)]
         parts += ["--channels-last"] * self.channels_last + ["--compile"] * self.compile
@@ -149,16 +155,12 @@ class Point:
 
 def grid(config: BenchConfig, devices: Sequence[str]) -> list[Point]:
     """Every point for ``devices``; arch varies fastest, so twins are timed back to back."""
-    points: dict[Point, None] = {}
-    for dev in devices:
-        for dt in config.dtypes:
-            for b in config.batch_sizes:
-                for mode in config.modes:
-                    for depth in config.depths:
-                        for width in config.widths:
-                            for arch in config.archs:
-                                d, w = FIXED_ARCHS.get(arch, (depth, width))
-                                points.setdefault(Point(dev, dt, b, mode, d, w, arch))
+    points: dict[Point, None] = {}  # ordered and without duplicates: a fixed arch gives one point, not one per depth
+    for dev, dt, b, mode, depth, width, arch in itertools.product(
+        devices, config.dtypes, config.batch_sizes, config.modes, config.depths, config.widths, config.archs
+    ):
+        d, w = FIXED_ARCHS.get(arch, (depth, width))
+        points.setdefault(Point(dev, dt, b, mode, d, w, arch))
     return list(points)
 
 
@@ -241,7 +243,9 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def time_fn(fn: Callable[[], object], threads: int, min_run_time: float, warmup: int = 3, label: str = "") -> tuple[float, float]:
+def time_fn(
+    fn: Callable[[], object], threads: int, min_run_time: float, warmup: int = 3, label: str = ""
+) -> tuple[float, float]:
     """(median, IQR) in seconds of ``fn()`` by ``Timer.blocked_autorange``, after ``warmup`` untimed calls.
 
     ``Timer``'s default timer also synchronises CUDA when it reads the clock (before and
@@ -270,18 +274,86 @@ OutOfMemoryError: type[RuntimeError] = getattr(torch, "OutOfMemoryError", torch.
 _OOM_MESSAGES = ("can't allocate memory", "out of memory", "ALLOC_FAILED")
 
 
+def _says_oom(exc: BaseException) -> bool:
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES)
+    )
+
+
+def oom_cause(exc: BaseException) -> BaseException | None:
+    """The first exception that says an allocation failed: ``exc`` itself, or one it was raised from or while handling.
+
+    The chain matters under ``--compile``: dynamo and inductor re-raise an out-of-memory
+    error wrapped in their own exception (``BackendCompilerFailed`` and the like).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # a chain can loop back on itself
+        if _says_oom(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def is_oom(exc: BaseException) -> bool:
-    """True when ``exc`` says an allocation failed (CUDA or CPU)."""
-    if isinstance(exc, OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES)
+    """True when ``exc`` or an exception in its chain says an allocation failed (CUDA or CPU)."""
+    return oom_cause(exc) is not None
+
+
+def _oom_message(exc: BaseException) -> str | None:
+    """The first line of the allocation failure in ``exc``'s chain (at most 300 characters); None if there is none."""
+    cause = oom_cause(exc)
+    if cause is None:
+        return None
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
 
 
 # ---------------------------------------------------------------- peak
 
 
-def measure_peak(device: str, dtype: str, threads: int, min_run_time: float) -> tuple[int, float]:
-    """(n, GFLOP/s) of an n x n dense matmul in ``dtype`` on ``device``: the reference for % of peak."""
+def convs_use_tf32() -> bool:
+    """Whether cuDNN may run float32 convolutions in TF32 (torch's default: yes).
+
+    Read through torch's newer ``fp32_precision`` flags where they exist ("none" defers to
+    the level above), since reading the legacy ``allow_tf32`` raises once a user has set
+    the newer ones.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None:  # torch < 2.9: only the legacy flag
+        return bool(torch.backends.cudnn.allow_tf32)
+    for level in (conv, torch.backends.cudnn, torch.backends):
+        precision = getattr(level, "fp32_precision", "none")
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
+@contextlib.contextmanager
+def matmul_precision_like_convs(device: str, dtype: str) -> Iterator[str]:
+    """Let a float32 CUDA matmul use TF32 exactly when the convolutions may; yield the precision it runs in.
+
+    Without this, torch's defaults time the float32 peak without TF32 while the convs of
+    the points use it, and % of peak can pass 100. The previous setting is restored.
+    """
+    if device != "cuda" or dtype != "float32":
+        yield dtype
+        return
+    before = torch.get_float32_matmul_precision()
+    tf32 = convs_use_tf32()
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # high: TF32 on a GPU that has it
+    try:
+        yield "tf32" if tf32 else "float32"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def measure_peak(device: str, dtype: str, threads: int, min_run_time: float) -> tuple[int, float, str]:
+    """(n, GFLOP/s, precision) of an n x n dense matmul in ``dtype`` on ``device``: the reference for % of peak.
+
+    precision is what the matmul ran in: ``dtype``, or ``tf32`` for float32 on CUDA when
+    cuDNN's convolutions may use TF32 (see :func:`matmul_precision_like_convs`).
+    """
     n = PEAK_MATMUL_N[device]
     dev = torch.device(device)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -295,16 +367,15 @@ def measure_peak(device: str, dtype: str, threads: int, min_run_time: float) -> 
         if cuda:
             torch.cuda.synchronize(dev)
 
-    median_s, _ = time_fn(matmul, threads, min_run_time, warmup=2, label=f"peak {device} {dtype}")
-    return n, 2 * n**3 / median_s / 1e9
+    with matmul_precision_like_convs(device, dtype) as precision:
+        median_s, _ = time_fn(matmul, threads, min_run_time, warmup=2, label=f"peak {device} {dtype}")
+    return n, 2 * n**3 / median_s / 1e9, precision
 
 
 # ---------------------------------------------------------------- one point
 
 
 def _device_name(device: str) -> str:
-    from resgrad.train import device_name
-
     return device_name(torch.device(device))
 
 
@@ -320,7 +391,8 @@ def time_point(
     """Build the model of ``point``, count its FLOPs and time its step; one row without the peak columns.
 
     Raises:
-        RuntimeError: ``OutOfMemoryError`` or another allocation failure when the point does not fit (see :func:`is_oom`).
+        RuntimeError: ``OutOfMemoryError`` or another allocation failure when the point does not fit
+            (see :func:`is_oom`; under ``compile`` it may come wrapped in another exception).
     """
     device = torch.device(point.device)
     torch.manual_seed(seed)
@@ -332,7 +404,10 @@ def time_point(
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM) if point.mode == "train_step" else None
+    defaults = TrainConfig()  # the SGD settings of resgrad train
+    opt = None
+    if point.mode == "train_step":
+        opt = torch.optim.SGD(model.parameters(), lr=defaults.lr, momentum=defaults.momentum)
     flops = count_flops(make_step(model, x, y, point.mode, point.dtype, opt))  # eager, before any compile
     timed = model
     if compile:
@@ -365,10 +440,6 @@ class BenchResult:
     wall_seconds: float
 
 
-def _progress_enabled(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
-
-
 def _machine(devices: Sequence[str], threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -383,9 +454,10 @@ def _machine(devices: Sequence[str], threads: int) -> dict[str, Any]:
         info["gpu"] = _device_name("cuda")
         info["cuda_version"] = torch.version.cuda
         info["cudnn_version"] = torch.backends.cudnn.version()
-        # float32 convs may run as TF32 while the float32 matmul peak does not (torch's defaults)
+        # float32 convs may run as TF32; the float32 peak's matmul follows them (matmul_precision_like_convs)
         info["tf32"] = (
-            f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}, "
+            f"float32 convolutions {'may use' if convs_use_tf32() else 'do not use'} TF32, "
+            f"float32 matmul precision {torch.get_float32_matmul_precision()!r}, "
             f"cudnn.benchmark={torch.backends.cudnn.benchmark}"
         )
     return info
@@ -423,7 +495,10 @@ def run_bench(
             "add --devices cpu."
         )
     for d in absent:
-        log.warning("device %r is listed but absent (torch sees no CUDA device): skipped; timing %s only.", d, ", ".join(present))
+        log.warning(
+            "device %r is listed but absent (torch sees no CUDA device): skipped; timing %s only.",
+            d, ", ".join(present),
+        )
     if config.threads:
         torch.set_num_threads(config.threads)
     threads = torch.get_num_threads()
@@ -431,36 +506,41 @@ def run_bench(
 
     names = {d: _device_name(d) for d in present}
 
-    def measure_peaks(peaks: dict[tuple[str, str], float]) -> None:
-        # The best of a measurement before and one after the points: a busy moment lowers one, not both.
-        for d in present:
-            for dt in config.dtypes:
-                n, gflops = measure_peak(d, dt, threads, config.min_run_time)
-                peaks[d, dt] = max(gflops, peaks.get((d, dt), 0.0))
-                log.info("peak %s %s: %.1f GFLOP/s (%d x %d matmul)", d, dt, gflops, n, n)
-
     peaks: dict[tuple[str, str], float] = {}
-    measure_peaks(peaks)
+    precisions: dict[tuple[str, str], str] = {}
+
+    def measure_peaks() -> None:
+        # The best of a measurement before and one after the points: a busy moment lowers one, not both.
+        for d, dt in itertools.product(present, config.dtypes):
+            n, gflops, precisions[d, dt] = measure_peak(d, dt, threads, config.min_run_time)
+            peaks[d, dt] = max(gflops, peaks.get((d, dt), 0.0))
+            log.info("peak %s %s (%s): %.1f GFLOP/s (%d x %d matmul)", d, dt, precisions[d, dt], gflops, n, n)
+
+    measure_peaks()
 
     rows: list[dict[str, Any]] = []
     points = grid(config, present)
-    with tqdm(points, desc="bench", unit="point", disable=not _progress_enabled(progress)) as bar:
+    with tqdm(points, desc="bench", unit="point", disable=not progress_enabled(progress)) as bar:
         for p in bar:
             bar.set_postfix_str(p.label(), refresh=False)
             row: dict[str, Any] = {
-                "device": p.device, "device_name": names[p.device], "arch": p.arch, "depth": p.depth, "width": p.width,
-                "batch_size": p.batch_size, "mode": p.mode, "dtype": p.dtype, "channels_last": config.channels_last,
-                "compiled": config.compile, "median_ms": math.nan, "iqr_ms": math.nan, "images_per_s": math.nan,
-                "gflop": math.nan, "gflop_per_s": math.nan, "pct_of_peak": math.nan, "params": None,
-                "threads": threads, "torch_version": torch.__version__, "status": "ok", "error": "",
+                "device": p.device, "device_name": names[p.device], "arch": p.arch, "depth": p.depth,
+                "width": p.width, "batch_size": p.batch_size, "mode": p.mode, "dtype": p.dtype,
+                "channels_last": config.channels_last, "compiled": config.compile, "median_ms": math.nan,
+                "iqr_ms": math.nan, "images_per_s": math.nan, "gflop": math.nan, "gflop_per_s": math.nan,
+                "pct_of_peak": math.nan, "params": None, "threads": threads, "torch_version": torch.__version__,
+                "status": "ok", "error": "",
             }
             try:
-                row.update(time_point(p, threads, config.min_run_time, config.warmup, config.channels_last, config.compile, config.seed))
+                row.update(time_point(
+                    p, threads, config.min_run_time, config.warmup, config.channels_last, config.compile, config.seed
+                ))
                 row["pct_of_peak"] = 100 * row["gflop_per_s"] / peaks[p.device, p.dtype]  # provisional until the end
-            except RuntimeError as exc:  # OutOfMemoryError is one
-                if not is_oom(exc):
+            except Exception as exc:  # OutOfMemoryError, or under compile an exception wrapping one
+                message = _oom_message(exc)  # a string: no reference to the exception outlives this block
+                if message is None:
                     raise
-                row.update(status="oom", error=str(exc).strip().splitlines()[0][:300])
+                row.update(status="oom", error=message)
                 log.warning("%s: out of memory, recorded and skipped", p.label())
             # Outside the except block, so the traceback no longer holds the point's tensors.
             if row["status"] == "oom":
@@ -469,9 +549,10 @@ def run_bench(
             if checkpoint is not None:
                 write_csv(checkpoint, pd.DataFrame(rows, columns=COLUMNS + STATUS_COLUMNS))
 
-    measure_peaks(peaks)
+    measure_peaks()
     peak_frame = pd.DataFrame(
-        [(d, names[d], dt, PEAK_MATMUL_N[d], g) for (d, dt), g in peaks.items()], columns=PEAK_COLUMNS
+        [(d, names[d], dt, precisions[d, dt], PEAK_MATMUL_N[d], g) for (d, dt), g in peaks.items()],
+        columns=PEAK_COLUMNS,
     )
     frame = pd.DataFrame(rows, columns=COLUMNS + STATUS_COLUMNS)
     frame["pct_of_peak"] = 100 * frame["gflop_per_s"] / pd.Series(
@@ -488,7 +569,6 @@ KEY_COLUMNS = ["arch", "depth", "width", "batch_size", "mode", "dtype", "channel
 
 def speedup_table(rows: pd.DataFrame) -> pd.DataFrame:
     """CPU vs CUDA per point measured on both: ``cpu_median_ms``, ``cuda_median_ms``, ``speedup`` (cpu / cuda)."""
-
     ok = rows[rows["status"] == "ok"]
     cpu = ok[ok["device"] == "cpu"][KEY_COLUMNS + ["median_ms"]].rename(columns={"median_ms": "cpu_median_ms"})
     cuda = ok[ok["device"] == "cuda"][KEY_COLUMNS + ["median_ms"]].rename(columns={"median_ms": "cuda_median_ms"})
@@ -500,7 +580,7 @@ def speedup_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fmt(value: Any, column: str) -> str:
-
+    """A cell of bench.md: blank for a missing value, numbers rounded per column."""
     if pd.api.types.is_scalar(value) and pd.isna(value):
         return ""
     if isinstance(value, float):
@@ -510,17 +590,6 @@ def _fmt(value: Any, column: str) -> str:
             return f"{value:.1f}"
         return f"{value:.4g}"
     return str(value)
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table of ``frame`` (numbers right-aligned)."""
-
-    cols = list(frame.columns)
-    right = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
-    for rec in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v, c) for v, c in zip(rec, cols)) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _varying(rows: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
@@ -547,23 +616,27 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
         "```",
         "",
         f"- machine: {m['cpu']} ({m['cpu_count']} logical CPUs), {m['platform']}"
-        + (f"; GPU {m['gpu']} (CUDA {m['cuda_version']}, cuDNN {m['cudnn_version']}; {m['tf32']})" if "gpu" in m else ""),
+        + (f"; GPU {m['gpu']} (CUDA {m['cuda_version']}, cuDNN {m['cudnn_version']}; {m['tf32']})"
+           if "gpu" in m else ""),
         f"- torch {m['torch_version']}, Python {m['python_version']}, torch threads: {m['threads']}, {m['date']}",
         f"- {len(rows)} points in {result.wall_seconds:.0f} s"
         + (f"; skipped (absent): {', '.join(result.skipped_devices)}" if result.skipped_devices else ""),
         "- timing: `torch.utils.benchmark.Timer.blocked_autorange` "
-        f"(min_run_time {result.config.min_run_time:g} s, warm-up calls: {result.config.warmup}); median and IQR per step "
+        f"(min_run_time {result.config.min_run_time:g} s, warm-up calls: {result.config.warmup}); "
+        "median and IQR per step "
         "over the timed blocks (few blocks when a step is long next to min_run_time: then the IQR says little). "
         "Inputs are random tensors already on the device (no data loading). "
         "forward = no_grad forward; forward_backward = forward, cross-entropy, backward; "
         "train_step = that plus an SGD(momentum) step.",
         "- FLOPs: `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, forward and backward); "
         "% of peak = achieved GFLOP/s / the dense n x n matmul below, same device and dtype "
-        "(the better of one measurement before the points and one after).",
+        "(the better of one measurement before the points and one after). "
+        "`matmul_precision` is what that matmul ran in: on CUDA a float32 peak uses TF32 exactly when "
+        "cuDNN may run the float32 convolutions in TF32 (torch's default), so that both sides use the same precision.",
         "",
         "## Peak (dense matmul)",
         "",
-        markdown_table(result.peaks),
+        markdown_table(result.peaks, _fmt),
     ]
     shown = ["device", "arch", "depth", "width", "batch_size", "mode", "dtype", "channels_last", "compiled"]
     varying, fixed = _varying(rows, shown)
@@ -575,12 +648,13 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
     lines += ["## Points", ""]
     if fixed:
         lines += ["Same for every row: " + ", ".join(f"{k} = {v}" for k, v in fixed.items() if k not in keys) + ".", ""]
-    lines.append(markdown_table(rows[keys + values]))
+    lines.append(markdown_table(rows[keys + values], _fmt))
     speedups = speedup_table(rows)
     if result.rows["device"].nunique() > 1:
         lines += ["## CPU vs CUDA", "", "speedup = CPU median / CUDA median, per point measured on both.", ""]
         sv, _ = _varying(speedups, KEY_COLUMNS)
-        lines.append(markdown_table(speedups[[c for c in KEY_COLUMNS if c in sv or c in always] + ["cpu_median_ms", "cuda_median_ms", "speedup"]]))
+        shown_keys = [c for c in KEY_COLUMNS if c in sv or c in always]
+        lines.append(markdown_table(speedups[shown_keys + ["cpu_median_ms", "cuda_median_ms", "speedup"]], _fmt))
     return "\n".join(lines)
 
 
@@ -606,7 +680,9 @@ def bench_plot(rows: pd.DataFrame) -> bytes | None:
     panel = data["device"].astype(str)
     for c in ("dtype", "channels_last", "compiled"):
         if data[c].nunique() > 1:
-            panel = panel + " · " + (data[c].astype(str) if c == "dtype" else data[c].map({True: c.replace("_", " "), False: "not " + c.replace("_", " ")}))
+            name = c.replace("_", " ")
+            values = data[c].astype(str) if c == "dtype" else data[c].map({True: name, False: "not " + name})
+            panel = panel + " · " + values
     data["panel"] = panel
     order = [m for m in MODES if m in set(data["mode"])]
     g = sns.relplot(
@@ -632,18 +708,25 @@ def bench_plot(rows: pd.DataFrame) -> bytes | None:
 def write_bench(result: BenchResult, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``bench.csv``, ``bench.md``, ``bench.png`` (and ``speedup.csv`` for two devices) into ``out_dir``.
 
-    Each file is written atomically; the checkpoint file of :func:`run_bench` is removed.
+    Each file is written atomically. A ``speedup.csv`` or ``bench.png`` that this result does
+    not make is removed, so none is left from an earlier run; so is the checkpoint file of
+    :func:`run_bench`. Other files in ``out_dir`` are left alone (``benchmarks/gpu.sh``
+    keeps its log and other stages' folders there), which is why the folder is not swapped
+    whole.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "bench.csv", result.rows[COLUMNS + STATUS_COLUMNS])
-    if result.rows["device"].nunique() > 1:
-        write_csv(out_dir / "speedup.csv", speedup_table(result.rows))
     write_text(out_dir / "bench.md", bench_markdown(result, out_dir))
+    made = set()
+    if result.rows["device"].nunique() > 1:
+        made.add(write_csv(out_dir / "speedup.csv", speedup_table(result.rows)).name)
     png = bench_plot(result.rows)
     if png is not None:
-        write_bytes(out_dir / "bench.png", png)
+        made.add(write_bytes(out_dir / "bench.png", png).name)
     else:
         log.warning("no successful point of a plain or residual net: bench.png not drawn.")
+    for name in set(OPTIONAL_FILES) - made:
+        (out_dir / name).unlink(missing_ok=True)
     (out_dir / PARTIAL_NAME).unlink(missing_ok=True)
     return out_dir

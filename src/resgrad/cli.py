@@ -238,8 +238,10 @@ batch_size, mode, dtype, channels_last, compiled, median_ms, iqr_ms,
 images_per_s, gflop, gflop_per_s, pct_of_peak, params, threads, torch_version,
 then status [ok|oom] and error), bench.md (readable table, peaks, command and
 machine), bench.png (throughput vs depth) and, when CPU and CUDA both ran,
-speedup.csv. Inputs are random tensors on the device: compute only, no data
-loading. A listed device that is absent is skipped with a warning.
+speedup.csv; a speedup.csv or bench.png an earlier run left in DIR is removed
+when this run makes none, other files there are kept. Inputs are random tensors
+on the device: compute only, no data loading. A listed device that is absent is
+skipped with a warning.
 """
 
 
@@ -267,7 +269,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-sizes", nargs="+", type=int, default=list(d.batch_sizes), metavar="B",
                    help="images per step (default: 128)")
     g.add_argument("--modes", nargs="+", choices=MODES, default=list(d.modes),
-                   help="forward (no_grad), forward_backward (forward, loss, backward), train_step (+ SGD step) (default: all three)")
+                   help="forward (no_grad), forward_backward (forward, loss, backward), train_step (+ SGD step) "
+                   "(default: all three)")
     g.add_argument("--dtype", nargs="+", choices=tuple(DTYPES), default=list(d.dtypes),
                    help="bfloat16 runs under torch.autocast (default: float32)")
     g.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
@@ -275,11 +278,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("timing and output")
     g.add_argument("--min-run-time", type=float, default=d.min_run_time, metavar="SECONDS",
                    help=f"seconds of measurement per point, Timer.blocked_autorange (default: {d.min_run_time:g})")
-    g.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed calls before each measurement (default: {d.warmup})")
+    g.add_argument("--warmup", type=int, default=d.warmup,
+                   help=f"untimed calls before each measurement (default: {d.warmup})")
     g.add_argument("--seed", type=int, default=d.seed, help="seeds weights and the random inputs (default: 0)")
     g.add_argument("--threads", type=_positive_int, help="torch threads on the CPU (default: torch's choice)")
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    g.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="folder to write (default: runs/bench)")
+    g.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR",
+                   help="folder to write (default: runs/bench)")
     p.set_defaults(func=cmd_bench)
 
 
