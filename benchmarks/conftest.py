@@ -21,13 +21,17 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("resgrad step timing")
-    g.addoption("--step-archs", nargs="+", default=["plain", "residual"], help="archs to time (default: plain residual)")
+    g.addoption("--step-archs", nargs="+", default=["plain", "residual"],
+                help="archs to time (default: plain residual)")
     g.addoption("--step-depths", nargs="+", type=int, default=[8, 20], help="depths, 6n+2 (default: 8 20)")
-    g.addoption("--step-devices", nargs="+", default=list(STEP_DEVICES), help="devices (default: cpu cuda; absent ones skip)")
+    g.addoption("--step-devices", nargs="+", default=list(STEP_DEVICES),
+                help="devices (default: cpu cuda; absent ones skip)")
     g.addoption("--step-width", type=int, default=16, help="width of the first stage (default: 16)")
     g.addoption("--step-batch-size", type=int, default=32, help="images per step (default: 32)")
-    g.addoption("--step-mode", default="train_step", help="forward | forward_backward | train_step (default: train_step)")
-    g.addoption("--step-threads", type=int, help="torch threads (default: torch's choice; use 1 on a busy shared machine)")
+    g.addoption("--step-mode", default="train_step",
+                help="forward | forward_backward | train_step (default: train_step)")
+    g.addoption("--step-threads", type=int,
+                help="torch threads (default: torch's choice; use 1 on a busy shared machine)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -62,7 +62,8 @@ def measure(
         recorded = rec.to_frame()
     assert recorded.step.nunique() > 0
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
-    return {"off_ms": off, "on_ms": on, "ratio": on / off, "threads": threads, "recorded_steps": int(recorded.step.nunique())}
+    return {"off_ms": off, "on_ms": on, "ratio": on / off, "threads": threads,
+            "recorded_steps": int(recorded.step.nunique())}
 
 
 def main() -> None:

@@ -44,8 +44,9 @@ def run_scaling(
 
     Returns:
         ``runs``, ``steps``, ``threads_per_run``, ``cpu_count``, ``workers_<n>_wall_s`` (the
-        whole sweep) and ``workers_<n>_run_mean_s`` (one run's own wall time) for each worker count, ``speedup`` (first wall time / last) and ``same_numbers``
-        (every sweep gave the first one's summary numbers).
+        whole sweep) and ``workers_<n>_run_mean_s`` (one run's own wall time) for each worker
+        count, ``speedup`` (first wall time / last) and ``same_numbers`` (every sweep gave the
+        first one's summary numbers).
     """
     spec = SweepSpec(
         grid={"arch": list(archs), "depth": list(depths), "width": list(widths), "seed": list(seeds), "lr": [0.05]},

@@ -15,7 +15,9 @@ from recorder_overhead import make_step, measure
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -86,7 +86,9 @@ def tutorial_steps(loader, model: nn.Module, optimizer, criterion, steps: int, d
 class ResgradSteps:
     """resgrad.train's training step on device-resident MNIST, kept across calls like one long run."""
 
-    def __init__(self, split, model: nn.Module, device: torch.device, recorder: GradientRecorder | None, seed: int = 0) -> None:
+    def __init__(
+        self, split, model: nn.Module, device: torch.device, recorder: GradientRecorder | None, seed: int = 0
+    ) -> None:
         self.split, self.model, self.device, self.recorder = split, model, device, recorder
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
         self.batches = endless_batches(len(split), BATCH, seed)
@@ -115,7 +117,9 @@ class ResgradSteps:
         return time.perf_counter() - t0
 
 
-def compare_training(steps: int, repeats: int, device: torch.device, data_dir: str | None, recorder: bool) -> dict[str, float]:
+def compare_training(
+    steps: int, repeats: int, device: torch.device, data_dir: str | None, recorder: bool
+) -> dict[str, float]:
     t = time.perf_counter()
     loader = tutorial_loader(data_dir)
     setup_tutorial = time.perf_counter() - t
@@ -172,7 +176,9 @@ def hand_timed_step(arch: str, depth: int, width: int, batch: int, device: torch
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-def compare_bench(arch: str, depth: int, width: int, batch: int, device: torch.device, min_run_time: float, repeats: int) -> dict[str, float]:
+def compare_bench(
+    arch: str, depth: int, width: int, batch: int, device: torch.device, min_run_time: float, repeats: int
+) -> dict[str, float]:
     config = BenchConfig(
         devices=[device.type], archs=[arch], depths=[depth], widths=[width], batch_sizes=[batch],
         modes=["train_step"], dtypes=["float32"], threads=torch.get_num_threads(), min_run_time=min_run_time,
@@ -210,7 +216,8 @@ def main() -> None:
 
     if a.skip != "1":
         r = compare_training(a.steps, a.repeats, device, a.data_dir, recorder=not a.no_recorder)
-        print(f"1. training step, seed-residual, batch {BATCH}, {a.steps} steps x {a.repeats} alternating repeats, {where}")
+        print(f"1. training step, seed-residual, batch {BATCH}, {a.steps} steps x {a.repeats} alternating repeats, "
+              f"{where}")
         rec = "no recorder" if a.no_recorder else "recorder every 10 steps"
         labels = ["tutorial loop (DataLoader + ToTensor/Normalize):", f"resgrad step (device tensors, {rec}):"]
         width = max(map(len, labels))
@@ -225,10 +232,13 @@ def main() -> None:
               f"resgrad load_split {r['setup_resgrad_s']:.2f} s")
     if a.skip != "2":
         r = compare_bench(a.arch, a.depth, a.width, a.batch_size, device, a.min_run_time, a.repeats)
-        print(f"2. resgrad bench vs a hand-written torch.utils.benchmark Timer: {a.arch} depth {a.depth} width {a.width} "
+        print(f"2. resgrad bench vs a hand-written torch.utils.benchmark Timer: "
+              f"{a.arch} depth {a.depth} width {a.width} "
               f"batch {a.batch_size} train_step float32, {a.repeats} alternating repeats, {where}")
-        print(f"   resgrad bench median: {r['bench_ms']:.2f} ms  (repeats: {', '.join(f'{v:.2f}' for v in r['bench_runs'])})")
-        print(f"   hand-written median:  {r['hand_ms']:.2f} ms  (repeats: {', '.join(f'{v:.2f}' for v in r['hand_runs'])})")
+        print(f"   resgrad bench median: {r['bench_ms']:.2f} ms  "
+              f"(repeats: {', '.join(f'{v:.2f}' for v in r['bench_runs'])})")
+        print(f"   hand-written median:  {r['hand_ms']:.2f} ms  "
+              f"(repeats: {', '.join(f'{v:.2f}' for v in r['hand_runs'])})")
         paired = [b / h for b, h in zip(r["bench_runs"], r["hand_runs"])]
         print(f"   ratio bench / hand: {r['ratio']:.3f}  (goal: within 10 %, i.e. 0.90-1.10; per repeat: "
               f"{', '.join(f'{v:.3f}' for v in paired)})")
