@@ -18,13 +18,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import resgrad.report
 from resgrad.cli import main
 from resgrad.markdown import markdown_table
-from resgrad.report import headline_table, load_sweep, summary_display, summary_table
+from resgrad.report import acc_by_eval_display, headline_table, load_sweep, summary_display, summary_table
 from resgrad.sweep import SweepSpec, run_sweep
 
-FIGURES = ["weight_grad_by_layer", "activation_grad_by_block", "grad_norm_over_steps", "train_loss", "test_error_vs_depth"]
-TABLES = ["by_arch_depth", "headline", "runs"]
+FIGURES = ["weight_grad_by_layer", "activation_grad_by_block", "grad_norm_over_steps", "train_loss",
+           "test_acc_over_steps", "test_error_vs_depth"]
+TABLES = ["by_arch_depth", "headline", "test_acc_by_eval", "runs"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -77,6 +79,22 @@ def _make_failed(run_dir: Path, error: str) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
+def _make_diverged(run_dir: Path, at_step: int) -> None:
+    """Turn a complete run into what a run that diverged at ``at_step`` leaves: records up to there, NaN at the end."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    m = pd.read_csv(run_dir / "metrics.csv")
+    m = m[m["step"] <= at_step].copy()
+    m.loc[m["step"] == at_step, "train_loss"] = math.nan
+    m.to_csv(run_dir / "metrics.csv", index=False)
+    g = pd.read_parquet(run_dir / "grad_norms.parquet")
+    g = g[g["step"] <= at_step].copy()
+    g.loc[g["step"] == g["step"].max(), "norm"] = math.nan
+    g.to_parquet(run_dir / "grad_norms.parquet", index=False)
+    summary.update(status="diverged", diverged_at_step=at_step, steps=at_step + 1, final_test_acc=None,
+                   final_test_loss=None, final_train_loss=None)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
 def _run_dir(sweep: Path, arch: str, depth: int, seed: int) -> Path:
     (found,) = (sweep / "runs").glob(f"{arch}-d{depth}-w4-s{seed}-*")
     return found
@@ -109,7 +127,7 @@ def _hand_runs(sweep: Path) -> pd.DataFrame:
         metrics = pd.read_csv(run_dir / "metrics.csv")
         hit = metrics[metrics["test_acc"] >= 0.9]
         rows.append({
-            "arch": config["arch"], "depth": config["depth"], "seed": config["seed"],
+            "arch": config["arch"], "depth": config["depth"], "seed": config["seed"], "status": summary["status"],
             "acc": summary["final_test_acc"], "train_loss": summary["final_train_loss"],
             "first": _log10_ratio(w[w["step"] == w["step"].min()].set_index("layer_index")["norm"]),
             "last": _log10_ratio(w[w["step"] == w["step"].max()].set_index("layer_index")["norm"]),
@@ -151,7 +169,7 @@ def test_html_is_self_contained_with_every_figure_embedded(report: tuple[Path, s
     for chunk, name in zip(images, FIGURES):
         assert base64.b64decode(chunk.split('"', 1)[0]) == (out / "figures" / f"{name}.png").read_bytes()
     assert "http" not in page and "href=" not in page and page.count("src=") == len(FIGURES)
-    assert page.count("<table>") == 3
+    assert page.count("<table>") == 4  # headline, per arch and depth, test accuracy per evaluation, runs
 
 
 def test_tables_match_a_hand_computation_from_the_run_folders(sweep_dir: Path, report: tuple[Path, str]) -> None:
@@ -161,7 +179,8 @@ def test_tables_match_a_hand_computation_from_the_run_folders(sweep_dir: Path, r
     assert len(table) == 4
     for _, row in table.iterrows():
         runs = hand[(hand["arch"] == row["arch"]) & (hand["depth"] == row["depth"])]
-        assert (row["n_runs"], row["n_complete"], row["n_diverged"], row["n_failed"], row["n_missing"]) == (2, 2, 0, 0, 0)
+        counts = (row["n_runs"], row["n_complete"], row["n_diverged"], row["n_failed"], row["n_missing"])
+        assert counts == (2, 2, 0, 0, 0)
         for col, hand_col in (("final_test_acc", "acc"), ("final_train_loss", "train_loss"),
                               ("log10_grad_ratio_first", "first"), ("log10_grad_ratio_last", "last")):
             values = list(runs[hand_col])
@@ -177,9 +196,6 @@ def test_tables_match_a_hand_computation_from_the_run_folders(sweep_dir: Path, r
             assert _same(row[f"{arch}_test_acc"], statistics.mean(runs["acc"]))
             assert _same(row[f"{arch}_log10_grad_ratio_first"], statistics.mean(runs["first"]))
             assert _same(row[f"{arch}_log10_grad_ratio_last"], statistics.mean(runs["last"]))
-    # The gradient of the first layer of the deeper plain net sits further below its last layer's.
-    plain = headline.set_index("depth")["plain_log10_grad_ratio_first"]
-    assert plain[14] < plain[8] < 0
 
 
 def test_load_sweep_gives_one_row_per_grid_point_and_tidy_frames(sweep_dir: Path) -> None:
@@ -235,7 +251,8 @@ def test_zero_and_nonfinite_norms_survive_into_tables_and_captions(sweep_dir: Pa
     assert "1 zero (▼" in caption and "1 infinite (▲" in caption and "1 NaN (✕" in caption
 
 
-def test_updates_to_90pct_acc_count_from_the_first_evaluation_at_or_above_90pct(sweep_dir: Path, tmp_path: Path) -> None:
+def test_updates_to_90pct_acc_count_from_the_first_evaluation_at_or_above_90pct(sweep_dir: Path,
+                                                                                 tmp_path: Path) -> None:
     sweep = _copy(sweep_dir, tmp_path)
     for arch, seed, nth_eval in (("plain", 0, 2), ("plain", 1, 4), ("residual", 1, 0)):
         path = _run_dir(sweep, arch, 8, seed) / "metrics.csv"
@@ -266,9 +283,10 @@ def test_partial_sweep_lists_missing_and_failed_runs(sweep_dir: Path, tmp_path: 
     failed = _run_dir(sweep, "plain", 14, 1)
     _make_failed(failed, "RuntimeError: out of memory in the test")
 
-    code, _ = _report([str(sweep), "--out", str(tmp_path / "rep")])
-    assert code == 0 and not (sweep / "report").exists()
     out = tmp_path / "rep"
+    out.mkdir()  # an empty folder is fine for --out
+    code, _ = _report([str(sweep), "--out", str(out)])
+    assert code == 0 and not (sweep / "report").exists()
     runs = pd.read_csv(out / "tables" / "runs.csv").set_index("run_id")
     assert runs.loc[missing.name, "status"] == "missing" and runs.loc[failed.name, "status"] == "failed"
     assert len(runs) == 8
@@ -283,6 +301,7 @@ def test_partial_sweep_lists_missing_and_failed_runs(sweep_dir: Path, tmp_path: 
     md = (out / "report.md").read_text()
     assert "RuntimeError: out of memory in the test" in md and "| missing |" in md
     assert "0 diverged runs (✕ at the top edge, no test error), 1 failed, 1 missing" in md
+    assert "Not drawn: 0 diverged, 1 failed, 1 missing runs." in md  # the test-accuracy figure
     for name in FIGURES:
         assert (out / "figures" / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
 
@@ -320,6 +339,115 @@ def test_diverged_run_counts_as_finished_without_accuracy(tmp_path: Path, data_d
     assert "diverged at step" in md and "1 diverged runs" in md
 
 
+def test_a_diverged_seed_leaves_last_step_numbers_to_the_complete_runs(sweep_dir: Path, tmp_path: Path) -> None:
+    sweep = _copy(sweep_dir, tmp_path)
+    _make_diverged(_run_dir(sweep, "plain", 8, 1), at_step=12)
+    code, _ = _report([str(sweep)])
+    assert code == 0
+    hand = _hand_runs(sweep)
+    runs = hand[(hand["arch"] == "plain") & (hand["depth"] == 8)]
+    done = runs[runs["status"] == "complete"].iloc[0]
+    assert math.isnan(runs[runs["status"] == "diverged"]["last"].iloc[0])  # its last record is NaN
+    row = pd.read_csv(sweep / "report" / "tables" / "by_arch_depth.csv").set_index(["arch", "depth"]).loc[("plain", 8)]
+    assert (row["n_complete"], row["n_diverged"]) == (1, 1)
+    # Step 0 is the same moment in every run: both seeds count.
+    assert _same(row["log10_grad_ratio_first_mean"], statistics.mean(runs["first"]))
+    assert _same(row["log10_grad_ratio_first_std"], statistics.stdev(runs["first"]))
+    # The last recorded step, accuracy and loss: the complete run alone, not NaN.
+    assert _same(row["log10_grad_ratio_last_mean"], done["last"]) and math.isnan(row["log10_grad_ratio_last_std"])
+    assert _same(row["final_test_acc_mean"], done["acc"]) and _same(row["final_train_loss_mean"], done["train_loss"])
+    headline = pd.read_csv(sweep / "report" / "tables" / "headline.csv").set_index("depth")
+    assert _same(headline.loc[8, "plain_log10_grad_ratio_last"], done["last"])
+    md = (sweep / "report" / "report.md").read_text()
+    by_depth = md.split("## Per arch and depth", 1)[1].split("##", 1)[0]
+    cells = next(line for line in by_depth.splitlines() if line.startswith("| plain | 8 |")).split(" | ")
+    assert "±" in cells[4] and cells[5] == f"{done['last']:.2f}"  # first step: two runs; last step: one
+    assert "1 diverged runs left out there" in md.split("### 1.", 1)[1].split("### 2.", 1)[0]
+
+
+def _hand_test_acc(sweep: Path) -> pd.DataFrame:
+    """Every evaluation of every complete run, read from its metrics.csv."""
+    frames = []
+    for run_dir in sorted((sweep / "runs").iterdir()):
+        config = json.loads((run_dir / "config.json").read_text())
+        if json.loads((run_dir / "summary.json").read_text())["status"] != "complete":
+            continue
+        m = pd.read_csv(run_dir / "metrics.csv")
+        frames.append(m[m["test_acc"].notna()].assign(arch=config["arch"], depth=config["depth"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_test_accuracy_per_evaluation_matches_the_metrics_files(sweep_dir: Path, report: tuple[Path, str]) -> None:
+    out, _ = report
+    table = pd.read_csv(out / "tables" / "test_acc_by_eval.csv")
+    assert list(table.columns) == ["arch", "depth", "step", "epoch", "test_acc_mean", "test_acc_std", "n_runs"]
+    hand = _hand_test_acc(sweep_dir)
+    groups = hand.groupby(["arch", "depth", "step"])
+    assert len(table) == len(groups) == 4 * 6  # 30 steps, an evaluation every 5
+    for _, row in table.iterrows():
+        values = list(groups.get_group((row["arch"], row["depth"], row["step"]))["test_acc"])
+        assert row["n_runs"] == len(values) == 2
+        assert _same(row["test_acc_mean"], statistics.mean(values))
+        assert _same(row["test_acc_std"], statistics.stdev(values))
+    md = (out / "report.md").read_text()
+    section = md.split("## Test accuracy during training", 1)[1].split("\n## ", 1)[0]
+    heads = " | ".join(f"{n} updates" for n in (5, 10, 15, 20, 25, 30))
+    assert f"| arch | depth | runs | {heads} |" in section
+    last = list(groups.get_group(("plain", 8, 29))["test_acc"])
+    row = next(line for line in section.splitlines() if line.startswith("| plain | 8 |"))
+    expected = f"{100 * statistics.mean(last):.2f} ± {100 * statistics.stdev(last):.2f}"
+    assert row.endswith(f"| {expected} |")
+
+
+def test_many_evaluations_give_the_csv_and_the_figure_but_no_markdown_table(sweep_dir: Path, tmp_path: Path) -> None:
+    sweep = _copy(sweep_dir, tmp_path)
+    for metrics in (sweep / "runs").glob("*/metrics.csv"):
+        m = pd.read_csv(metrics)
+        m["test_acc"] = 0.5 + m["step"] / 100  # an evaluation at every one of the 30 steps
+        m.to_csv(metrics, index=False)
+    code, _ = _report([str(sweep)])
+    assert code == 0
+    out = sweep / "report"
+    assert len(pd.read_csv(out / "tables" / "test_acc_by_eval.csv")) == 4 * 30
+    section = (out / "report.md").read_text().split("## Test accuracy during training", 1)[1].split("\n## ", 1)[0]
+    assert "30 evaluations per run" in section and "|" not in section
+    assert (out / "report.html").read_text().count("<table>") == 3
+    assert (out / "figures" / "test_acc_over_steps.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_evaluations_at_epoch_ends_are_headed_by_epoch() -> None:
+    table = pd.DataFrame({"arch": ["residual", "residual"], "depth": [8, 8], "step": [3, 7], "epoch": [0, 1],
+                          "test_acc_mean": [0.5, 0.75], "test_acc_std": [0.1, math.nan], "n_runs": [2, 1]})
+    shown = acc_by_eval_display(table, [], per_epoch=4)
+    assert list(shown.columns) == ["arch", "depth", "runs", "epoch 1", "epoch 2"]
+    assert shown.iloc[0].tolist() == ["residual", "8", "2", "50.00 ± 10.00", "75.00"]
+    mid = acc_by_eval_display(table.assign(step=[3, 5]), [], per_epoch=4)  # the second one is mid-epoch
+    assert list(mid.columns)[3:] == ["4 updates", "6 updates"]
+
+
+def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it_was(
+        sweep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep = _copy(sweep_dir, tmp_path)
+    assert _report([str(sweep)])[0] == 0
+    out = sweep / "report"
+    (out / "figures" / "from_an_old_version.png").write_bytes(PNG_MAGIC)
+    assert _report([str(sweep)])[0] == 0
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{name}.png" for name in FIGURES)
+    assert sorted(p.name for p in (out / "tables").iterdir()) == sorted(f"{name}.csv" for name in TABLES)
+
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    shutil.rmtree(_run_dir(sweep, "residual", 14, 1))  # the next report would differ everywhere
+
+    def disk_full(path: Path, frame: pd.DataFrame) -> None:  # fails after the figures are written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(resgrad.report, "_write_table", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        resgrad.report.make_report(sweep)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p.name for p in sweep.iterdir() if p.name.startswith(".report")]  # no temp folder left
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -354,6 +482,16 @@ def test_out_that_is_a_file_exits_2(sweep_dir: Path, tmp_path: Path, capsys: pyt
     target.write_text("x")
     assert main(["report", str(sweep_dir), "--out", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err and target.read_text() == "x"
+
+
+def test_out_that_holds_something_else_is_refused(sweep_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["report", str(sweep_dir), "--out", str(mine)]) == 2
+    assert "holds no report.md" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
 
 
 def test_headline_table_api(sweep_dir: Path) -> None:

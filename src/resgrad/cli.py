@@ -318,10 +318,12 @@ examples:
 
 DIR (default SWEEP_DIR/report) gets report.md, a self-contained report.html
 (figures embedded), figures/*.png (weight_grad_by_layer, activation_grad_by_block,
-grad_norm_over_steps, train_loss, test_error_vs_depth) and tables/*.csv
-(by_arch_depth: mean and std over seeds per arch and depth; headline: plain vs
-residual per depth; runs: one row per grid point with its status). Missing,
-diverged and failed runs are listed as such. In Python,
+grad_norm_over_steps, train_loss, test_acc_over_steps, test_error_vs_depth) and
+tables/*.csv (by_arch_depth: mean and std over seeds per arch and depth; headline:
+plain vs residual per depth; test_acc_by_eval: test accuracy at every evaluation;
+runs: one row per grid point with its status). Missing, diverged and failed runs
+are listed as such. DIR is written whole and swapped in at the end: an earlier
+report there is replaced, a folder holding anything else is refused. In Python,
 resgrad.report.load_sweep(SWEEP_DIR) returns the same data as pandas frames.
 Prints the path of report.html and the headline table.
 """
@@ -335,7 +337,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_REPORT, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a sweep folder (holds sweep.json and runs/)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="folder to write (default: SWEEP_DIR/report)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="report folder: new, empty or an earlier report (default: SWEEP_DIR/report)")
     p.set_defaults(func=cmd_report)
 
 
