@@ -151,7 +151,8 @@ DIR holds sweep.json (the grid), runs/<run_id>/ (one run directory per point, as
 activation, init, lr, seed, status, final_test_acc, final_test_loss,
 final_train_loss, steps, wall_seconds, images_per_s, error). Rerunning the command
 skips runs already complete or diverged and retries failed ones; --force reruns all.
-Each run gets --threads torch threads (default: CPU cores / workers).
+Each run gets --threads torch threads (default: CPU cores // workers); a warning
+says when workers x threads is more than the CPU cores.
 Exit code: 0 when no run failed, 1 when some run failed (rerun to retry), 2 on bad input.
 """
 
@@ -179,6 +180,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     before = set(vars(p.parse_args([])))
     add_run_options(p)
     p.set_defaults(**dict.fromkeys(set(vars(p.parse_args([]))) - before - {"quiet"}, None))
+    # The shared help says "torch's choice"; a sweep divides the cores among its workers instead.
+    threads = next(action for action in p._actions if action.dest == "threads")
+    threads.help = "torch threads per run on the CPU (default: the CPU cores divided among the workers)"
     g = p.add_argument_group("the sweep")
     g.add_argument("--out", type=Path, metavar="DIR", help="the sweep folder (created, or resumed when it is one)")
     g.add_argument("--config", type=Path, metavar="FILE", help="a sweep TOML file, e.g. sweeps/example.toml")

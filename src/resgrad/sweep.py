@@ -14,25 +14,39 @@ import dataclasses
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import shutil
 import sys
 import threading
 import time
+import traceback
 import typing
+from collections import Counter
+from collections.abc import Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import ExitStack, contextmanager
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from resgrad import __version__
+from resgrad.data import load_split, resolve_data_dir
 from resgrad.errors import UsageError, check_choice, check_positive
 from resgrad.files import atomic_dir, write_csv, write_json
-from resgrad.train import RunResult, TrainConfig
+from resgrad.train import SUMMARY_KEYS, RunResult, TrainConfig, progress_enabled, resolve_device, save_run, train
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 try:  # POSIX only; elsewhere two sweeps on one folder are not prevented
     import fcntl
@@ -60,13 +74,12 @@ SUMMARY_COLUMNS = [
     "run_id", *GRID_OPTIONS, "status", "final_test_acc", "final_test_loss", "final_train_loss",
     "steps", "wall_seconds", "images_per_s", "error",
 ]
-# The keys of summary.json, as resgrad.train.train writes them; a failed run gets them all too.
-RUN_SUMMARY_KEYS = (
-    "run_id", "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps", "epochs",
-    "diverged_at_step", "wall_seconds", "train_seconds", "images_per_s", "params", "device", "device_name",
-    "threads", "python_version", "torch_version", "resgrad_version", "error",
-)
 MAX_SEED = 2**63 - 1
+# A run whose worker process dies this often is recorded as failed (the Ray executor: max_retries=1 alike).
+MAX_WORKER_DEATHS = 2
+
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 # ---------------------------------------------------------------- the grid
@@ -76,28 +89,22 @@ def _check_type(name: str, value: Any) -> Any:
     """Check one TrainConfig value read from JSON/TOML against the field's type; ints become floats where floats go."""
     hint = _FIELD_TYPES[name]
     allowed = typing.get_args(hint) or (hint,)
-    if value is None and type(None) in allowed:
+    optional = type(None) in allowed
+    if value is None and optional:
         return value
     if bool in allowed:
         if isinstance(value, bool):
             return value
         raise UsageError(f"{name} must be true or false, got {value!r}.")
-    if isinstance(value, bool):  # bool is an int subclass: refuse it for numbers
-        pass
-    elif int in allowed and isinstance(value, int):
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)  # bool is an int subclass
+    if int in allowed and is_number and isinstance(value, int):
         return value
-    elif float in allowed and isinstance(value, (int, float)):
+    if float in allowed and is_number:
         return float(value)
-    elif str in allowed and isinstance(value, str):
+    if str in allowed and isinstance(value, str):
         return value
     kind = "a whole number" if int in allowed else "a number" if float in allowed else "a string"
-    if type(None) in allowed:
-        kind += " (or left out)"
-    raise UsageError(f"{name} must be {kind}, got {value!r}.")
-
-
-_FIELD_TYPES = typing.get_type_hints(TrainConfig)
-_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+    raise UsageError(f"{name} must be {kind}{' (or left out)' if optional else ''}, got {value!r}.")
 
 
 @dataclass
@@ -194,11 +201,6 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     Keys may use ``-`` or ``_``; a single value for a list key counts as a list of one.
     Raises ``UsageError`` for a missing or malformed file or an unknown key.
     """
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -217,9 +219,11 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             value = [value]
         if name in RUN_KEYS:
             value = _check_type(name, value)
-        elif name in SWEEP_KEYS and (isinstance(value, bool) or not isinstance(value, int if name == "workers" else str)):
-            kind = "a whole number" if name == "workers" else "a string"
-            raise UsageError(f"key {key!r} in {path} must be {kind}, got {value!r}.")
+        elif name in SWEEP_KEYS:
+            expected = int if name == "workers" else str
+            if isinstance(value, bool) or not isinstance(value, expected):
+                kind = "a whole number" if expected is int else "a string"
+                raise UsageError(f"key {key!r} in {path} must be {kind}, got {value!r}.")
         out[name] = value
     return out
 
@@ -236,34 +240,37 @@ class RunFailure:
     wall_seconds: float | None = None
 
 
-def _run_point(config: TrainConfig, progress: bool = False) -> RunResult | RunFailure:
-    """Train one grid point; an exception becomes a :class:`RunFailure` (the sweep goes on)."""
-    from resgrad.train import train
+Outcome = RunResult | RunFailure
 
+
+def _run_point(config: TrainConfig, progress: bool = False) -> Outcome:
+    """Train one grid point; an exception becomes a :class:`RunFailure` (the sweep goes on)."""
     t0 = time.perf_counter()
     try:
         return train(config, progress=progress)
     except Exception as exc:  # any error in one run is that run's result, not the sweep's
-        return RunFailure(config, _describe(exc), time.perf_counter() - t0)
+        return RunFailure(config, _one_line_error(exc), time.perf_counter() - t0)
 
 
-def _describe(exc: BaseException, where: bool = True) -> str:
+def _one_line_error(exc: BaseException, with_location: bool = True) -> str:
     """``Type: message (at file.py:line in function)``: one line, useful even when the message is empty."""
-    import traceback
-
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    frames = traceback.extract_tb(exc.__traceback__) if where else []
+    frames = traceback.extract_tb(exc.__traceback__) if with_location else []
     if frames:
-        where = frames[-1]
-        text += f" (at {'/'.join(Path(where.filename).parts[-2:])}:{where.lineno} in {where.name})"
+        last = frames[-1]
+        text += f" (at {'/'.join(Path(last.filename).parts[-2:])}:{last.lineno} in {last.name})"
     text = " ".join(text.split())
     return text if len(text) <= 1000 else text[:997] + "..."
 
 
-def _init_worker(threads: int, parent_pid: int) -> None:
-    """Pool worker set-up: torch threads, and exit when the driver is gone (e.g. SIGKILLed)."""
-    import torch
+# In a pool worker: the queue on which it tells the driver each run it starts (set by _init_worker).
+_announce: Any = None
 
+
+def _init_worker(threads: int, parent_pid: int, announce: Any) -> None:
+    """Pool worker set-up: torch threads, the start queue, and exit when the driver is gone (e.g. SIGKILLed)."""
+    global _announce
+    _announce = announce
     torch.set_num_threads(threads)
 
     def watch() -> None:
@@ -274,38 +281,87 @@ def _init_worker(threads: int, parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-# ---------------------------------------------------------------- executors
-# Each yields (config, outcome) as runs finish; the driver records them.
+def _run_announced(config: TrainConfig) -> Outcome:
+    """:func:`_run_point` in a pool worker, after telling the driver which run this worker now holds."""
+    _announce.put(config.run_id())
+    return _run_point(config)
 
-Outcome = tuple[TrainConfig, RunResult | RunFailure]
+
+# ---------------------------------------------------------------- executors
+# Each yields the outcomes of its runs as they finish; the driver records them.
 
 
 def _run_in_process(configs: list[TrainConfig], step_bar: bool) -> Iterator[Outcome]:
     for config in configs:
-        yield config, _run_point(config, progress=step_bar)
+        yield _run_point(config, progress=step_bar)
 
 
 def _run_pool(configs: list[TrainConfig], workers: int, threads: int) -> Iterator[Outcome]:
-    import multiprocessing
-    from concurrent.futures.process import BrokenProcessPool
+    """Run ``configs`` on ``workers`` processes; a pool broken by a dying worker is replaced and the sweep goes on.
 
+    The runs that workers held when one died get a second chance after the others, one at a
+    time in a pool of one worker (so that a second death is the run's own); then they fail.
+    """
+    deaths: Counter[str] = Counter()
+    todo = list(configs)
+    while todo:
+        fresh = [c for c in todo if not deaths[c.run_id()]]
+        batch, size = (fresh, workers) if fresh else (todo, 1)
+        later = [c for c in todo if deaths[c.run_id()]] if fresh else []
+        unfinished, held = yield from _pool_pass(batch, size, threads)
+        if not unfinished:
+            todo = later
+            continue
+        # Blame the runs a worker held; when none was held (a worker died before taking one), all left unfinished.
+        for config in [c for c in unfinished if c.run_id() in held] or unfinished:
+            deaths[config.run_id()] += 1
+        retry = [c for c in unfinished if deaths[c.run_id()] < MAX_WORKER_DEATHS]
+        log.warning(
+            "a worker process died (killed, or out of memory?) holding %s; %d unfinished run(s) go on in a new pool",
+            ", ".join(sorted(held)) or "no run", len(retry),
+        )
+        for config in unfinished:
+            if deaths[config.run_id()] >= MAX_WORKER_DEATHS:
+                error = f"its worker process died {MAX_WORKER_DEATHS} times (killed, or out of memory?)"
+                yield RunFailure(config, error)
+        todo = retry + later
+
+
+def _pool_pass(
+    configs: list[TrainConfig], workers: int, threads: int
+) -> Generator[Outcome, None, tuple[list[TrainConfig], set[str]]]:
+    """Run ``configs`` in one process pool, yielding outcomes as runs finish.
+
+    Returns what a dying worker left unfinished (in ``configs`` order; nothing when the
+    pool finished) and the ids of the unfinished runs that a worker had started.
+    """
     # spawn, not fork: a forked child of a process that has started torch's threads can deadlock.
+    spawn = multiprocessing.get_context("spawn")
+    announced = spawn.SimpleQueue()
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker, initargs=(threads, os.getpid()),
+        max_workers=workers, mp_context=spawn, initializer=_init_worker, initargs=(threads, os.getpid(), announced)
     )
-    futures: dict[Future, TrainConfig] = {pool.submit(_run_point, c): c for c in configs}
-    pending = set(futures)
+    futures: dict[Future, TrainConfig] = {}
+    pending: set[Future] = set()
+    started: set[str] = set()
+    finished: set[str] = set()
     try:
+        for config in configs:
+            try:
+                fut = pool.submit(_run_announced, config)
+            except BrokenProcessPool:  # a worker died already: what is not submitted stays unfinished
+                break
+            futures[fut] = config
+            pending.add(fut)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            while not announced.empty():  # read as we go, so that the pipe never fills up
+                started.add(announced.get())
             for fut in done:
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool as exc:
-                    # The pool cannot tell which run killed it: every unfinished one is marked, and a rerun retries them.
-                    outcome = RunFailure(futures[fut], f"a worker process died before the run finished ({exc})")
-                yield futures[fut], outcome
+                if isinstance(fut.exception(), BrokenProcessPool):  # a worker died: every unfinished run lands here
+                    continue
+                finished.add(futures[fut].run_id())
+                yield fut.result()
     finally:
         if pending:  # interrupted: stop the workers now rather than wait for their runs
             procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API for this
@@ -313,6 +369,9 @@ def _run_pool(configs: list[TrainConfig], workers: int, threads: int) -> Iterato
             for proc in procs:
                 proc.terminate()
         pool.shutdown(wait=True)
+        announced.close()
+    unfinished = [c for c in configs if c.run_id() not in finished]
+    return unfinished, started - finished
 
 
 def _import_ray() -> Any:
@@ -343,13 +402,28 @@ def _run_ray(configs: list[TrainConfig], workers: int, ray_address: str | None) 
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the worker died twice, or the task could not run
-                    outcome = RunFailure(refs[ref], _describe(exc, where=False))  # raised here, not in the run
-                yield refs[ref], outcome
+                    # Raised in the driver, not in the run: the traceback's last line says nothing about the run.
+                    outcome = RunFailure(refs[ref], _one_line_error(exc, with_location=False))
+                yield outcome
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
+
+
+def _executor(
+    configs: list[TrainConfig], executor: str, workers: int, threads: int, ray_address: str | None, step_bar: bool
+) -> Iterator[Outcome]:
+    """The outcomes of ``configs`` from the chosen executor; with nothing to run, nothing is started."""
+    if not configs:
+        return
+    if executor == "ray":
+        yield from _run_ray(configs, workers, ray_address)
+    elif workers == 1:
+        yield from _run_in_process(configs, step_bar)
+    else:
+        yield from _run_pool(configs, workers, threads)
 
 
 # ---------------------------------------------------------------- the sweep folder
@@ -359,15 +433,19 @@ def summary_row(config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
     """One ``summary.csv`` row from a run's config and its summary.json."""
     row: dict[str, Any] = {"run_id": config.run_id()}
     row.update({name: getattr(config, name) for name in GRID_OPTIONS})
-    for name in SUMMARY_COLUMNS[len(row):]:
-        row[name] = summary.get(name)
+    for name in SUMMARY_COLUMNS:
+        row.setdefault(name, summary.get(name))
     return row
 
 
-def _failure_summary(failure: RunFailure) -> dict[str, Any]:
-    import torch
+def _summary_frame(configs: list[TrainConfig], rows: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The ``summary.csv`` frame: the rows of the runs finished so far, in grid order."""
+    ids = [c.run_id() for c in configs]
+    return pd.DataFrame([rows[run_id] for run_id in ids if run_id in rows], columns=SUMMARY_COLUMNS)
 
-    summary: dict[str, Any] = dict.fromkeys(RUN_SUMMARY_KEYS)
+
+def _failure_summary(failure: RunFailure) -> dict[str, Any]:
+    summary: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
     summary.update(
         run_id=failure.config.run_id(), status="failed", error=failure.error, wall_seconds=failure.wall_seconds,
         threads=failure.config.threads, python_version=platform.python_version(),
@@ -383,6 +461,17 @@ def _save_failure(failure: RunFailure, run_dir: Path) -> dict[str, Any]:
         write_json(tmp / "config.json", failure.config.to_dict())
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def _record(outcome: Outcome, runs_dir: Path) -> dict[str, Any]:
+    """Write one finished run's folder and return its ``summary.csv`` row."""
+    config = outcome.config
+    run_dir = runs_dir / config.run_id()
+    if isinstance(outcome, RunResult):
+        save_run(outcome, run_dir)
+        return summary_row(config, outcome.summary)
+    log.warning("%s failed: %s", config.run_id(), outcome.error)
+    return summary_row(config, _save_failure(outcome, run_dir))
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -401,7 +490,10 @@ def _clean_stale(folder: Path) -> None:
         if not entry.name.startswith("."):
             continue
         if entry.name.endswith(".tmp"):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         elif ".old-" in entry.name and entry.is_dir():
             # Killed between the two renames of atomic_dir: the old folder was whole; put it back.
             original = folder / entry.name[1:].rsplit(".old-", 1)[0]
@@ -428,6 +520,17 @@ def _locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _check_executor(executor: str, workers: int, ray_address: str | None) -> None:
+    check_choice("executor", executor, EXECUTORS)
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        raise UsageError(f"workers must be a whole number >= 1, got {workers!r}.")
+    check_positive("workers", workers)
+    if ray_address and executor != "ray":
+        raise UsageError("a Ray address only applies to --executor ray.")
+    if executor == "ray":
+        _import_ray()
+
+
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"sweep folder {out_dir} is a file; give a folder.")
@@ -436,11 +539,17 @@ def _check_out_dir(out_dir: Path) -> None:
             raise UsageError(f"{out_dir} exists and is not a sweep folder (no sweep.json); give a new or empty folder.")
 
 
+def _for_workers(configs: list[TrainConfig], threads: int, remote: bool) -> list[TrainConfig]:
+    """The configs with the sweep's thread count and, for workers on this machine, an absolute data folder."""
+    configs = [dataclasses.replace(c, threads=threads) for c in configs]
+    if remote:  # a cluster's workers look for the data on their own machines
+        return configs
+    data_dir = str(resolve_data_dir(configs[0].data_dir).resolve())
+    return [dataclasses.replace(c, data_dir=data_dir) for c in configs]
+
+
 def _preflight(sample: TrainConfig) -> None:
     """Catch what would fail every run (no MNIST, no CUDA) as one usage error, before writing anything."""
-    from resgrad.data import load_split
-    from resgrad.train import resolve_device
-
     resolve_device(sample.device)
     load_split(False, sample.data_dir, subset=1)
 
@@ -452,8 +561,20 @@ def _pending(configs: list[TrainConfig], runs_dir: Path, force: bool) -> list[Tr
     return [c for c in configs if (_read_summary(runs_dir / c.run_id()) or {}).get("status") not in DONE]
 
 
-def _progress_enabled(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
+def _warn_if_oversubscribed(workers: int, threads: int) -> None:
+    """Runs that together want more threads than the machine has cores slow each other down."""
+    cores = os.cpu_count() or 1
+    if workers * threads > cores:
+        log.warning(
+            "workers=%d x threads=%d = %d torch threads on %d CPU cores: the runs will slow each other down; "
+            "give --workers and --threads so that workers x threads <= %d",
+            workers, threads, workers * threads, cores, cores,
+        )
+
+
+def _logging_beside(bar_shown: bool) -> AbstractContextManager[Any]:
+    """Route log records through tqdm while a bar is shown, so that they do not break it."""
+    return logging_redirect_tqdm() if bar_shown else nullcontext()
 
 
 def run_sweep(
@@ -480,33 +601,17 @@ def run_sweep(
     Returns:
         The ``summary.csv`` frame; ``attrs`` holds ``ran``, ``skipped`` and ``wall_seconds``.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    runs_dir = out_dir / "runs"
     spec = spec.validate()
     configs = spec.configs()
-    check_choice("executor", executor, EXECUTORS)
-    if not isinstance(workers, int) or isinstance(workers, bool):
-        raise UsageError(f"workers must be a whole number >= 1, got {workers!r}.")
-    check_positive("workers", workers)
-    if ray_address and executor != "ray":
-        raise UsageError("a Ray address only applies to --executor ray.")
-    if executor == "ray":
-        _import_ray()
+    _check_executor(executor, workers, ray_address)
     _check_out_dir(out_dir)
-    runs_dir = out_dir / "runs"
-
     threads = spec.fixed.get("threads") or max(1, (os.cpu_count() or 1) // workers)
-    remote_cluster = executor == "ray" and ray_address is not None
-    configs = [dataclasses.replace(c, threads=threads) for c in configs]
-    if not remote_cluster:  # workers here share the driver's files: make the data folder absolute
-        from resgrad.data import resolve_data_dir
-
-        data_dir = str(resolve_data_dir(configs[0].data_dir).resolve())
-        configs = [dataclasses.replace(c, data_dir=data_dir) for c in configs]
-
-    if not remote_cluster and _pending(configs, runs_dir, force):
+    remote = executor == "ray" and ray_address is not None
+    configs = _for_workers(configs, threads, remote)
+    if not remote and _pending(configs, runs_dir, force):
         _preflight(configs[0])
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -520,51 +625,30 @@ def run_sweep(
             for c in configs if c.run_id() not in todo_ids
         }
         write_json(out_dir / "sweep.json", {**spec.to_dict(), "runs": len(configs), "resgrad_version": __version__})
-
-        def frame() -> pd.DataFrame:
-            return pd.DataFrame(
-                [rows[c.run_id()] for c in configs if c.run_id() in rows], columns=SUMMARY_COLUMNS
-            )
-
-        write_csv(out_dir / "summary.csv", frame())
+        write_csv(out_dir / "summary.csv", _summary_frame(configs, rows))
         skipped = len(configs) - len(todo)
         if skipped:
             log.info("%d of %d runs already done in %s; running %d", skipped, len(configs), out_dir, len(todo))
+        if todo and not remote:
+            _warn_if_oversubscribed(workers, threads)
 
-        show = _progress_enabled(progress)
-        if executor == "ray":
-            outcomes = _run_ray(todo, workers, ray_address)
-        elif workers == 1:
-            outcomes = _run_in_process(todo, step_bar=show)
-        else:
-            outcomes = _run_pool(todo, workers, threads)
+        show = progress_enabled(progress)
         counts = dict.fromkeys(STATUSES, 0)
-        with ExitStack() as stack:
-            bar = stack.enter_context(
-                tqdm(total=len(configs), initial=skipped, desc="sweep", unit="run", disable=not show)
-            )
-            if show:
-                from tqdm.contrib.logging import logging_redirect_tqdm
-
-                stack.enter_context(logging_redirect_tqdm())
-            stack.callback(getattr(outcomes, "close"))  # stops pool workers / Ray tasks when interrupted
-            for config, outcome in outcomes:
-                run_dir = runs_dir / config.run_id()
-                if isinstance(outcome, RunResult):
-                    from resgrad.train import save_run
-
-                    save_run(outcome, run_dir)
-                    summary = outcome.summary
-                else:
-                    summary = _save_failure(outcome, run_dir)
-                    log.warning("%s failed: %s", config.run_id(), outcome.error)
-                rows[config.run_id()] = summary_row(config, summary)
-                write_csv(out_dir / "summary.csv", frame())
-                counts[summary["status"]] += 1
+        outcomes = _executor(todo, executor, workers, threads, ray_address, step_bar=show)
+        with (
+            tqdm(total=len(configs), initial=skipped, desc="sweep", unit="run", disable=not show) as bar,
+            _logging_beside(show),
+            closing(outcomes),  # stops pool workers and Ray tasks when the sweep is interrupted
+        ):
+            for outcome in outcomes:
+                row = _record(outcome, runs_dir)
+                rows[row["run_id"]] = row
+                write_csv(out_dir / "summary.csv", _summary_frame(configs, rows))
+                counts[row["status"]] += 1
                 bar.set_postfix(counts, refresh=False)
                 bar.update()
 
-    result = frame()
+    result = _summary_frame(configs, rows)
     result.attrs.update(ran=len(todo), skipped=skipped, wall_seconds=time.perf_counter() - t0)
     return result
 
@@ -573,4 +657,3 @@ def count_statuses(summary: pd.DataFrame) -> dict[str, int]:
     """``{"complete": n, "diverged": n, "failed": n}`` for a summary frame."""
     counts = summary["status"].value_counts()
     return {s: int(counts.get(s, 0)) for s in STATUSES}
-
