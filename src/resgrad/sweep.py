@@ -272,6 +272,9 @@ def _init_worker(threads: int, parent_pid: int, announce: Any) -> None:
     global _announce
     _announce = announce
     torch.set_num_threads(threads)
+    # tqdm's default lock holds a multiprocessing semaphore; a killed worker would leave it to the
+    # resource tracker, which then warns of "leaked semaphore objects". Workers show no bar anyway.
+    tqdm.set_lock(threading.RLock())
 
     def watch() -> None:
         while os.getppid() == parent_pid:
