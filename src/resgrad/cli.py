@@ -54,8 +54,16 @@ def _depth(text: str) -> int:
     return value
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options that apply to every run (shared by ``train`` and ``sweep``)."""
+def add_run_options(
+    p: argparse.ArgumentParser,
+    defaults: bool = True,
+    threads_help: str = "torch threads on the CPU (default: torch's choice)",
+) -> None:
+    """Options that apply to every run (shared by ``train`` and ``sweep``).
+
+    With ``defaults=False`` every option defaults to None, so that a flag left out can
+    come from elsewhere (a sweep's --config file); the help still names the run's default.
+    """
     g = p.add_argument_group("length and optimiser")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, help="train for this many epochs (default: 1 epoch)")
@@ -75,14 +83,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-subset", type=_positive_int, metavar="N", help="test on the first N test images (default: all 10,000)")
     g.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
     g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to train (default: auto = CUDA if present)")
-    g.add_argument("--threads", type=_positive_int, help="torch threads on the CPU (default: torch's choice)")
+    g.add_argument("--threads", type=_positive_int, help=threads_help)
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    if not defaults:
+        p.set_defaults(**dict.fromkeys(RUN_OPTIONS))
+
+
+RUN_OPTIONS = ("epochs", "steps", "batch_size", "momentum", "weight_decay", "shortcut", "zero_init_residual",
+               "eval_every", "record_every", "record_log", "train_subset", "test_subset", "data_dir", "device", "threads")
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    names = ("epochs", "steps", "batch_size", "momentum", "weight_decay", "shortcut", "zero_init_residual",
-             "eval_every", "record_every", "record_log", "train_subset", "test_subset", "data_dir", "device", "threads")
-    return {n: getattr(args, n) for n in names}
+    return {n: getattr(args, n) for n in RUN_OPTIONS}
 
 
 # ---------------------------------------------------------------- train
@@ -176,13 +188,10 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--inits", nargs="+", metavar="INIT", help=f"{', '.join(INITS)} (default: default)")
     g.add_argument("--lrs", nargs="+", type=float, metavar="LR", help="SGD learning rates (default: 0.01)")
     g.add_argument("--seeds", nargs="+", type=int, metavar="S", help="seeds of weights and batch order (default: 0)")
-    # The run options default to None here, so that a flag left out can come from --config.
-    before = set(vars(p.parse_args([])))
-    add_run_options(p)
-    p.set_defaults(**dict.fromkeys(set(vars(p.parse_args([]))) - before - {"quiet"}, None))
-    # The shared help says "torch's choice"; a sweep divides the cores among its workers instead.
-    threads = next(action for action in p._actions if action.dest == "threads")
-    threads.help = "torch threads per run on the CPU (default: the CPU cores divided among the workers)"
+    add_run_options(  # no defaults here: a flag left out can come from --config
+        p, defaults=False,
+        threads_help="torch threads per run on the CPU (default: the CPU cores divided among the workers)",
+    )
     g = p.add_argument_group("the sweep")
     g.add_argument("--out", type=Path, metavar="DIR", help="the sweep folder (created, or resumed when it is one)")
     g.add_argument("--config", type=Path, metavar="FILE", help="a sweep TOML file, e.g. sweeps/example.toml")

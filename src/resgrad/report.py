@@ -37,7 +37,7 @@ from resgrad.files import atomic_dir
 from resgrad.markdown import markdown_table
 from resgrad.sweep import DONE, GRID_OPTIONS, SweepSpec, load_spec
 from resgrad.sweep import STATUSES as RUN_STATUSES  # complete, diverged, failed
-from resgrad.train import SUMMARY_KEYS
+from resgrad.train import SUMMARY_KEYS, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +137,6 @@ class Sweep:
         return [(", ".join(f"{k}={_option_text(k, v)}" for k, v in c.items()), c) for c in combos]
 
 
-def _read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """A run's summary.json, or None when it is missing or unreadable (the same rule as the sweep's)."""
-    try:
-        value = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _log10_ratio(top: float, bottom: float) -> float:
     """log10(top / bottom), keeping what a zero or non-finite norm makes of it (-inf, inf or NaN)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -189,7 +180,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
         run_id = config.run_id()
         options = {name: getattr(config, name) for name in GRID_OPTIONS}
         run_dir = path / "runs" / run_id
-        summary = _read_summary(run_dir)
+        summary = read_summary(run_dir)
         status = summary.get("status") if summary else None
         row: dict[str, Any] = {"run_id": run_id, **options, "status": status if status in STATUSES else "missing"}
         if summary:

@@ -41,7 +41,9 @@ from resgrad import __version__
 from resgrad.data import load_split, resolve_data_dir
 from resgrad.errors import UsageError, check_choice, check_positive
 from resgrad.files import atomic_dir, write_csv, write_json
-from resgrad.train import SUMMARY_KEYS, RunResult, TrainConfig, progress_enabled, resolve_device, save_run, train
+from resgrad.train import (
+    SUMMARY_KEYS, RunResult, TrainConfig, progress_enabled, read_summary, resolve_device, save_run, train,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -477,14 +479,6 @@ def _record(outcome: Outcome, runs_dir: Path) -> dict[str, Any]:
     return summary_row(config, _save_failure(outcome, run_dir))
 
 
-def _read_summary(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
 def _clean_stale(folder: Path) -> None:
     """Remove what a killed driver left half done: temp files and folders of the atomic writers."""
     if not folder.is_dir():
@@ -561,7 +555,7 @@ def _pending(configs: list[TrainConfig], runs_dir: Path, force: bool) -> list[Tr
     """The configs to run: all with ``force``, else those without a complete or diverged run folder."""
     if force:
         return list(configs)
-    return [c for c in configs if (_read_summary(runs_dir / c.run_id()) or {}).get("status") not in DONE]
+    return [c for c in configs if (read_summary(runs_dir / c.run_id()) or {}).get("status") not in DONE]
 
 
 def _warn_if_oversubscribed(workers: int, threads: int) -> None:
@@ -624,7 +618,7 @@ def run_sweep(
         todo = _pending(configs, runs_dir, force)
         todo_ids = {c.run_id() for c in todo}
         rows = {  # finished runs kept from before
-            c.run_id(): summary_row(c, _read_summary(runs_dir / c.run_id()) or {})
+            c.run_id(): summary_row(c, read_summary(runs_dir / c.run_id()) or {})
             for c in configs if c.run_id() not in todo_ids
         }
         write_json(out_dir / "sweep.json", {**spec.to_dict(), "runs": len(configs), "resgrad_version": __version__})

@@ -322,6 +322,15 @@ def save_run(result: RunResult, out_dir: str | os.PathLike[str]) -> Path:
     return out_dir
 
 
+def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A run directory's summary.json, or None when it is missing or unreadable."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
     """Read a run directory written by :func:`save_run`."""
     run_dir = Path(run_dir)
