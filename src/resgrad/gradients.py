@@ -171,8 +171,9 @@ class GradientRecorder:
         self._active = False
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._layer_params]
         norms = list(torch._foreach_norm([g.detach().float() for g in grads])) if grads else []
-        nan = torch.tensor(math.nan)
-        signal = [s if s is not None else nan.to(norms[0].device if norms else "cpu") for s in self._signal]
+        device = norms[0].device if norms else "cpu"
+        # A watched module whose output got no gradient this step: NaN, kept like any other value.
+        signal = [s if s is not None else torch.full((), math.nan, device=device) for s in self._signal]
         if norms or signal:
             self._records.append((self._step, self._epoch, torch.stack(norms + signal)))
         self._signal = []
