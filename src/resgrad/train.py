@@ -270,10 +270,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
                 test_loss, test_acc = evaluate(model, test_set)
                 evals.append((step, test_loss, test_acc))
                 t_loop = time.perf_counter()
-        else:
-            train_seconds += time.perf_counter() - t_loop
+        train_seconds += time.perf_counter() - t_loop
         if diverged_at is not None:
-            train_seconds += time.perf_counter() - t_loop
             log.warning("%s diverged: non-finite training loss at step %d", config.run_id(), diverged_at)
 
     last = total - 1 if diverged_at is None else diverged_at
