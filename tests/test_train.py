@@ -91,3 +91,27 @@ def test_summary_has_the_documented_keys_in_order(data_dir: Path) -> None:
 
     result = train(TrainConfig(arch="plain", steps=2, data_dir=str(data_dir), **SMALL), progress=False)
     assert tuple(result.summary) == SUMMARY_KEYS
+
+
+def test_committed_run_folders_keep_their_ids():
+    """Every committed run folder's config.json still maps to its folder name."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    configs = sorted(root.glob("*/runs/*/config.json"))
+    assert configs, "no committed run folders found under results/"
+    for path in configs:
+        config = TrainConfig.from_dict(json.loads(path.read_text()))
+        assert config.run_id() == path.parent.name, path
+
+
+def test_a_new_field_at_its_default_keeps_run_ids():
+    """Adding an option whose default keeps today's behaviour must not change any id."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Grown(TrainConfig):
+        new_option: str = "off"
+
+    base = TrainConfig(arch="plain", depth=14, seed=3, lr=0.05)
+    grown = Grown(arch="plain", depth=14, seed=3, lr=0.05)
+    assert grown.run_id() == base.run_id()
+    assert Grown(arch="plain", depth=14, seed=3, lr=0.05, new_option="on").run_id() != base.run_id()

@@ -74,6 +74,14 @@ class TrainConfig:
 
     # Fields that do not change the numbers a run produces, left out of its id.
     NOT_IN_ID = ("threads", "data_dir")
+    # The fields every run id has hashed since the first release. A field added later
+    # enters the hash only when it differs from its default, so that adding an option
+    # whose default keeps today's behaviour keeps every existing run id (and folder).
+    ID_FIELDS_V1 = (
+        "arch", "depth", "width", "norm", "activation", "init", "shortcut", "zero_init_residual", "epochs",
+        "steps", "batch_size", "lr", "momentum", "weight_decay", "eval_every", "record_every", "record_log",
+        "seed", "train_subset", "test_subset", "device",
+    )
 
     def validate(self) -> "TrainConfig":
         """Raise ``UsageError`` on the first bad value; return the config with ignored fields reset."""
@@ -112,8 +120,17 @@ class TrainConfig:
         return cls(**d)
 
     def run_id(self) -> str:
-        """Readable and stable: ``residual-d56-w16-s0-3f9c1a`` (a hash of every field that changes the numbers)."""
-        key = {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_ID}
+        """Readable and stable: ``residual-d56-w16-s0-3f9c1a``.
+
+        The hash covers every field that changes the numbers: the first release's
+        fields always, later fields only where they differ from their defaults.
+        """
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        key = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in self.NOT_IN_ID and (k in self.ID_FIELDS_V1 or v != defaults[k])
+        }
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
         shape = "" if self.arch in FIXED_ARCHS else f"-d{self.depth}-w{self.width}"
         return f"{self.arch}{shape}-s{self.seed}-{digest}"
