@@ -32,7 +32,7 @@ def test_train_writes_the_documented_run_directory(data_dir: Path, tmp_path: Pat
                  "--train-subset", "256", "--test-subset", "100", "--threads", "1", "--data-dir", str(data_dir),
                  "--out", str(out)])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "grad_norms.parquet", "metrics.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "grad_norms.parquet", "metrics.csv", "model.pt", "summary.json"]
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns) == ["step", "epoch", "train_loss", "test_loss", "test_acc"]
     assert metrics.step.tolist() == list(range(6)) and metrics.test_acc.notna().tolist() == [False] * 5 + [True]

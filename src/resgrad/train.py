@@ -1,18 +1,20 @@
 """One training run on MNIST with gradient recording: ``train(config) -> RunResult``.
 
 The run directory it saves (:func:`save_run`) holds ``config.json``,
-``metrics.csv``, ``grad_norms.parquet`` and ``summary.json``; the folder appears
-whole or not at all.
+``metrics.csv``, ``grad_norms.parquet``, ``model.pt`` (the final ``state_dict``, read
+back by :func:`load_model`) and ``summary.json``; the folder appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import pickle
 import platform
 import sys
 import time
@@ -28,7 +30,7 @@ from torch import nn
 from resgrad import __version__
 from resgrad.data import Split, endless_batches, load_split
 from resgrad.errors import UsageError, check_choice, check_positive
-from resgrad.files import atomic_dir, write_csv, write_json, write_parquet
+from resgrad.files import atomic_dir, atomic_write, write_csv, write_json, write_parquet
 from resgrad.gradients import GradientRecorder, every, log_spaced
 from resgrad.models import ACTIVATIONS, FIXED_ARCHS, INITS, NORMS, SHORTCUTS, available_archs, build_model, check_depth, count_params
 
@@ -138,16 +140,32 @@ class TrainConfig:
 
 @dataclass
 class RunResult:
-    """What a run produced: the summary, per-step metrics and gradient norms."""
+    """What a run produced: the summary, per-step metrics, gradient norms and the final weights."""
 
     config: TrainConfig
     summary: dict[str, Any]
     metrics: pd.DataFrame = field(repr=False)
     grad_norms: pd.DataFrame = field(repr=False)
+    model_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # final state_dict, on the CPU
 
     @property
     def status(self) -> str:
         return self.summary["status"]
+
+    # Sweep workers send results back pickled. Tensors would travel through shared memory and
+    # passed file descriptors (one per tensor); as one torch.save blob they travel like any bytes.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.model_state is not None:
+            buffer = io.BytesIO()
+            torch.save(self.model_state, buffer)
+            state["model_state"] = buffer.getvalue()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("model_state"), bytes):
+            state["model_state"] = torch.load(io.BytesIO(state["model_state"]), weights_only=True)
+        self.__dict__.update(state)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -323,7 +341,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
         "resgrad_version": __version__,
         "error": None,
     }
-    return RunResult(config, summary, metrics, grad_norms)
+    model_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return RunResult(config, summary, metrics, grad_norms, model_state)
 
 
 def save_run(result: RunResult, out_dir: str | os.PathLike[str]) -> Path:
@@ -333,6 +352,8 @@ def save_run(result: RunResult, out_dir: str | os.PathLike[str]) -> Path:
         write_json(tmp / "config.json", result.config.to_dict())
         write_csv(tmp / "metrics.csv", result.metrics)
         write_parquet(tmp / "grad_norms.parquet", result.grad_norms)
+        if result.model_state is not None:
+            atomic_write(tmp / "model.pt", lambda p: torch.save(result.model_state, p))
         write_json(tmp / "summary.json", result.summary)
     return out_dir
 
@@ -352,3 +373,40 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     summary = json.loads((run_dir / "summary.json").read_text())
     return RunResult(config, summary, pd.read_csv(run_dir / "metrics.csv"), pd.read_parquet(run_dir / "grad_norms.parquet"))
+
+
+def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """The model of a run directory with its final weights, in eval mode, on ``device``.
+
+    The model is rebuilt from ``config.json`` as :func:`train` builds it and ``model.pt`` is
+    read with ``torch.load(..., weights_only=True)`` (tensors only, nothing is unpickled).
+
+    Raises:
+        UsageError: the folder has no ``config.json`` or no ``model.pt`` (runs saved before
+            resgrad kept weights), or the weights do not fit the config.
+    """
+    run_dir = Path(run_dir)
+    try:
+        config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
+        raise UsageError(f"{run_dir} is not a run folder: it has no readable config.json.") from None
+    weights = run_dir / "model.pt"
+    if not weights.is_file():
+        raise UsageError(
+            f"run folder {run_dir} has no model.pt (its weights were not saved, as in runs made before resgrad "
+            "kept them); rerun it, e.g. with `resgrad sweep ... --force`, to get them."
+        )
+    model = build_model(
+        config.arch, config.depth, config.width, config.norm, config.activation,
+        config.init, config.shortcut, config.zero_init_residual,
+    )
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise UsageError(f"{weights} cannot be loaded into the model its config.json describes ({_first_line(exc)}).") from None
+    return model.to(device).eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(".") if text else type(exc).__name__
