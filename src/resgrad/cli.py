@@ -119,6 +119,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch order (default: 0)")
     add_run_options(p)
     p.add_argument("--out", type=Path, help="run directory to write (default: runs/<run_id>)")
+    p.add_argument("--tensorboard", type=Path, metavar="LOGDIR",
+                   help="also write the run's TensorBoard events to LOGDIR/<run_id> when it ends (as resgrad export)")
     p.set_defaults(func=cmd_train)
 
 
@@ -130,8 +132,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         init=args.init, lr=args.lr, seed=args.seed, **_run_kwargs(args),  # type: ignore[arg-type]
     ).validate()
     out = args.out or Path("runs") / config.run_id()
+    if args.tensorboard:  # refused before training, not after
+        from resgrad.export import check_logdir, write_run
+
+        check_logdir(args.tensorboard, [config.run_id()], [out])
     result = train(config, progress=False if args.quiet else None)
     save_run(result, out)
+    if args.tensorboard:
+        write_run(result, args.tensorboard, source=str(out))
     s = result.summary
     if s["status"] == "complete":
         if not args.quiet:
@@ -364,6 +372,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export
+
+EPILOG_EXPORT = """\
+examples:
+  resgrad export runs/demo --tensorboard runs/tb && tensorboard --logdir runs/tb
+  resgrad export runs/residual-d20-w16-s0-3f9c1a --tensorboard runs/tb
+
+LOGDIR/<run_id>/ gets one TensorBoard run per finished run: scalars loss/train,
+loss/test, accuracy/test, weight_grad/<index>_<layer>, activation_grad/<index>_<block>
+(and any other recorded quantity), and the config with the final metrics in the
+HPARAMS tab. Exporting again replaces those runs whole; other folders in LOGDIR are
+left alone. Failed and missing runs are skipped with a note. Needs tensorboard
+(pip install 'resgrad[tensorboard]').
+"""
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="write runs or a sweep as TensorBoard event files",
+        description="Export a run folder or every finished run of a sweep folder to TensorBoard.",
+        epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", type=Path, metavar="SWEEP_OR_RUN_DIR", help="a run folder or a sweep folder")
+    p.add_argument("--tensorboard", type=Path, metavar="LOGDIR", required=True,
+                   help="TensorBoard log folder; each run goes to LOGDIR/<run_id>")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from resgrad.export import export_tensorboard
+
+    done = export_tensorboard(args.source, args.tensorboard)
+    for note in done.skipped:
+        log.warning("skipped %s", note)
+    print(f"{len(done.written)} run(s) -> {done.logdir}; view them with: tensorboard --logdir {done.logdir}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -380,7 +426,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_bench, _add_sweep, _add_report]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_bench, _add_sweep, _add_report, _add_export]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

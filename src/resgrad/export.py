@@ -1,0 +1,273 @@
+"""TensorBoard export: one TensorBoard run per resgrad run, named by its run id.
+
+``LOGDIR/<run_id>/`` holds one event file with
+
+- ``loss/train`` at every step, ``loss/test`` and ``accuracy/test`` at the evaluation steps;
+- one scalar per layer and quantity at the recorded steps: ``weight_grad/<index>_<layer>``,
+  ``activation_grad/<index>_<block>`` and any other quantity ``grad_norms`` holds;
+- the run's configuration and final metrics for the HPARAMS tab (``hparam/final_test_acc``, ...),
+
+and ``resgrad-run.json``, the mark that resgrad wrote the folder. Each run folder is
+written in a temp folder and swapped in whole, so exporting again replaces a run's
+events instead of adding to them. ``tensorboard`` is an optional dependency
+(``pip install 'resgrad[tensorboard]'``); without it every entry point raises ``UsageError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import pandas as pd
+
+from resgrad import __version__
+from resgrad.errors import UsageError
+from resgrad.files import atomic_dir, write_json
+from resgrad.train import RunResult, load_run, read_summary
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger(__name__)
+
+MARKER = "resgrad-run.json"
+# Config fields that are no hyperparameters: they change neither the numbers nor the model.
+NOT_HPARAMS = ("threads", "data_dir")
+# Metric tag in the HPARAMS tab -> summary.json key; written once, at the run's last step.
+FINAL_METRICS = {
+    "hparam/final_test_acc": "final_test_acc",
+    "hparam/final_test_loss": "final_test_loss",
+    "hparam/final_train_loss": "final_train_loss",
+}
+EXPORTED = ("complete", "diverged")
+
+
+def require_tensorboard() -> type["SummaryWriter"]:
+    """``torch.utils.tensorboard.SummaryWriter``, or ``UsageError`` saying how to install tensorboard."""
+    try:
+        import tensorboard  # noqa: F401  (torch's writer needs it; its own import error is less clear)
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError(
+            "tensorboard is not installed; pip install 'resgrad[tensorboard]' (make setup installs it)."
+        ) from None
+    return SummaryWriter
+
+
+# ---------------------------------------------------------------- scalars
+
+
+def grad_tag(quantity: str, index: int, layer: str) -> str:
+    """``weight_grad/003_stage1.0.conv2``: the index zero-padded so that TensorBoard sorts layers in order."""
+    return f"{quantity}/{index:03d}_{layer}"
+
+
+def add_grad_scalars(writer: "SummaryWriter", grad_norms: pd.DataFrame, step: int | None = None) -> int:
+    """Write each row of a ``grad_norms`` frame as one scalar; return how many.
+
+    Args:
+        writer: a ``torch.utils.tensorboard.SummaryWriter``.
+        grad_norms: ``step, layer_index, layer, quantity, norm`` rows (as ``GradientRecorder.to_frame``).
+        step: the global step of every scalar; default each row's ``step``.
+    """
+    rows = grad_norms.sort_values(["step", "quantity", "layer_index"], kind="stable")
+    for row in rows.itertuples(index=False):
+        # Zero, NaN and inf are written as they are.
+        writer.add_scalar(grad_tag(row.quantity, row.layer_index, row.layer), float(row.norm),
+                          int(row.step) if step is None else step)
+    return len(rows)
+
+
+def add_metric_scalars(writer: "SummaryWriter", metrics: pd.DataFrame) -> None:
+    """``loss/train`` at every row of ``metrics.csv``; ``loss/test`` and ``accuracy/test`` where a test ran."""
+    for step, loss in zip(metrics["step"], metrics["train_loss"]):
+        writer.add_scalar("loss/train", float(loss), int(step))
+    tested = metrics[metrics[["test_loss", "test_acc"]].notna().any(axis=1)]
+    for step, loss, acc in zip(tested["step"], tested["test_loss"], tested["test_acc"]):
+        writer.add_scalar("loss/test", float(loss), int(step))
+        writer.add_scalar("accuracy/test", float(acc), int(step))
+
+
+def run_hparams(result: RunResult) -> tuple[dict[str, Any], dict[str, float | None]]:
+    """The HPARAMS entry of a run: config fields (unset ones left out) and status; the final metrics."""
+    hparams = {k: v for k, v in result.config.to_dict().items() if k not in NOT_HPARAMS and v is not None}
+    hparams["status"] = result.summary.get("status")
+    metrics = {tag: result.summary.get(key) for tag, key in FINAL_METRICS.items()}
+    return hparams, metrics
+
+
+def add_run_hparams(writer: "SummaryWriter", result: RunResult) -> None:
+    """The run's HPARAMS entry, written into the writer's own run.
+
+    ``SummaryWriter.add_hparams`` would write it into a new sub-run named by the time,
+    one more with every call; the same three summaries go into the run itself here.
+    """
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    hparams, metrics = run_hparams(result)
+    last_step = max(int(result.summary.get("steps") or 1) - 1, 0)
+    for summary in hparams_summaries(hparams, metrics):  # experiment, session start, session end
+        writer.file_writer.add_summary(summary, last_step)
+    for tag, value in metrics.items():
+        if value is not None:  # a diverged run has no final metrics
+            writer.add_scalar(tag, float(value), last_step)
+
+
+# ---------------------------------------------------------------- one run folder in LOGDIR
+
+
+def _marked_run(folder: Path) -> str | None:
+    """The run id in ``folder``'s ``resgrad-run.json``, or None when resgrad did not write the folder."""
+    try:
+        return json.loads((folder / MARKER).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _clean_stale(logdir: Path, run_id: str) -> None:
+    """Remove the hidden temp and set-aside folders that a killed export of ``run_id`` left in ``logdir``.
+
+    They are recognised by the mark inside (written first), whatever the temp names are;
+    the export about to run replaces the run's folder anyway.
+    """
+    for entry in logdir.glob(".*"):
+        if entry.is_dir() and _marked_run(entry) == run_id:
+            shutil.rmtree(entry)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_logdir(
+    logdir: str | os.PathLike[str], run_ids: Iterable[str], sources: Sequence[Path] = ()
+) -> Path:
+    """Refuse a LOGDIR that export could not fill safely, before anything is written.
+
+    LOGDIR must be a folder or absent, not inside one of ``sources`` (run folders or a
+    sweep's ``runs/``), and each ``LOGDIR/<run_id>`` absent, empty or written by resgrad.
+    Also checks that tensorboard is installed.
+    """
+    require_tensorboard()
+    logdir = Path(logdir)
+    if logdir.exists() and not logdir.is_dir():
+        raise UsageError(f"--tensorboard {logdir} is a file; give a folder (new, or one that holds TensorBoard runs).")
+    resolved = logdir.resolve()
+    for source in sources:
+        if _inside(resolved, source.resolve()):
+            raise UsageError(f"--tensorboard {logdir} is inside {source}; give a folder outside the runs it exports.")
+    for run_id in run_ids:
+        target = logdir / run_id
+        ours = target.is_dir() and (_marked_run(target) == run_id or not any(target.iterdir()))
+        if target.exists() and not ours:
+            raise UsageError(
+                f"{target} exists and was not written by resgrad; move it away or give another --tensorboard folder."
+            )
+    return logdir
+
+
+def write_run(result: RunResult, logdir: str | os.PathLike[str], source: str | None = None) -> Path:
+    """Write one run's events into ``LOGDIR/<run_id>``, replacing an earlier export of it whole.
+
+    Args:
+        result: the run (from :func:`resgrad.train.train` or :func:`resgrad.train.load_run`).
+        logdir: the TensorBoard log folder (``tensorboard --logdir LOGDIR``).
+        source: the run folder it was read from, noted in ``resgrad-run.json``.
+    """
+    SummaryWriter = require_tensorboard()
+    run_id = result.config.run_id()
+    logdir = check_logdir(logdir, [run_id])
+    _clean_stale(logdir, run_id)
+    with atomic_dir(logdir / run_id) as tmp:
+        write_json(tmp / MARKER, {"run_id": run_id, "source": source, "resgrad_version": __version__})
+        with SummaryWriter(log_dir=str(tmp)) as writer:
+            add_metric_scalars(writer, result.metrics)
+            add_grad_scalars(writer, result.grad_norms)
+            add_run_hparams(writer, result)
+    return logdir / run_id
+
+
+# ---------------------------------------------------------------- run and sweep folders
+
+
+@dataclass
+class Export:
+    """What :func:`export_tensorboard` did: the TensorBoard runs written and the runs skipped, with why."""
+
+    logdir: Path
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one note per run
+
+
+def _run_dirs(source: Path) -> tuple[list[Path], list[Path]]:
+    """The run folders of a run or sweep folder, and the folders that must not hold LOGDIR."""
+    if not source.exists():
+        raise UsageError(f"{source} does not exist; give a run folder (resgrad train) or a sweep folder (resgrad sweep).")
+    if not source.is_dir():
+        raise UsageError(f"{source} is a file; give a run folder (resgrad train) or a sweep folder (resgrad sweep).")
+    if (source / "sweep.json").is_file():
+        from resgrad.sweep import load_spec  # late import: sweep writes events through this module
+
+        runs = source / "runs"
+        return [runs / c.run_id() for c in load_spec(source).configs()], [source, runs]
+    if (source / "config.json").is_file():
+        return [source], [source]
+    raise UsageError(
+        f"{source} is neither a run folder (config.json, summary.json) nor a sweep folder (sweep.json)."
+    )
+
+
+def _load_finished(run_dir: Path) -> tuple[RunResult | None, str]:
+    """The run of a folder when it is complete or diverged, else None and why not."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        return None, "missing" if not run_dir.exists() else "no readable summary.json (unfinished?)"
+    status = summary.get("status")
+    if status not in EXPORTED:
+        return None, f"{status}" + (f": {summary['error']}" if summary.get("error") else "")
+    try:
+        return load_run(run_dir), ""
+    except (OSError, ValueError, TypeError) as exc:  # unreadable CSV/parquet/JSON, unknown config keys
+        return None, f"damaged ({type(exc).__name__}: {exc})"
+
+
+def export_tensorboard(source: str | os.PathLike[str], logdir: str | os.PathLike[str]) -> Export:
+    """Write every finished run of a run or sweep folder to ``LOGDIR/<run_id>``.
+
+    Failed, unfinished and missing runs are skipped with a note. Raises ``UsageError``
+    for a bad ``source`` or ``logdir`` (before anything is written) and when no run is finished.
+    """
+    source = Path(source)
+    run_dirs, protected = _run_dirs(source)
+    logdir = check_logdir(logdir, [], protected)
+    done = Export(logdir)
+    finished = []
+    for run_dir in run_dirs:
+        result, why = _load_finished(run_dir)
+        if result is None:
+            done.skipped.append(f"{run_dir.name}: {why}")
+        else:
+            finished.append((run_dir, result))
+    if not finished:
+        raise UsageError(f"{source} holds no finished run to export ({'; '.join(done.skipped)}).")
+    check_logdir(logdir, [result.config.run_id() for _, result in finished])  # refuse before writing any
+    for run_dir, result in finished:
+        done.written.append(write_run(result, logdir, source=str(run_dir)))
+    return done
+
+
+def export_missing(run_dirs: Iterable[Path], logdir: str | os.PathLike[str]) -> list[Path]:
+    """Export the finished runs among ``run_dirs`` that ``logdir`` does not hold yet (a resumed sweep)."""
+    written = []
+    for run_dir in run_dirs:
+        if (Path(logdir) / run_dir.name).exists():
+            continue
+        result, _ = _load_finished(run_dir)
+        if result is not None:
+            written.append(write_run(result, logdir, source=str(run_dir)))
+    return written
