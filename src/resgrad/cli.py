@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init=args.init, lr=args.lr, seed=args.seed, **_run_kwargs(args),  # type: ignore[arg-type]
     ).validate()
     out = args.out or Path("runs") / config.run_id()
-    if args.tensorboard:  # refused before training, not after
+    if args.tensorboard:  # a bad log folder too
         from resgrad.export import check_logdir, write_run
 
         check_logdir(args.tensorboard, [config.run_id()], [out])
@@ -208,6 +208,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                    help="runs at a time; local: processes, 1 = in this process (default: 1); ray: CPUs of a local Ray")
     g.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster (e.g. auto, ray://host:10001); default: start a local Ray")
     g.add_argument("--force", action="store_true", help="rerun points already complete or diverged")
+    g.add_argument("--tensorboard", type=Path, metavar="LOGDIR",
+                   help="also write each finished run's TensorBoard events to LOGDIR/<run_id> (as resgrad export)")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -229,7 +231,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(opts["out"])
     summary = run_sweep(
         spec, out, executor=opts.get("executor", "local"), workers=opts.get("workers", 1), force=args.force,
-        ray_address=opts.get("ray_address"), progress=False if args.quiet else None,
+        ray_address=opts.get("ray_address"), progress=False if args.quiet else None, tensorboard=args.tensorboard,
     )
     counts = count_statuses(summary)
     line = (

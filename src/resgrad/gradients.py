@@ -180,6 +180,19 @@ class GradientRecorder:
 
     # -- results ------------------------------------------------------------------
 
+    def log_to(self, writer: "torch.utils.tensorboard.SummaryWriter", step: int | None = None) -> None:
+        """Write the last recorded step's norms to a TensorBoard ``SummaryWriter``.
+
+        Tags as ``resgrad export`` names them (``weight_grad/<index>_<layer>``, ...), at that
+        recorded step or at ``step``. Call it after ``end_step`` of a recorded step; it reads
+        the norms on the host (one synchronisation).
+        """
+        from resgrad.export import add_grad_scalars  # late import: export needs train, which needs this module
+
+        frame = self.to_frame()
+        if len(frame):
+            add_grad_scalars(writer, frame[frame["step"] == frame["step"].iloc[-1]], step)
+
     def to_frame(self, until_step: int | None = None) -> pd.DataFrame:
         """A tidy frame: ``step, epoch, layer_index, layer, quantity, norm``.
 

@@ -582,6 +582,7 @@ def run_sweep(
     force: bool = False,
     ray_address: str | None = None,
     progress: bool | None = None,
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Run every grid point not yet done in ``out_dir`` and return the summary (one row per grid point).
 
@@ -594,6 +595,8 @@ def run_sweep(
         force: rerun points already complete or diverged (failed ones always rerun).
         ray_address: a Ray cluster to use; default a local Ray started for the sweep.
         progress: tqdm bars (default: when stderr is a terminal).
+        tensorboard: a TensorBoard log folder; each finished run's events go to
+            ``tensorboard/<run_id>`` as the driver records it (see :mod:`resgrad.export`).
 
     Returns:
         The ``summary.csv`` frame; ``attrs`` holds ``ran``, ``skipped`` and ``wall_seconds``.
@@ -605,6 +608,10 @@ def run_sweep(
     configs = spec.configs()
     _check_executor(executor, workers, ray_address)
     _check_out_dir(out_dir)
+    if tensorboard is not None:  # refused before anything runs
+        from resgrad.export import check_logdir, export_missing, write_run
+
+        check_logdir(tensorboard, [c.run_id() for c in configs], [out_dir])
     threads = spec.fixed.get("threads") or max(1, (os.cpu_count() or 1) // workers)
     remote = executor == "ray" and ray_address is not None
     configs = _for_workers(configs, threads, remote)
@@ -626,6 +633,8 @@ def run_sweep(
         skipped = len(configs) - len(todo)
         if skipped:
             log.info("%d of %d runs already done in %s; running %d", skipped, len(configs), out_dir, len(todo))
+        if tensorboard is not None:  # runs done before this sweep that the log folder lacks
+            export_missing([runs_dir / run_id for run_id in rows], tensorboard)
         if todo and not remote:
             _warn_if_oversubscribed(workers, threads)
 
@@ -639,6 +648,8 @@ def run_sweep(
         ):
             for outcome in outcomes:
                 row = _record(outcome, runs_dir)
+                if tensorboard is not None and isinstance(outcome, RunResult):
+                    write_run(outcome, tensorboard, source=str(runs_dir / row["run_id"]))
                 rows[row["run_id"]] = row
                 write_csv(out_dir / "summary.csv", _summary_frame(configs, rows))
                 counts[row["status"]] += 1
