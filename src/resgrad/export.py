@@ -185,7 +185,8 @@ def write_run(result: RunResult, logdir: str | os.PathLike[str], source: str | N
     _clean_stale(logdir, run_id)
     with atomic_dir(logdir / run_id) as tmp:
         write_json(tmp / MARKER, {"run_id": run_id, "source": source, "resgrad_version": __version__})
-        with SummaryWriter(log_dir=str(tmp)) as writer:
+        # A deep queue: with the default of 10 events every add_scalar waits for the writer thread.
+        with SummaryWriter(log_dir=str(tmp), max_queue=10_000) as writer:
             add_metric_scalars(writer, result.metrics)
             add_grad_scalars(writer, result.grad_norms)
             add_run_hparams(writer, result)
