@@ -21,7 +21,7 @@ from tensorboard.plugins.hparams import metadata as hp_metadata  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from resgrad.cli import main  # noqa: E402
-from resgrad.files import write_parquet  # noqa: E402
+from resgrad.files import write_csv, write_parquet  # noqa: E402
 from resgrad.gradients import GradientRecorder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,20 +77,22 @@ def check_run_events(run_dir: Path, run_tb: Path) -> None:
 
     assert [s for s, _ in got["loss/train"]] == metrics.step.tolist()
     assert_same([v for _, v in got["loss/train"]], f32(metrics.train_loss))
-    for tag, column in (("loss/test", "test_loss"), ("accuracy/test", "test_acc")):
+    for tag, column in (("loss/test", "test_loss"), ("accuracy/test", "test_acc")) if len(tested) else ():
         assert [s for s, _ in got[tag]] == tested.step.tolist()
         assert_same([v for _, v in got[tag]], f32(tested[column]))
     grads = expected_grad_scalars(norms)
-    assert set(got) == {"loss/train", "loss/test", "accuracy/test", *grads, *FINAL_TAGS}
+    finals = {tag for tag in FINAL_TAGS if summary[tag.split("/")[1]] is not None}  # none for a diverged run
+    tests = {"loss/test", "accuracy/test"} if len(tested) else set()
+    assert set(got) == {"loss/train", *tests, *grads, *finals}
     for tag, points in grads.items():
         assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
         assert_same([v for _, v in got[tag]], f32(v for _, v in points))
     last = summary["steps"] - 1
-    for tag in FINAL_TAGS:
+    for tag in finals:
         assert got[tag] == [(last, float(np.float32(summary[tag.split("/")[1]])))]
 
 
-def check_hparams(run_dir: Path, run_tb: Path) -> None:
+def check_hparams(run_dir: Path, run_tb: Path, status: str = "complete") -> None:
     """One HPARAMS session in the run itself, holding the config, with the final metrics as its metrics."""
     content = accumulator(run_tb).PluginTagToContent(hp_metadata.PLUGIN_NAME)
     assert set(content) == {hp_metadata.EXPERIMENT_TAG, hp_metadata.SESSION_START_INFO_TAG,
@@ -101,7 +103,7 @@ def check_hparams(run_dir: Path, run_tb: Path) -> None:
         assert start.hparams[name].string_value == config[name]
     for name in ("depth", "width", "steps", "batch_size", "lr", "momentum", "seed", "record_every", "train_subset"):
         assert start.hparams[name].number_value == config[name]
-    assert start.hparams["status"].string_value == "complete"
+    assert start.hparams["status"].string_value == status
     assert "epochs" not in start.hparams and "data_dir" not in start.hparams  # unset / not a hyperparameter
     experiment = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
     assert {m.name.tag for m in experiment.metric_infos} == FINAL_TAGS
@@ -179,6 +181,27 @@ def test_sweep_with_tensorboard_writes_each_run_and_export_skips_missing_ones(
     assert main(["export", str(sweep), "--tensorboard", str(tmp_path / "tb3")]) == 0
     assert [p.name for p in (tmp_path / "tb3").iterdir()] == [run_dirs[1].name]
     assert f"skipped {run_dirs[0].name}: missing" in caplog.text
+
+
+def test_a_diverged_run_keeps_its_non_finite_loss_and_has_no_final_metrics(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[0], run_dir)
+    # The folder as train() leaves a run whose loss is inf at step 12: everything up to that step.
+    metrics = pd.read_csv(run_dir / "metrics.csv").query("step <= 12").copy()
+    metrics.loc[metrics.step == 12, "train_loss"] = math.inf
+    write_csv(run_dir / "metrics.csv", metrics)
+    write_parquet(run_dir / "grad_norms.parquet", pd.read_parquet(run_dir / "grad_norms.parquet").query("step <= 12"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(status="diverged", final_test_acc=None, final_test_loss=None, final_train_loss=None, steps=13,
+                   diverged_at_step=12)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert main(["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")]) == 0
+    run_tb = tmp_path / "tb" / summary["run_id"]
+    check_run_events(run_dir, run_tb)
+    check_hparams(run_dir, run_tb, status="diverged")
+    assert scalars(run_tb)["loss/train"][-1] == (12, math.inf)
 
 
 @pytest.mark.parametrize(
