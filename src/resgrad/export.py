@@ -16,7 +16,6 @@ events instead of adding to them. ``tensorboard`` is an optional dependency
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ from resgrad.train import RunResult, load_run, read_summary
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
-
-log = logging.getLogger(__name__)
 
 MARKER = "resgrad-run.json"
 # Config fields that are no hyperparameters: they change neither the numbers nor the model.
@@ -95,7 +92,11 @@ def add_metric_scalars(writer: "SummaryWriter", metrics: pd.DataFrame) -> None:
 
 def run_hparams(result: RunResult) -> tuple[dict[str, Any], dict[str, float | None]]:
     """The HPARAMS entry of a run: config fields (unset ones left out) and status; the final metrics."""
-    hparams = {k: v for k, v in result.config.to_dict().items() if k not in NOT_HPARAMS and v is not None}
+    hparams = {
+        k: v if isinstance(v, (bool, int, float, str)) else str(v)  # the types the HPARAMS tab takes
+        for k, v in result.config.to_dict().items()
+        if k not in NOT_HPARAMS and v is not None
+    }
     hparams["status"] = result.summary.get("status")
     metrics = {tag: result.summary.get(key) for tag, key in FINAL_METRICS.items()}
     return hparams, metrics
