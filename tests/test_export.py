@@ -254,14 +254,26 @@ def test_train_refuses_a_bad_log_folder_before_training(tmp_path: Path, capsys: 
     assert not (tmp_path / "run").exists()
 
 
+def test_sweep_refuses_a_log_folder_inside_the_sweep_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    sweep = tmp_path / "sweep"
+    argv = ["sweep", "--archs", "plain", "--depths", "8", "--steps", "1", "--out", str(sweep), "--quiet",
+            "--tensorboard", str(sweep / "tb")]
+    assert exit_code(argv) == 2
+    assert "give a folder outside the runs it exports" in capsys.readouterr().err
+    assert not sweep.exists()
+
+
 def test_without_tensorboard_export_says_how_to_install_it(
     trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now raises ImportError
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    assert exit_code(["export", str(trained[0]), "--tensorboard", str(tmp_path / "tb")]) == 2
-    assert "tensorboard is not installed; pip install 'resgrad[tensorboard]'" in capsys.readouterr().err
-    assert not (tmp_path / "tb").exists()
+    for argv in (["export", str(trained[0])], ["train", *RUN_FLAGS, "--out", str(tmp_path / "run")]):
+        assert exit_code([*argv, "--tensorboard", str(tmp_path / "tb")]) == 2
+        assert "tensorboard is not installed; pip install 'resgrad[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "tb").exists() and not (tmp_path / "run").exists()  # refused before training
 
 
 # ---------------------------------------------------------------- the recorder in a user's loop
