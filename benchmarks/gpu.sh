@@ -46,7 +46,17 @@ fi
 NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
 SLUG=$(printf '%s' "$NAME" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+//; s/-+$//')
 OUT=results/bench/$SLUG
-mkdir -p "$OUT"
+# Claim the folder for bench output before the log goes in, so that `resgrad bench --out "$OUT"`
+# takes it as its own (a folder holding anything else is refused, and left alone).
+"$PY" - "$OUT" <<'PYEOF' || exit 1
+import sys
+from resgrad.errors import UsageError
+from resgrad.files import mark_output
+try:
+    mark_output(sys.argv[1], "bench")
+except UsageError as exc:
+    sys.exit(f"gpu.sh: {exc}")
+PYEOF
 exec > >(tee "$OUT/gpu.log") 2>&1
 echo "gpu.sh: $NAME -> $OUT (budget ${BUDGET_S} s, python $PY)"
 "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -68,6 +69,14 @@ def _copy(sweep_dir: Path, tmp_path: Path) -> Path:
     return dst
 
 
+def _record_files(run_dir: Path) -> None:
+    """Rewrite summary.json's record of files after a test edited them, as if the run had written them so."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                        for p in sorted(run_dir.iterdir()) if p.name != "summary.json"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
 def _make_failed(run_dir: Path, error: str) -> None:
     """Turn a run folder into what a sweep leaves for a run that raised: config.json and summary.json only."""
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -76,6 +85,7 @@ def _make_failed(run_dir: Path, error: str) -> None:
             name.unlink()
     summary.update(status="failed", error=error, final_test_acc=None, final_test_loss=None, final_train_loss=None,
                    steps=None, images_per_s=None)
+    summary.pop("files", None)  # a failed run's folder has no record
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -93,6 +103,7 @@ def _make_diverged(run_dir: Path, at_step: int) -> None:
     summary.update(status="diverged", diverged_at_step=at_step, steps=at_step + 1, final_test_acc=None,
                    final_test_loss=None, final_train_loss=None)
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    _record_files(run_dir)
 
 
 def _run_dir(sweep: Path, arch: str, depth: int, seed: int) -> Path:
@@ -219,10 +230,12 @@ def test_zero_and_nonfinite_norms_survive_into_tables_and_captions(sweep_dir: Pa
     g.loc[w & (g["step"] == g["step"].min()), "norm"] = 0.0  # first step: first layer zero -> -inf
     g.loc[w & (g["step"] == g["step"].max()), "norm"] = math.inf  # last step: first layer inf -> inf
     g.to_parquet(plain / "grad_norms.parquet", index=False)
+    _record_files(plain)
     residual = _run_dir(sweep, "residual", 8, 0)
     g = pd.read_parquet(residual / "grad_norms.parquet")
     g.loc[(g["quantity"] == "weight_grad") & (g["layer_index"] == 0) & (g["step"] == 0), "norm"] = math.nan
     g.to_parquet(residual / "grad_norms.parquet", index=False)
+    _record_files(residual)
 
     code, stdout = _report([str(sweep)])
     assert code == 0
@@ -261,6 +274,7 @@ def test_updates_to_90pct_acc_count_from_the_first_evaluation_at_or_above_90pct(
         m.loc[evals[nth_eval:], "test_acc"] = 0.95  # reaches 90 % at that evaluation and stays there
         m.loc[evals[nth_eval + 1], "test_acc"] = 0.9  # exactly 90 % counts too (>=), but is later
         m.to_csv(path, index=False)
+        _record_files(path.parent)
     hand = _hand_runs(sweep)
     table = summary_table(load_sweep(sweep)).set_index(["arch", "depth"])
     expected = list(hand[(hand["arch"] == "plain") & (hand["depth"] == 8)]["updates_to_90"])
@@ -405,6 +419,7 @@ def test_many_evaluations_give_the_csv_and_the_figure_but_no_markdown_table(swee
         m = pd.read_csv(metrics)
         m["test_acc"] = 0.5 + m["step"] / 100  # an evaluation at every one of the 30 steps
         m.to_csv(metrics, index=False)
+        _record_files(metrics.parent)
     code, _ = _report([str(sweep)])
     assert code == 0
     out = sweep / "report"
@@ -490,7 +505,7 @@ def test_out_that_holds_something_else_is_refused(sweep_dir: Path, tmp_path: Pat
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     assert main(["report", str(sweep_dir), "--out", str(mine)]) == 2
-    assert "holds no report.md" in capsys.readouterr().err
+    assert "holds files resgrad did not write (notes.txt)" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
 
 

@@ -7,7 +7,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -245,8 +244,8 @@ def test_a_run_folder_caught_between_two_renames_is_put_back(tmp_path: Path, dat
     (run,) = run_folders(out)
     files = snapshot(run)
     # What a kill leaves inside atomic_dir: the old folder set aside, a half-written new one.
-    os.replace(run, run.with_name(f".{run.name}.old-4242"))
-    half = out / "runs" / f".{run.name}.abc123.tmp"
+    os.replace(run, run.with_name(f".resgrad-old-4242-{run.name}"))
+    half = out / "runs" / f".resgrad-tmp-{run.name}-abc123"
     half.mkdir()
     (half / "config.json").write_text("{}")
     capsys.readouterr()
@@ -328,26 +327,25 @@ def test_a_run_whose_worker_dies_twice_is_recorded_as_failed(tmp_path: Path, dat
 
 
 def test_a_raising_run_is_recorded_as_failed_and_retried_on_rerun(
-    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A data folder whose training files are corrupt: the driver's check reads only the test split,
-    # so every run starts and raises inside train().
-    bad = tmp_path / "bad" / "MNIST" / "raw"
-    bad.mkdir(parents=True)
-    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        shutil.copy(data_dir / "MNIST" / "raw" / name, bad / name)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
-        (bad / name).write_bytes(b"not an idx file")
+    # Every run raises inside train() (damaged MNIST no longer gets this far: the pre-flight names it).
+    def broken(config, progress=None):
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr("resgrad.sweep.train", broken)
     out = tmp_path / "sweep"
     grid = ["sweep", "--out", str(out), "--archs", "residual", "--depths", "8", "--seeds", "0", "1"]
-    assert main([*grid, *tiny(tmp_path / "bad")]) == 1
+    assert main([*grid, *tiny(data_dir)]) == 1
     assert "0 complete, 0 diverged, 2 failed" in caplog.text  # a warning, as the exit code says
     summary = pd.read_csv(out / "summary.csv")
-    assert (summary.status == "failed").all() and summary.error.str.contains("mnist.py").all()
+    assert (summary.status == "failed").all() and summary.error.str.contains("the GPU caught fire").all()
+    monkeypatch.undo()
     for run_id in summary.run_id:
         assert {p.name for p in (out / "runs" / run_id).iterdir()} == {"config.json", "summary.json"}
 
-    assert main([*grid, *tiny(data_dir)[:-1]]) == 0  # the same runs (data_dir is not in the id), now whole
+    assert main([*grid, *tiny(data_dir)[:-1]]) == 0  # the same runs, retried, now whole
     assert "2 complete, 0 diverged, 0 failed (2 run now, 0 already done)" in capsys.readouterr().out
     again = pd.read_csv(out / "summary.csv")
     assert again.run_id.tolist() == summary.run_id.tolist() and (again.status == "complete").all()

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from resgrad.errors import UsageError, check_choice
-from resgrad.files import write_bytes, write_csv, write_text
+from resgrad.files import prepare_output, write_bytes, write_csv, write_text
 from resgrad.markdown import markdown_table
 from resgrad.models import FIXED_ARCHS, available_archs, build_model, check_depth, count_params
-from resgrad.train import TrainConfig, device_name, progress_enabled
+from resgrad.train import MAX_SEED, MAX_THREADS, TrainConfig, device_name, progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,14 @@ class BenchConfig:
             check_choice("mode", m, MODES)
         for t in dtypes:
             check_choice("dtype", t, tuple(DTYPES))
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise UsageError(f"threads must be a whole number >= 1, got {self.threads!r}.")
+        if self.threads is not None and (not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS):
+            raise UsageError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {self.threads!r}.")
         if not (isinstance(self.min_run_time, (int, float)) and self.min_run_time > 0):
             raise UsageError(f"min-run-time must be a positive number of seconds, got {self.min_run_time!r}.")
+        if self.min_run_time == math.inf:  # blocked_autorange would never return
+            raise UsageError("min-run-time must be a finite number of seconds, got inf.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed must be a whole number from 0 to 2**63-1, got {self.seed!r}.")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise UsageError(f"warmup must be a whole number >= 0, got {self.warmup!r}.")
         return dataclasses.replace(
@@ -712,10 +716,9 @@ def write_bench(result: BenchResult, out_dir: str | os.PathLike[str]) -> Path:
     not make is removed, so none is left from an earlier run; so is the checkpoint file of
     :func:`run_bench`. Other files in ``out_dir`` are left alone (``benchmarks/gpu.sh``
     keeps its log and other stages' folders there), which is why the folder is not swapped
-    whole.
+    whole. A folder that is neither new, empty nor a bench folder is refused (``UsageError``).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output(out_dir, "bench")  # new, empty or a bench folder; refused before any write
     write_csv(out_dir / "bench.csv", result.rows[COLUMNS + STATUS_COLUMNS])
     write_text(out_dir / "bench.md", bench_markdown(result, out_dir))
     made = set()

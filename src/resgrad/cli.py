@@ -1,19 +1,23 @@
 """The ``resgrad`` command: argparse lives here and nowhere else.
 
 Each subcommand turns its flags into a typed config at once and calls library code.
-Bad input (``UsageError``) prints one sentence and exits with code 2.
+Bad input (``UsageError``) prints one sentence and exits with code 2; an OS error (a write
+that failed: full disk, permission lost) one sentence and exit code 1. ``--debug`` or
+``RESGRAD_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from resgrad import __version__
-from resgrad.errors import UsageError
+from resgrad.errors import OutputError, UsageError
 
 log = logging.getLogger("resgrad")
 
@@ -118,13 +122,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default: 0.01)")
     g.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch order (default: 0)")
     add_run_options(p)
-    p.add_argument("--out", type=Path, help="run directory to write (default: runs/<run_id>)")
+    p.add_argument("--out", type=Path, help="run directory to write: new, empty, or an earlier run with --force "
+                   "(default: runs/<run_id>)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run folder already at --out (a folder holding other files is never replaced)")
     p.add_argument("--tensorboard", type=Path, metavar="LOGDIR",
                    help="also write the run's TensorBoard events to LOGDIR/<run_id> when it ends (as resgrad export)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from resgrad.files import prepare_output
     from resgrad.train import TrainConfig, save_run, train
 
     config = TrainConfig(
@@ -132,12 +140,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         init=args.init, lr=args.lr, seed=args.seed, **_run_kwargs(args),  # type: ignore[arg-type]
     ).validate()
     out = args.out or Path("runs") / config.run_id()
+    prepare_output(out, "run", force=args.force)  # refused before training, not after
     if args.tensorboard:  # a bad log folder too
         from resgrad.export import check_logdir, write_run
 
         check_logdir(args.tensorboard, [config.run_id()], [out])
     result = train(config, progress=False if args.quiet else None)
-    save_run(result, out)
+    save_run(result, out, force=args.force)
     if args.tensorboard:
         write_run(result, args.tensorboard, source=str(out))
     s = result.summary
@@ -236,8 +245,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     counts = count_statuses(summary)
     line = (
         f"sweep {out}: {len(summary)} runs: {counts['complete']} complete, {counts['diverged']} diverged, "
-        f"{counts['failed']} failed ({summary.attrs['ran']} run now, {summary.attrs['skipped']} already done) "
-        f"in {summary.attrs['wall_seconds']:.1f} s -> {out / 'summary.csv'}"
+        f"{counts['failed']} failed ({summary.attrs['ran']} run now, {summary.attrs['skipped']} already done"
+        + (f", {summary.attrs['earlier']} kept from earlier grids" if summary.attrs.get("earlier") else "")
+        + f") in {summary.attrs['wall_seconds']:.1f} s -> {out / 'summary.csv'}"
     )
     if counts["failed"]:
         log.warning("%s", line)
@@ -313,12 +323,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from resgrad.bench import PARTIAL_NAME, BenchConfig, run_bench, write_bench
+    from resgrad.files import prepare_output
 
     config = BenchConfig(
         devices=args.devices, archs=args.archs, depths=args.depths, widths=args.widths, batch_sizes=args.batch_sizes,
         modes=args.modes, dtypes=args.dtype, channels_last=args.channels_last, compile=args.compile,
         threads=args.threads, min_run_time=args.min_run_time, warmup=args.warmup, seed=args.seed,
     ).validate()
+    prepare_output(args.out, "bench")  # refused before timing, not after
     result = run_bench(config, progress=False if args.quiet else None, checkpoint=args.out / PARTIAL_NAME)
     write_bench(result, args.out)
     if not args.quiet:
@@ -422,13 +434,26 @@ def make_parser() -> argparse.ArgumentParser:
         "train plain/residual twins on MNIST, record per-layer gradient norms, sweep depths, report, benchmark.",
     )
     parser.add_argument("--version", action="version", version=f"resgrad {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback too (also: RESGRAD_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # `resgrad train ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_bench, _add_sweep, _add_report, _add_export]
+
+
+def _describe(exc: OSError) -> str:
+    """One sentence for an OS error: the path and the reason (OutputError says it already)."""
+    if isinstance(exc, OutputError):
+        return str(exc)
+    code = errno.errorcode.get(exc.errno or -1)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}{f' ({code})' if code else ''}."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -436,11 +461,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s", level=logging.WARNING, stream=sys.stderr)
     parser = make_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("RESGRAD_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except UsageError as exc:
+        if debug:
+            raise
         print(f"resgrad {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a write that failed (full disk, permission lost, read-only filesystem), or a read
+        if debug:
+            raise
+        print(f"resgrad {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"resgrad {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,8 @@ index into a device tensor, with no per-sample PIL transform in the training loo
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,16 +47,86 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(data_dir or os.environ.get("RESGRAD_DATA") or "data")
 
 
+# The unpacked idx files: items and the shape of one item. Their .gz files' MD5 sums are
+# torchvision's (torchvision.datasets.MNIST.resources).
+_IDX_SHAPES = {
+    "train-images-idx3-ubyte": (60_000, (28, 28)),
+    "train-labels-idx1-ubyte": (60_000, ()),
+    "t10k-images-idx3-ubyte": (10_000, (28, 28)),
+    "t10k-labels-idx1-ubyte": (10_000, ()),
+}
+
+
+def _not_found(raw: Path, why: str) -> DataError:
+    return DataError(
+        f"MNIST is not in {raw} and could not be downloaded ({why}); "
+        f"put the four official files there ({', '.join(MNIST_FILES)}) or point --data-dir/$RESGRAD_DATA at them."
+    )
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _idx_problem(path: Path, items: int, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with an unpacked idx file of unsigned bytes, from its header and size; None if nothing."""
+    dims = (items, *shape)
+    header = 4 + 4 * len(dims)
+    with open(path, "rb") as f:
+        head = f.read(header)
+    size = path.stat().st_size
+    want = (0x0800 + len(dims)).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    if head != want:
+        return "its header is not that of MNIST's file"
+    if size != header + math.prod(dims):
+        return f"{size} bytes, expected {header + math.prod(dims)}"
+    return None
+
+
+def check_mnist(data_dir: str | os.PathLike[str] | None = None, require: bool = False) -> None:
+    """Check the MNIST files in ``DATA_DIR/MNIST/raw`` without loading them.
+
+    Each ``.gz`` must have torchvision's MD5 sum, and each unpacked idx file MNIST's header
+    and size. A file that is absent is left to torchvision, which downloads it, unless
+    ``require``, when it is an error too.
+
+    Raises:
+        DataError: naming the damaged (or, with ``require``, the missing) file.
+    """
+    from torchvision.datasets import MNIST
+
+    raw = resolve_data_dir(data_dir) / "MNIST" / "raw"
+    for gz_name, expected in MNIST.resources:
+        gz, idx = raw / gz_name, raw / gz_name.removesuffix(".gz")
+        if gz.is_file():
+            found = _md5(gz)
+            if found != expected:
+                raise DataError(f"{gz} has MD5 {found}, expected {expected}; replace it with the official file.")
+        if idx.is_file():
+            problem = _idx_problem(idx, *_IDX_SHAPES[idx.name])
+            if problem:
+                fix = "delete it to have it unpacked again from its .gz" if gz.is_file() else "replace it"
+                raise DataError(f"{idx} is damaged ({problem}); {fix}.")
+        elif require and not gz.is_file():
+            raise _not_found(raw, f"{gz_name} is missing")
+
+
 def _mnist(root: Path, train: bool):  # -> torchvision.datasets.MNIST
     from torchvision.datasets import MNIST  # torchvision's import is slow; keep it off `--help`
 
+    check_mnist(root)
+    raw = root / "MNIST" / "raw"
     try:
         return MNIST(str(root), train=train, download=True)
     except (RuntimeError, OSError) as exc:  # no network and no files: urllib's URLError is an OSError
-        raise DataError(
-            f"MNIST is not in {root / 'MNIST' / 'raw'} and could not be downloaded ({exc.__class__.__name__}); "
-            f"put the four official files there ({', '.join(MNIST_FILES)}) or point --data-dir/$RESGRAD_DATA at them."
-        ) from exc
+        raise _not_found(raw, exc.__class__.__name__) from exc
+    except (AssertionError, ValueError, TypeError) as exc:  # files that pass the checks yet do not parse
+        raise DataError(f"MNIST in {raw} cannot be read ({exc.__class__.__name__}: {exc}); "
+                        "replace the four files with the official ones.") from exc
 
 
 def load_split(

@@ -1,6 +1,9 @@
-"""The one exception type that means "the user asked for something invalid"."""
+"""The exceptions that end a command cleanly: bad input (``UsageError``, exit 2) and a failed write (``OutputError``, exit 1)."""
 
 from __future__ import annotations
+
+import errno as errno_mod
+import math
 
 
 class UsageError(ValueError):
@@ -20,5 +23,32 @@ def check_positive(what: str, value: float | int | None, allow_none: bool = Fals
     """Raise ``UsageError`` unless ``value`` is > 0 (or None where allowed)."""
     if value is None and allow_none:
         return
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+        raise UsageError(f"{what} must be a finite number, got {value!r}.")
     if value is None or value <= 0:
         raise UsageError(f"{what} must be a positive number, got {value!r}.")
+
+
+class OutputError(OSError):
+    """Writing an output failed (full disk, permission lost, read-only filesystem).
+
+    The message is one sentence naming the path and the OS error; the CLI prints it and
+    exits with code 1. ``errno`` is the original error's.
+    """
+
+    def __init__(self, path: object, cause: OSError) -> None:
+        reason = getattr(cause, "reason", None) or cause.strerror or str(cause) or type(cause).__name__
+        code = errno_mod.errorcode.get(cause.errno or -1)
+        super().__init__(f"could not write {path}: {reason}{f' ({code})' if code and code not in reason else ''}.")
+        self.errno = cause.errno
+        self.path = path
+        self.reason = reason
+
+
+def check_finite(what: str, value: object, low: float | None = None, high: float | None = None) -> None:
+    """Raise ``UsageError`` unless ``value`` is a finite number (not a bool) within ``[low, high]``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (low is None or value >= low) and (high is None or value <= high):
+        return
+    bounds = (f" from {low:g} to {high:g}" if high is not None else f" >= {low:g}") if low is not None else ""
+    raise UsageError(f"{what} must be a finite number{bounds}, got {value!r}.")

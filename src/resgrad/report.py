@@ -33,11 +33,11 @@ import pandas as pd
 
 from resgrad.errors import UsageError
 from resgrad.figures import render_figures
-from resgrad.files import atomic_dir
+from resgrad.files import atomic_dir, prepare_output
 from resgrad.markdown import markdown_table
-from resgrad.sweep import DONE, GRID_OPTIONS, SweepSpec, load_spec
+from resgrad.sweep import DONE, GRID_OPTIONS, SweepSpec, load_spec, sweep_points
 from resgrad.sweep import STATUSES as RUN_STATUSES  # complete, diverged, failed
-from resgrad.train import SUMMARY_KEYS, read_summary
+from resgrad.train import SUMMARY_KEYS, check_run, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,11 @@ def _updates_to(metrics: pd.DataFrame, target: float = TARGET_ACC) -> float:
 def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     """Read a sweep folder (``sweep.json`` and ``runs/``) into a :class:`Sweep`.
 
-    Every grid point of ``sweep.json`` gets a row in ``runs``; a point without a run
-    folder is ``missing``. Raises ``UsageError`` when ``path`` is not a sweep folder.
+    Every grid point of ``sweep.json`` gets a row in ``runs``, and so does every finished
+    run of the grids it ran before; a point without a run folder is ``missing``. A finished
+    run whose folder is damaged (a file missing, cut short, or unlike its record) is logged
+    and counted as ``failed``, its error saying why. Raises ``UsageError`` when ``path`` is
+    not a sweep folder.
     """
     path = Path(path)
     if not path.is_dir():
@@ -176,7 +179,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
         )
     spec = load_spec(path)
     rows, metrics, grads = [], [], []
-    for config in spec.configs():
+    for config in sweep_points(path, spec):  # the grid's points, then finished runs of earlier grids
         run_id = config.run_id()
         options = {name: getattr(config, name) for name in GRID_OPTIONS}
         run_dir = path / "runs" / run_id
@@ -185,12 +188,18 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
         row: dict[str, Any] = {"run_id": run_id, **options, "status": status if status in STATUSES else "missing"}
         if summary:
             row.update({k: summary.get(k) for k in _SUMMARY_KEYS})
-        if row["status"] in FINISHED:
+        problem = check_run(run_dir, summary) if row["status"] in FINISHED else None
+        if problem is None and row["status"] in FINISHED:
             try:
                 m = pd.read_csv(run_dir / "metrics.csv")
                 g = pd.read_parquet(run_dir / "grad_norms.parquet")
             except (OSError, ValueError) as exc:
-                raise UsageError(f"run folder {run_dir} is damaged: {exc}.") from None
+                problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if problem is not None:  # reported like a failed run, by name, instead of failing the report
+            log.warning("run %s is damaged (%s): reported as failed; rerun the sweep to run it again", run_id, problem)
+            row.update({k: None for k in _SUMMARY_KEYS})
+            row.update(status="failed", error=f"run folder damaged: {problem}")
+        if row["status"] in FINISHED:
             row.update(_grad_numbers(g))
             row["updates_to_90pct_acc"] = _updates_to(m)
             metrics.append(m.assign(run_id=run_id, **options))
@@ -565,12 +574,8 @@ class _Page:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse a report folder that would replace something other than an earlier report."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"report folder {out} is a file; give a folder with --out.")
-    if out.is_dir() and any(out.iterdir()) and not (out / "report.md").is_file():
-        raise UsageError(f"report folder {out} exists and holds no report.md, so it is not an earlier report "
-                         "and will not be replaced; give a new or empty folder with --out.")
+    """Refuse a report folder that would replace something other than an earlier report (see prepare_output)."""
+    prepare_output(out, "report")
 
 
 def _test_acc_section(page: _Page, sweep: Sweep, table: pd.DataFrame) -> None:

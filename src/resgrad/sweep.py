@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -38,11 +39,12 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from resgrad import __version__
-from resgrad.data import load_split, resolve_data_dir
+from resgrad.data import check_mnist, load_split, resolve_data_dir
 from resgrad.errors import UsageError, check_choice, check_positive
-from resgrad.files import atomic_dir, write_csv, write_json
+from resgrad.files import OLD_PREFIX, TMP_PREFIX, atomic_dir, prepare_output, write_csv, write_json
 from resgrad.train import (
-    SUMMARY_KEYS, RunResult, TrainConfig, progress_enabled, read_summary, resolve_device, save_run, train,
+    MAX_SEED, SUMMARY_KEYS, RunResult, TrainConfig, check_run, progress_enabled, read_summary, resolve_device,
+    save_run, train,
 )
 
 if sys.version_info >= (3, 11):
@@ -76,7 +78,6 @@ SUMMARY_COLUMNS = [
     "run_id", *GRID_OPTIONS, "status", "final_test_acc", "final_test_loss", "final_train_loss",
     "steps", "wall_seconds", "images_per_s", "error",
 ]
-MAX_SEED = 2**63 - 1
 # A run whose worker process dies this often is recorded as failed (the Ray executor: max_retries=1 alike).
 MAX_WORKER_DEATHS = 2
 
@@ -208,6 +209,9 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read sweep config {path}: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"sweep config {path} is not UTF-8 text (byte {exc.start} cannot be decoded); "
+                         "save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"sweep config {path} is not valid TOML: {exc}.") from None
     out: dict[str, Any] = {}
@@ -473,27 +477,31 @@ def _record(outcome: Outcome, runs_dir: Path) -> dict[str, Any]:
     config = outcome.config
     run_dir = runs_dir / config.run_id()
     if isinstance(outcome, RunResult):
-        save_run(outcome, run_dir)
+        save_run(outcome, run_dir, force=True)  # a failed, damaged or --force'd run: checked before the sweep began
         return summary_row(config, outcome.summary)
     log.warning("%s failed: %s", config.run_id(), outcome.error)
     return summary_row(config, _save_failure(outcome, run_dir))
 
 
 def _clean_stale(folder: Path) -> None:
-    """Remove what a killed driver left half done: temp files and folders of the atomic writers."""
+    """Remove what a killed driver left half done: temp files and folders of the atomic writers.
+
+    Only names with resgrad's own prefixes are touched (see :mod:`resgrad.files`).
+    """
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
-        if not entry.name.startswith("."):
-            continue
-        if entry.name.endswith(".tmp"):
-            if entry.is_dir():
+        if entry.name.startswith(TMP_PREFIX):
+            if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-        elif ".old-" in entry.name and entry.is_dir():
+        elif entry.name.startswith(OLD_PREFIX) and entry.is_dir() and not entry.is_symlink():
             # Killed between the two renames of atomic_dir: the old folder was whole; put it back.
-            original = folder / entry.name[1:].rsplit(".old-", 1)[0]
+            pid, _, name = entry.name[len(OLD_PREFIX):].partition("-")
+            if not pid.isdigit() or not name:
+                continue
+            original = folder / name
             if original.exists():
                 shutil.rmtree(entry)
             else:
@@ -529,11 +537,41 @@ def _check_executor(executor: str, workers: int, ray_address: str | None) -> Non
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"sweep folder {out_dir} is a file; give a folder.")
-    if out_dir.is_dir() and not (out_dir / "sweep.json").exists():
-        if any(p.name != ".lock" for p in out_dir.iterdir()):
-            raise UsageError(f"{out_dir} exists and is not a sweep folder (no sweep.json); give a new or empty folder.")
+    """The sweep folder: new, empty or a sweep folder (files of other names in it are left alone)."""
+    prepare_output(out_dir, "sweep")
+
+
+def _check_replaceable(configs: list[TrainConfig], runs_dir: Path) -> None:
+    """The run folders these runs will replace hold nothing resgrad did not write."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise UsageError(f"{runs_dir} is a file where the sweep keeps its run folders; move it away.")
+    for config in configs:
+        run_dir = runs_dir / config.run_id()
+        if run_dir.exists() or run_dir.is_symlink():
+            prepare_output(run_dir, "run", force=True)
+
+
+def _check_ray_address(address: str, timeout: float = 10.0) -> None:
+    """Refuse, within seconds, a Ray address where nothing answers (``ray.init`` would retry for ever)."""
+    target = address
+    if address == "auto":
+        try:  # the lookup ray.init does for "auto"
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+        except ImportError:  # pragma: no cover  (a Ray without it: ray.init reports what it finds)
+            return
+        try:
+            target = canonicalize_bootstrap_address_or_die("auto")
+        except (ConnectionError, ValueError) as exc:
+            raise UsageError(f"--ray-address auto finds no running Ray cluster ({str(exc).splitlines()[0]}); "
+                             "start one with `ray start --head`, or leave --ray-address out.") from None
+    host, sep, port = target.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"Ray address {address!r} is not host:port, ray://host:port or auto.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"nothing answers at Ray address {address} ({exc.strerror or exc}); "
+                         "start the cluster there, or fix --ray-address.") from None
 
 
 def _for_workers(configs: list[TrainConfig], threads: int, remote: bool) -> list[TrainConfig]:
@@ -546,16 +584,89 @@ def _for_workers(configs: list[TrainConfig], threads: int, remote: bool) -> list
 
 
 def _preflight(sample: TrainConfig) -> None:
-    """Catch what would fail every run (no MNIST, no CUDA) as one usage error, before writing anything."""
+    """Catch what would fail every run (no or damaged MNIST, no CUDA) as one usage error, before writing anything."""
     resolve_device(sample.device)
-    load_split(False, sample.data_dir, subset=1)
+    load_split(False, sample.data_dir, subset=1)  # downloads MNIST where it is missing and can be
+    check_mnist(sample.data_dir, require=True)  # both splits, by MD5 and size, without loading them
 
 
-def _pending(configs: list[TrainConfig], runs_dir: Path, force: bool) -> list[TrainConfig]:
-    """The configs to run: all with ``force``, else those without a complete or diverged run folder."""
+def _pending(configs: list[TrainConfig], runs_dir: Path, force: bool, warn: bool = False) -> list[TrainConfig]:
+    """The configs to run: all with ``force``, else those without a whole complete or diverged run folder.
+
+    A finished run whose folder is damaged (see :func:`resgrad.train.check_run`) runs again;
+    ``warn`` logs it by name.
+    """
     if force:
         return list(configs)
-    return [c for c in configs if (read_summary(runs_dir / c.run_id()) or {}).get("status") not in DONE]
+    todo = []
+    for config in configs:
+        run_dir = runs_dir / config.run_id()
+        summary = read_summary(run_dir)
+        if summary is None or summary.get("status") not in DONE:
+            todo.append(config)
+        elif problem := check_run(run_dir, summary):
+            if warn:
+                log.warning("%s is damaged (%s); it runs again", config.run_id(), problem)
+            todo.append(config)
+    return todo
+
+
+def _earlier_specs(out_dir: Path, spec: SweepSpec) -> list[SweepSpec]:
+    """The grids an earlier sweep ran in ``out_dir`` with points ``spec`` lacks, oldest first (from sweep.json)."""
+    path = out_dir / "sweep.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+        found = [SweepSpec.from_dict(d) for d in [*old.get("earlier", []), old]]
+    except (OSError, ValueError, AttributeError, TypeError) as exc:  # UsageError is a ValueError
+        log.warning("%s cannot be read (%s): runs of earlier grids not in this one are left out of summary.csv",
+                    path, exc)
+        return []
+    ids = {c.run_id() for c in spec.configs()}
+    kept: list[SweepSpec] = []
+    for earlier in found:
+        try:
+            new_ids = {c.run_id() for c in earlier.configs()} - ids
+        except UsageError:  # a grid that no longer validates has no points to keep
+            continue
+        if new_ids:
+            kept.append(earlier)
+            ids |= new_ids
+    return kept
+
+
+def load_earlier(sweep_dir: str | os.PathLike[str]) -> list[SweepSpec]:
+    """The earlier grids a sweep folder's ``sweep.json`` lists (the grids it ran before its current one)."""
+    try:
+        earlier = json.loads((Path(sweep_dir) / "sweep.json").read_text()).get("earlier", [])
+        return [SweepSpec.from_dict(d) for d in earlier]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+
+
+def sweep_points(
+    sweep_dir: str | os.PathLike[str], spec: SweepSpec | None = None, earlier: list[SweepSpec] | None = None
+) -> list[TrainConfig]:
+    """Every run a sweep folder lists: its grid's points, then the finished runs of its earlier grids.
+
+    A sweep rerun with a smaller or different grid keeps the runs it finished before: they
+    stay in ``summary.csv`` and in the report.
+    """
+    sweep_dir = Path(sweep_dir)
+    spec = spec if spec is not None else load_spec(sweep_dir)
+    earlier = earlier if earlier is not None else load_earlier(sweep_dir)
+    points = {c.run_id(): c for c in spec.configs()}
+    for other in earlier:
+        try:
+            configs = other.configs()
+        except UsageError:
+            continue
+        for config in configs:
+            run_id = config.run_id()
+            if run_id not in points and (read_summary(sweep_dir / "runs" / run_id) or {}).get("status") in DONE:
+                points[run_id] = config
+    return list(points.values())
 
 
 def _warn_if_oversubscribed(workers: int, threads: int) -> None:
@@ -599,7 +710,9 @@ def run_sweep(
             ``tensorboard/<run_id>`` as the driver records it (see :mod:`resgrad.export`).
 
     Returns:
-        The ``summary.csv`` frame; ``attrs`` holds ``ran``, ``skipped`` and ``wall_seconds``.
+        The ``summary.csv`` frame: this grid's runs, then the finished runs of earlier grids run
+        in ``out_dir`` (``sweep.json`` lists those grids under ``earlier``); ``attrs`` holds
+        ``ran``, ``skipped``, ``earlier`` (rows from earlier grids) and ``wall_seconds``.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -615,21 +728,29 @@ def run_sweep(
     threads = spec.fixed.get("threads") or max(1, (os.cpu_count() or 1) // workers)
     remote = executor == "ray" and ray_address is not None
     configs = _for_workers(configs, threads, remote)
-    if not remote and _pending(configs, runs_dir, force):
-        _preflight(configs[0])
+    if pending := _pending(configs, runs_dir, force):  # what would fail the sweep fails it now, before any write
+        _check_replaceable(pending, runs_dir)
+        if executor == "ray" and ray_address:
+            _check_ray_address(ray_address)
+        if not remote:
+            _preflight(configs[0])
+    earlier = _earlier_specs(out_dir, spec)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
         _clean_stale(out_dir)
         _clean_stale(runs_dir)
-        todo = _pending(configs, runs_dir, force)
+        todo = _pending(configs, runs_dir, force, warn=True)
         todo_ids = {c.run_id() for c in todo}
+        # This grid's points, then the finished runs of earlier grids: a narrower grid hides none of them.
+        listed = sweep_points(out_dir, spec, earlier)
         rows = {  # finished runs kept from before
             c.run_id(): summary_row(c, read_summary(runs_dir / c.run_id()) or {})
-            for c in configs if c.run_id() not in todo_ids
+            for c in listed if c.run_id() not in todo_ids
         }
-        write_json(out_dir / "sweep.json", {**spec.to_dict(), "runs": len(configs), "resgrad_version": __version__})
-        write_csv(out_dir / "summary.csv", _summary_frame(configs, rows))
+        write_json(out_dir / "sweep.json", {**spec.to_dict(), "earlier": [e.to_dict() for e in earlier],
+                                            "runs": len(configs), "resgrad_version": __version__})
+        write_csv(out_dir / "summary.csv", _summary_frame(listed, rows))
         skipped = len(configs) - len(todo)
         if skipped:
             log.info("%d of %d runs already done in %s; running %d", skipped, len(configs), out_dir, len(todo))
@@ -651,13 +772,14 @@ def run_sweep(
                 if tensorboard is not None and isinstance(outcome, RunResult):
                     write_run(outcome, tensorboard, source=str(runs_dir / row["run_id"]))
                 rows[row["run_id"]] = row
-                write_csv(out_dir / "summary.csv", _summary_frame(configs, rows))
+                write_csv(out_dir / "summary.csv", _summary_frame(listed, rows))
                 counts[row["status"]] += 1
                 bar.set_postfix(counts, refresh=False)
                 bar.update()
 
-    result = _summary_frame(configs, rows)
-    result.attrs.update(ran=len(todo), skipped=skipped, wall_seconds=time.perf_counter() - t0)
+    result = _summary_frame(listed, rows)
+    result.attrs.update(ran=len(todo), skipped=skipped, earlier=len(listed) - len(configs),
+                        wall_seconds=time.perf_counter() - t0)
     return result
 
 

@@ -29,8 +29,10 @@ from torch import nn
 
 from resgrad import __version__
 from resgrad.data import Split, endless_batches, load_split
-from resgrad.errors import UsageError, check_choice, check_positive
-from resgrad.files import atomic_dir, atomic_write, write_csv, write_json, write_parquet
+from resgrad.errors import UsageError, check_choice, check_finite, check_positive
+from resgrad.files import (
+    atomic_dir, atomic_write, check_record, file_record, prepare_output, write_csv, write_json, write_parquet,
+)
 from resgrad.gradients import GradientRecorder, every, log_spaced
 from resgrad.models import ACTIVATIONS, FIXED_ARCHS, INITS, NORMS, SHORTCUTS, available_archs, build_model, check_depth, count_params
 
@@ -38,6 +40,11 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda", "auto")
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "test_loss", "test_acc"]
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes at most 2**64-1; sweeps have always allowed this range
+MAX_THREADS = 1024  # torch.set_num_threads overflows past 2**31-1 and crashes well below it
+MAX_RECORD_LOG = 1_000_000  # the log-spaced schedule is built up front
+_WHOLE_NUMBERS = ("depth", "width", "epochs", "steps", "batch_size", "eval_every", "record_every", "record_log",
+                  "seed", "train_subset", "test_subset", "threads")
 # The keys of summary.json, in the order train() writes them.
 SUMMARY_KEYS = (
     "run_id", "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps", "epochs",
@@ -93,6 +100,12 @@ class TrainConfig:
         check_choice("init", self.init, INITS)
         check_choice("shortcut", self.shortcut, SHORTCUTS)
         check_choice("device", self.device, DEVICES)
+        for name in _WHOLE_NUMBERS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise UsageError(f"{name.replace('_', '-')} must be a whole number, got {value!r}.")
+        for name in ("lr", "momentum", "weight_decay"):
+            check_finite(name.replace("_", "-"), getattr(self, name))
         if self.arch not in FIXED_ARCHS:
             check_depth(self.depth)
             if not isinstance(self.width, int) or self.width < 1:
@@ -105,6 +118,12 @@ class TrainConfig:
             check_positive(name.replace("_", "-"), getattr(self, name))
         if self.momentum < 0 or self.weight_decay < 0:
             raise UsageError(f"momentum and weight-decay must be >= 0, got {self.momentum} and {self.weight_decay}.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed must be a whole number from 0 to 2**63-1, got {self.seed!r}.")
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise UsageError(f"threads must be at most {MAX_THREADS}, got {self.threads}.")
+        if self.record_log is not None and self.record_log > MAX_RECORD_LOG:
+            raise UsageError(f"record-log must be at most {MAX_RECORD_LOG:,}, got {self.record_log:,}.")
         if self.arch in FIXED_ARCHS:  # these archs fix their own shape: record it, keep ids stable
             depth, width = FIXED_ARCHS[self.arch]
             return dataclasses.replace(self, depth=depth, width=width, norm="none", activation="relu", shortcut="A")
@@ -233,6 +252,33 @@ def train_step(
     return loss.detach()
 
 
+class StepBuffer:
+    """One value per step, kept in fixed-size chunks allocated as the steps arrive.
+
+    Supports what the training loop needs of a tensor: ``buf[step] = value`` for steps in
+    order, and ``buf[a:b]`` (a tensor). Unwritten float entries are NaN, ints 0.
+    """
+
+    CHUNK = 4096
+
+    def __init__(self, device: torch.device | str, dtype: torch.dtype) -> None:
+        self.device, self.dtype = device, dtype
+        self.chunks: list[torch.Tensor] = []
+
+    def __setitem__(self, step: int, value: torch.Tensor | float | int) -> None:
+        i, offset = divmod(step, self.CHUNK)
+        while len(self.chunks) <= i:
+            fill = math.nan if self.dtype.is_floating_point else 0
+            self.chunks.append(torch.full((self.CHUNK,), fill, dtype=self.dtype, device=self.device))
+        self.chunks[i][offset] = value
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        start, stop, _ = index.indices(len(self.chunks) * self.CHUNK)
+        parts = [c[max(start - i * self.CHUNK, 0) : stop - i * self.CHUNK]
+                 for i, c in enumerate(self.chunks) if i * self.CHUNK < stop and (i + 1) * self.CHUNK > start]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype, device=self.device)
+
+
 def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     """Train one model on MNIST, recording gradient norms.
 
@@ -269,8 +315,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     # Losses stay on the device; the host reads them in chunks (every step on the CPU, where it is free).
     check_every = 1 if device.type == "cpu" else 50
 
-    losses = torch.full((total,), math.nan, device=device)
-    epochs = torch.zeros(total, dtype=torch.int64)
+    losses = StepBuffer(device, torch.float32)  # grows as the run goes: no memory for all steps up front
+    epochs = StepBuffer("cpu", torch.int64)
     evals: list[tuple[int, float, float]] = []
     checked, diverged_at = 0, None
     train_seconds, images_seen = 0.0, 0
@@ -345,17 +391,52 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     return RunResult(config, summary, metrics, grad_norms, model_state)
 
 
-def save_run(result: RunResult, out_dir: str | os.PathLike[str]) -> Path:
-    """Write the run directory atomically (an existing one is replaced)."""
-    out_dir = Path(out_dir)
+def save_run(result: RunResult, out_dir: str | os.PathLike[str], force: bool = False) -> Path:
+    """Write the run directory atomically; an existing run folder is replaced only with ``force``.
+
+    ``summary.json`` is written last and records every other file with its size and SHA-256
+    (``"files"``), so that :func:`check_run` can tell a whole run from a damaged one. A folder
+    holding anything resgrad did not write is refused (``UsageError``), ``force`` or not.
+    """
+    out_dir = prepare_output(out_dir, "run", force=force)
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "config.json", result.config.to_dict())
         write_csv(tmp / "metrics.csv", result.metrics)
         write_parquet(tmp / "grad_norms.parquet", result.grad_norms)
         if result.model_state is not None:
             atomic_write(tmp / "model.pt", lambda p: torch.save(result.model_state, p))
-        write_json(tmp / "summary.json", result.summary)
+        files = file_record(tmp, sorted(p.name for p in tmp.iterdir()))
+        write_json(tmp / "summary.json", {**result.summary, "files": files})
     return out_dir
+
+
+def check_run(run_dir: str | os.PathLike[str], summary: dict[str, Any] | None = None) -> str | None:
+    """Why a run folder is not whole, in a few words; None when it is.
+
+    With the record of files in ``summary.json``: each file is there with its recorded size
+    and SHA-256. Folders saved before the record: the files a run of its status leaves are
+    there and parse, and ``metrics.csv`` holds a whole row for every step.
+    """
+    run_dir = Path(run_dir)
+    summary = summary if summary is not None else read_summary(run_dir)
+    if summary is None:
+        return "summary.json is missing or unreadable"
+    if "files" in summary:
+        return check_record(run_dir, summary["files"])
+    try:
+        json.loads((run_dir / "config.json").read_text())
+        if summary.get("status") not in ("complete", "diverged"):
+            return None
+        import pyarrow.parquet as pq
+
+        pq.read_metadata(run_dir / "grad_norms.parquet")
+        text = (run_dir / "metrics.csv").read_text()
+        rows = pd.read_csv(io.StringIO(text))
+    except (OSError, ValueError) as exc:  # JSONDecodeError, pandas' and pyarrow's errors are ValueErrors or OSErrors
+        return _first_line(exc)
+    if not text.endswith("\n") or list(rows.columns) != METRIC_COLUMNS or len(rows) != summary.get("steps"):
+        return f"metrics.csv holds {len(rows)} whole rows for {summary.get('steps')} steps"
+    return None
 
 
 def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -368,10 +449,11 @@ def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
-    """Read a run directory written by :func:`save_run`."""
+    """Read a run directory written by :func:`save_run` (the summary without its record of files)."""
     run_dir = Path(run_dir)
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     summary = json.loads((run_dir / "summary.json").read_text())
+    summary.pop("files", None)
     return RunResult(config, summary, pd.read_csv(run_dir / "metrics.csv"), pd.read_parquet(run_dir / "grad_norms.parquet"))
 
 
