@@ -592,6 +592,34 @@ def _test_acc_section(page: _Page, sweep: Sweep, table: pd.DataFrame) -> None:
         page.table(acc_by_eval_display(table, sweep.facets, sweep.steps_per_epoch), "test_acc_by_eval")
 
 
+def _lesion_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
+                    first: int) -> list[tuple[str, str, bytes, str]]:
+    """The block-lesion section when ``SWEEP_DIR/lesion/lesion.csv`` exists (``resgrad lesion``); its figures."""
+    from resgrad.lesion import lesion_figures, lesion_table, read_lesion
+
+    path = sweep.path / "lesion" / "lesion.csv"
+    if not path.is_file():
+        return []
+    page.heading(2, "Block lesions")
+    try:
+        frame = read_lesion(path)
+    except (OSError, ValueError, KeyError) as exc:
+        page.paragraph(f"`lesion/lesion.csv` cannot be read ({exc}); rerun `resgrad lesion {sweep.path}`.")
+        return []
+    table = lesion_table(frame)
+    tables["lesion"] = table
+    page.paragraph(f"Test accuracy (%) of {frame['run_id'].nunique()} trained runs with blocks deleted at test time, "
+                   "each replaced by its shortcut (Veit et al. 2016), from `lesion/lesion.csv` (`resgrad lesion`); "
+                   "means over seeds. One block deleted: over the blocks whose shortcut is the identity (mean, and the "
+                   "worst block), and over the downsampling blocks; k deleted: random sets of k such blocks.")
+    page.table(table.round(2), "lesion")
+    figures = [(name, heading, png, caption) for name, (heading, png, caption) in lesion_figures(frame).items()]
+    for i, (name, heading, png, caption) in enumerate(figures, first):
+        page.heading(3, f"{i}. {heading}")
+        page.figure(name, heading, png, caption)
+    return figures
+
+
 def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Report:
     """Write the report of a sweep folder.
 
@@ -639,6 +667,7 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     page.heading(2, "Per arch and depth")
     page.table(summary_display(by_depth, sweep.facets), "by_arch_depth")
     _test_acc_section(page, sweep, test_acc)
+    figures = figures + _lesion_section(page, sweep, tables, len(figures) + 1)
     page.heading(2, "Runs")
     page.table(_runs_display(sweep), "runs")
     page.heading(2, "How to read the tables")

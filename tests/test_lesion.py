@@ -1,0 +1,204 @@
+"""Block lesions: deleting a block is the net without it; the intact net scores what the run recorded;
+random sets are seeded and shared by the twins; bad input gets one sentence and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from resgrad.cli import main
+from resgrad.data import load_split
+from resgrad.lesion import LesionConfig, blocks_deleted, is_downsampling, run_lesion
+from resgrad.models import blocks, build_model
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    """Give every batch-norm layer non-trivial running statistics and affine parameters (eval mode uses them)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def _without(model: nn.Module, deleted: str) -> nn.Sequential:
+    """The same modules, composed by hand, with the block ``deleted`` left out, or (downsampling) replaced by
+    its shortcut module: the net built without that block."""
+    layers: list[nn.Module] = [model.stem, model.stem_norm, model.stem_act]
+    for name in blocks(model):
+        block = model.get_submodule(name)
+        if name != deleted:
+            layers.append(block)
+        elif is_downsampling(block):
+            layers.append(block.shortcut)
+    return nn.Sequential(*layers, model.pool, nn.Flatten(1), model.fc)
+
+
+@pytest.mark.parametrize("arch", ["residual", "plain"])
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_deleting_a_block_gives_exactly_the_net_built_without_it(arch: str, shortcut: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, depth=14, width=4, norm="batch", shortcut=shortcut).eval()
+    _randomise_norms(model)
+    x = torch.randn(5, 1, 28, 28)
+    intact = model(x)
+    names = blocks(model)
+    assert names == ["stage1.0", "stage1.1", "stage2.0", "stage2.1", "stage3.0", "stage3.1"]
+    for name in names:
+        with torch.no_grad():
+            want = _without(model, name)(x)
+            with blocks_deleted(model, [name]):
+                lesioned = model(x)
+        assert torch.equal(lesioned, want), name
+        assert not torch.equal(lesioned, intact)
+    # restored afterwards: the same output, the same modules in the same places
+    assert torch.equal(model(x), intact)
+    assert blocks(model) == names and all(type(model.get_submodule(n)).__name__.endswith("Block") for n in names)
+
+
+def test_the_seed_resnet_blocks_are_deleted_to_the_identity() -> None:
+    torch.manual_seed(0)
+    model = build_model("seed-residual").eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad(), blocks_deleted(model, ["block1", "block2"]):
+        lesioned = model(x)
+    h = model.pool(model.act1(model.conv1(x)))
+    h = model.pool(model.act2(model.conv2(h)))
+    assert torch.equal(lesioned, model.fc(h.flatten(1)))
+
+
+def test_a_name_that_is_not_a_block_is_refused() -> None:
+    model = build_model("residual", depth=8, width=4)
+    with pytest.raises(ValueError, match="'stage1' is not a block of this model"):
+        with blocks_deleted(model, ["stage1"]):
+            pass
+
+
+# ---------------------------------------------------------------- on trained runs
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Plain and residual, depth 14, width 4, batch norm: 20 steps on 1,000 images, tested on 500."""
+    out = tmp_path_factory.mktemp("lesion") / "sweep"
+    torch.set_num_threads(1)
+    code = main(["sweep", "--out", str(out), "--archs", "plain", "residual", "--depths", "14", "--widths", "4",
+                 "--norms", "batch", "--steps", "20", "--train-subset", "1000", "--test-subset", "500",
+                 "--device", "cpu", "--threads", "1", "--data-dir", str(data_dir), "--quiet"])
+    assert code == 0
+    return out
+
+
+def _config(data_dir: Path, **kw: object) -> LesionConfig:
+    return LesionConfig(device="cpu", data_dir=str(data_dir), **kw)  # type: ignore[arg-type]
+
+
+def test_a_lesion_with_no_deletion_reproduces_the_recorded_test_accuracy(sweep_dir: Path, data_dir: Path) -> None:
+    frame = run_lesion(sweep_dir, _config(data_dir, max_deleted=3, draws=2), progress=False).frame
+    assert sorted(frame["arch"].unique()) == ["plain", "residual"]
+    for run_dir in (sweep_dir / "runs").iterdir():
+        recorded = json.loads((run_dir / "summary.json").read_text())["final_test_acc"]
+        intact = frame[(frame["run_id"] == run_dir.name) & (frame["kind"] == "intact")]
+        assert intact["test_acc"].tolist() == [recorded]
+        assert (frame.loc[frame["run_id"] == run_dir.name, "intact_test_acc"] == recorded).all()
+        assert (frame.loc[frame["run_id"] == run_dir.name, "test_images"] == 500).all()
+
+
+def test_single_deletions_score_what_the_hand_built_net_scores(sweep_dir: Path, data_dir: Path) -> None:
+    frame = run_lesion(sweep_dir, _config(data_dir, max_deleted=2, draws=1), progress=False).frame
+    test = load_split(False, str(data_dir), 500)
+    from resgrad.train import load_model
+
+    run_dir = next((sweep_dir / "runs").glob("residual-*"))
+    model = load_model(run_dir)
+    for name in ["stage1.1", "stage2.0"]:
+        with torch.no_grad():
+            logits = _without(model, name).eval()(test.images)
+        want = (logits.argmax(1) == test.labels).double().mean().item()
+        row = frame[(frame["run_id"] == run_dir.name) & (frame["block"] == name)]
+        assert row["kind"].tolist() == ["single"] and row["test_acc"].item() == pytest.approx(want, abs=1e-12)
+        assert row["downsampling"].item() == (name == "stage2.0")
+
+
+def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsampling_block(
+        sweep_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    outs = []
+    for i, seed in enumerate([5, 5]):
+        out = tmp_path / f"lesion{i}"
+        assert _exit_code(["lesion", str(sweep_dir), "--out", str(out), "--max-deleted", "4", "--draws", "3",
+                           "--seed", str(seed), "--device", "cpu", "--data-dir", str(data_dir), "--quiet"]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["lesion.csv", "lesion_n_deleted.png", "lesion_single_block.png"]
+        outs.append(out)
+    assert (outs[0] / "lesion.csv").read_bytes() == (outs[1] / "lesion.csv").read_bytes()
+    frame = pd.read_csv(outs[0] / "lesion.csv")
+    # depth 14: 6 blocks, 4 with an identity shortcut, so k = 2, 3, 4 with 3 draws each
+    random = frame[frame["kind"] == "random"]
+    assert sorted(random["n_deleted"].unique()) == [2, 3, 4]
+    assert (random.groupby("run_id").size() == 9).all()
+    sets = {arch: random[random["arch"] == arch]["block"].tolist() for arch in ("plain", "residual")}
+    assert sets["plain"] == sets["residual"]
+    for row in random.itertuples():
+        names = row.block.split(";")
+        assert len(names) == row.n_deleted == len(set(names))
+        assert not {"stage2.0", "stage3.0"} & set(names)
+    assert len(frame) == 2 * (1 + 6 + 9)
+
+
+# ---------------------------------------------------------------- report and bad input
+
+
+def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(sweep_dir: Path, data_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, sweep)
+    assert _exit_code(["lesion", str(sweep), "--max-deleted", "2", "--draws", "1", "--device", "cpu",
+                       "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert _exit_code(["report", str(sweep)]) == 0
+    md = (sweep / "report" / "report.md").read_text()
+    assert "## Block lesions" in md and "figures/lesion_single_block.png" in md
+    assert (sweep / "report" / "figures" / "lesion_n_deleted.png").is_file()
+    table = pd.read_csv(sweep / "report" / "tables" / "lesion.csv")
+    assert sorted(table["arch"]) == ["plain", "residual"]
+
+
+def test_a_folder_without_weights_exits_2_with_one_sentence(sweep_dir: Path, data_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = tmp_path / "old-sweep"
+    shutil.copytree(sweep_dir, sweep)
+    for weights in sweep.glob("runs/*/model.pt"):
+        weights.unlink()
+    run_dir = next((sweep / "runs").iterdir())
+    for source, message in [(run_dir, "has no model.pt"), (sweep, "holds no complete run with saved weights"),
+                            (tmp_path / "nowhere", "is neither a sweep folder")]:
+        assert _exit_code(["lesion", str(source), "--device", "cpu", "--data-dir", str(data_dir)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("resgrad lesion: error:") and message in err and len(err.splitlines()) == 1
+        assert not (source / "lesion").exists()
+
+
+def test_an_output_folder_holding_other_files_is_refused_before_any_work(sweep_dir: Path, data_dir: Path,
+                                                                        tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _exit_code(["lesion", str(sweep_dir), "--out", str(out), "--device", "cpu",
+                       "--data-dir", str(data_dir)]) == 2
+    assert "'notes.txt'" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert _exit_code(["lesion", str(sweep_dir), "--draws", "0"]) == 2
