@@ -43,9 +43,11 @@ log = logging.getLogger(__name__)
 MODES = ("forward", "forward_backward", "train_step")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 BENCH_DEVICES = ("cpu", "cuda")
+GRAPH_MODES = ("off", "on")
 # The interface of bench.csv, in this order; STATUS_COLUMNS follow them.
 COLUMNS = [
     "device", "device_name", "arch", "depth", "width", "batch_size", "mode", "dtype", "channels_last", "compiled",
+    "cuda_graphs",
     "median_ms", "iqr_ms", "images_per_s", "gflop", "gflop_per_s", "pct_of_peak", "params", "threads", "torch_version",
 ]
 STATUS_COLUMNS = ["status", "error"]  # status: ok | oom
@@ -74,6 +76,7 @@ class BenchConfig:
     dtypes: Sequence[str] = ("float32",)  # bfloat16 runs under torch.autocast
     channels_last: bool = False
     compile: bool = False  # torch.compile the model (the optimizer step stays eager)
+    cuda_graphs: Sequence[str] = ("off",)  # "off", "on" or both: each CUDA point eager and/or as a CUDA graph replay
     threads: int | None = None  # torch intra-op threads (default: torch's choice)
     min_run_time: float = 0.5  # seconds of measurement per point (blocked_autorange)
     warmup: int = 3  # untimed calls before the measurement
@@ -91,6 +94,11 @@ class BenchConfig:
         depths, widths = unique("depths", self.depths), unique("widths", self.widths)
         batch_sizes, modes = unique("batch-sizes", self.batch_sizes), unique("modes", self.modes)
         dtypes = unique("dtype", self.dtypes)
+        cuda_graphs = unique("cuda-graphs", self.cuda_graphs)
+        for g in cuda_graphs:
+            check_choice("cuda-graphs", g, GRAPH_MODES)
+        if self.compile and "on" in cuda_graphs:
+            raise UsageError("give --compile or --cuda-graphs on, not both (torch.compile has its own CUDA graphs).")
         for d in devices:
             check_choice("device", d, BENCH_DEVICES)
         for a in archs:
@@ -121,6 +129,7 @@ class BenchConfig:
         return dataclasses.replace(
             self, devices=devices, archs=archs, depths=depths, widths=widths,
             batch_sizes=batch_sizes, modes=modes, dtypes=dtypes, min_run_time=float(self.min_run_time),
+            cuda_graphs=cuda_graphs,
         )
 
     def command(self, out: str | os.PathLike[str] | None = None) -> str:
@@ -131,7 +140,7 @@ class BenchConfig:
         for flag, values in (
             ("--devices", self.devices), ("--archs", self.archs), ("--depths", self.depths),
             ("--widths", self.widths), ("--batch-sizes", self.batch_sizes), ("--modes", self.modes),
-            ("--dtype", self.dtypes),
+            ("--dtype", self.dtypes), ("--cuda-graphs", self.cuda_graphs),
         ):
             parts += [flag, *map(str, values)]
         parts += ["--channels-last"] * self.channels_last + ["--compile"] * self.compile
@@ -152,19 +161,25 @@ class Point:
     depth: int
     width: int
     arch: str
+    cuda_graphs: bool = False  # timed as replays of a CUDA graph of the step
 
     def label(self) -> str:
-        return f"{self.device} {self.dtype} {self.arch}-d{self.depth}-w{self.width} b{self.batch_size} {self.mode}"
+        graphed = " graphed" if self.cuda_graphs else ""
+        return f"{self.device} {self.dtype} {self.arch}-d{self.depth}-w{self.width} b{self.batch_size} {self.mode}{graphed}"
 
 
 def grid(config: BenchConfig, devices: Sequence[str]) -> list[Point]:
-    """Every point for ``devices``; arch varies fastest, so twins are timed back to back."""
+    """Every point for ``devices``; arch varies fastest, then eager/graphed, so twins are timed back to back.
+
+    CUDA graphs apply to CUDA points only: a CPU point is timed eagerly, once.
+    """
     points: dict[Point, None] = {}  # ordered and without duplicates: a fixed arch gives one point, not one per depth
-    for dev, dt, b, mode, depth, width, arch in itertools.product(
-        devices, config.dtypes, config.batch_sizes, config.modes, config.depths, config.widths, config.archs
+    graphs = [g == "on" for g in config.cuda_graphs]
+    for dev, dt, b, mode, depth, width, graphed, arch in itertools.product(
+        devices, config.dtypes, config.batch_sizes, config.modes, config.depths, config.widths, graphs, config.archs
     ):
         d, w = FIXED_ARCHS.get(arch, (depth, width))
-        points.setdefault(Point(dev, dt, b, mode, d, w, arch))
+        points.setdefault(Point(dev, dt, b, mode, d, w, arch, graphed and dev == "cuda"))
     return list(points)
 
 
@@ -187,6 +202,7 @@ def make_step(
     mode: str,
     dtype: str = "float32",
     optimizer: torch.optim.Optimizer | None = None,
+    synchronize: bool = True,
 ) -> Callable[[], None]:
     """A no-argument function doing one ``mode`` step of ``model`` on (x, y).
 
@@ -195,14 +211,15 @@ def make_step(
     - ``train_step``: the same plus ``optimizer.step()``, in the order resgrad's training loop uses.
 
     ``bfloat16`` runs forward and loss under ``torch.autocast``. On CUDA the step ends with
-    ``torch.cuda.synchronize()``, so that a timer around it measures the finished work.
+    ``torch.cuda.synchronize()``, so that a timer around it measures the finished work,
+    unless ``synchronize`` is False (a step to capture as a CUDA graph).
     """
     check_choice("mode", mode, MODES)
     check_choice("dtype", dtype, tuple(DTYPES))
     if mode == "train_step" and optimizer is None:
         raise ValueError("mode 'train_step' needs an optimizer.")
     device = x.device
-    cuda = device.type == "cuda"
+    cuda = device.type == "cuda" and synchronize
     if dtype == "float32":
         autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     else:
@@ -418,6 +435,15 @@ def time_point(
         torch._dynamo.reset()  # a fresh model per point: never hit dynamo's recompile limit and fall back to eager
         timed = torch.compile(model)
     step = make_step(timed, x, y, point.mode, point.dtype, opt)
+    if point.cuda_graphs:
+        from resgrad.cudagraph import make_graphed
+
+        replay = make_graphed(make_step(model, x, y, point.mode, point.dtype, opt, synchronize=False))
+
+        def step() -> None:
+            replay()
+            torch.cuda.synchronize(device)
+
     median_s, iqr_s = time_fn(step, threads, min_run_time, warmup=max(warmup, 2 if compile else 0), label=point.label())
     return {
         "median_ms": median_s * 1e3,
@@ -530,7 +556,8 @@ def run_bench(
             row: dict[str, Any] = {
                 "device": p.device, "device_name": names[p.device], "arch": p.arch, "depth": p.depth,
                 "width": p.width, "batch_size": p.batch_size, "mode": p.mode, "dtype": p.dtype,
-                "channels_last": config.channels_last, "compiled": config.compile, "median_ms": math.nan,
+                "channels_last": config.channels_last, "compiled": config.compile, "cuda_graphs": p.cuda_graphs,
+                "median_ms": math.nan,
                 "iqr_ms": math.nan, "images_per_s": math.nan, "gflop": math.nan, "gflop_per_s": math.nan,
                 "pct_of_peak": math.nan, "params": None, "threads": threads, "torch_version": torch.__version__,
                 "status": "ok", "error": "",
@@ -568,7 +595,7 @@ def run_bench(
 
 # ---------------------------------------------------------------- tables and plot
 
-KEY_COLUMNS = ["arch", "depth", "width", "batch_size", "mode", "dtype", "channels_last", "compiled"]
+KEY_COLUMNS = ["arch", "depth", "width", "batch_size", "mode", "dtype", "channels_last", "compiled", "cuda_graphs"]
 
 
 def speedup_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -580,6 +607,19 @@ def speedup_table(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=KEY_COLUMNS + ["cpu_median_ms", "cuda_median_ms", "speedup"])
     both = cpu.merge(cuda, on=KEY_COLUMNS, how="inner")
     both["speedup"] = both["cpu_median_ms"] / both["cuda_median_ms"]
+    return both
+
+
+def graphs_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Eager vs CUDA graphs per CUDA point timed both ways: ``eager_median_ms``, ``graphed_median_ms``, ``speedup``."""
+    keys = [c for c in KEY_COLUMNS if c != "cuda_graphs"]
+    ok = rows[(rows["status"] == "ok") & (rows["device"] == "cuda")]
+    graphed = ok["cuda_graphs"].astype(bool)
+    eager = ok[~graphed][keys + ["median_ms"]].rename(columns={"median_ms": "eager_median_ms"})
+    both = eager.merge(
+        ok[graphed][keys + ["median_ms"]].rename(columns={"median_ms": "graphed_median_ms"}), on=keys, how="inner"
+    )
+    both["speedup"] = both["eager_median_ms"] / both["graphed_median_ms"]
     return both
 
 
@@ -642,7 +682,7 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
         "",
         markdown_table(result.peaks, _fmt),
     ]
-    shown = ["device", "arch", "depth", "width", "batch_size", "mode", "dtype", "channels_last", "compiled"]
+    shown = ["device", "arch", "depth", "width", "batch_size", "mode", "dtype", "channels_last", "compiled", "cuda_graphs"]
     varying, fixed = _varying(rows, shown)
     always = ["arch", "depth", "batch_size", "mode"]
     keys = [c for c in shown if c in varying or c in always]
@@ -659,6 +699,12 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
         sv, _ = _varying(speedups, KEY_COLUMNS)
         shown_keys = [c for c in KEY_COLUMNS if c in sv or c in always]
         lines.append(markdown_table(speedups[shown_keys + ["cpu_median_ms", "cuda_median_ms", "speedup"]], _fmt))
+    graphed = graphs_table(rows)
+    if len(graphed):
+        lines += ["## Eager vs CUDA graphs", "", "speedup = eager median / graphed median, per CUDA point timed both ways.", ""]
+        gv, _ = _varying(graphed, [c for c in KEY_COLUMNS if c != "cuda_graphs"])
+        shown_keys = [c for c in KEY_COLUMNS if c in gv or c in always]
+        lines.append(markdown_table(graphed[shown_keys + ["eager_median_ms", "graphed_median_ms", "speedup"]], _fmt))
     return "\n".join(lines)
 
 
@@ -682,7 +728,7 @@ def bench_plot(rows: pd.DataFrame) -> bytes | None:
     data["net"] = data["arch"] + (" w" + data["width"].astype(str) if multi_width else "")
     data["batch"] = "batch " + data["batch_size"].astype(str)
     panel = data["device"].astype(str)
-    for c in ("dtype", "channels_last", "compiled"):
+    for c in ("dtype", "channels_last", "compiled", "cuda_graphs"):
         if data[c].nunique() > 1:
             name = c.replace("_", " ")
             values = data[c].astype(str) if c == "dtype" else data[c].map({True: name, False: "not " + name})

@@ -89,12 +89,32 @@ def add_run_options(
     g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to train (default: auto = CUDA if present)")
     g.add_argument("--threads", type=_positive_int, help=threads_help)
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    g = p.add_argument_group("speed")
+    g.add_argument("--dtype", **_from_field("dtype"))
+    g.add_argument("--channels-last", **_from_field("channels_last"))
+    g.add_argument("--cuda-graphs", **_from_field("cuda_graphs"))
     if not defaults:
         p.set_defaults(**dict.fromkeys(RUN_OPTIONS))
 
 
+def _from_field(name: str) -> dict[str, object]:
+    """argparse keywords (choices, default, help) from a ``TrainConfig`` field's metadata."""
+    import dataclasses
+
+    from resgrad.train import TrainConfig
+
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    if isinstance(f.default, bool):  # a switch, off by default
+        return {"action": "store_true", "help": f.metadata["help"]}
+    kw: dict[str, object] = {"default": f.default, "help": f"{f.metadata['help']} (default: {f.default})"}
+    if "choices" in f.metadata:
+        kw["choices"] = f.metadata["choices"]
+    return kw
+
+
 RUN_OPTIONS = ("epochs", "steps", "batch_size", "momentum", "weight_decay", "shortcut", "zero_init_residual",
-               "eval_every", "record_every", "record_log", "train_subset", "test_subset", "data_dir", "device", "threads")
+               "eval_every", "record_every", "record_log", "train_subset", "test_subset", "data_dir", "device", "threads",
+               "dtype", "channels_last", "cuda_graphs")
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict[str, object]:
@@ -265,21 +285,22 @@ examples:
   resgrad bench --devices cpu --depths 8 14 20 32 44 56 --batch-sizes 32 128 --out results/bench/cpu
   resgrad bench --devices cuda --dtype float32 bfloat16 --depths 8 56 110 --batch-sizes 128 512 --out runs/bench-gpu
   resgrad bench --devices cuda --compile --depths 56 --modes train_step --out runs/bench-compiled
+  resgrad bench --devices cuda --cuda-graphs off on --depths 8 56 --modes train_step --out runs/bench-graphs
 
 DIR gets bench.csv (one row per point: device, device_name, arch, depth, width,
-batch_size, mode, dtype, channels_last, compiled, median_ms, iqr_ms,
+batch_size, mode, dtype, channels_last, compiled, cuda_graphs, median_ms, iqr_ms,
 images_per_s, gflop, gflop_per_s, pct_of_peak, params, threads, torch_version,
 then status [ok|oom] and error), bench.md (readable table, peaks, command and
-machine), bench.png (throughput vs depth) and, when CPU and CUDA both ran,
-speedup.csv; a speedup.csv or bench.png an earlier run left in DIR is removed
-when this run makes none, other files there are kept. Inputs are random tensors
-on the device: compute only, no data loading. A listed device that is absent is
-skipped with a warning.
+machine, eager vs CUDA graphs where both ran), bench.png (throughput vs depth)
+and, when CPU and CUDA both ran, speedup.csv; a speedup.csv or bench.png an
+earlier run left in DIR is removed when this run makes none, other files there
+are kept. Inputs are random tensors on the device: compute only, no data
+loading. A listed device that is absent is skipped with a warning.
 """
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from resgrad.bench import BENCH_DEVICES, DTYPES, MODES, BenchConfig
+    from resgrad.bench import BENCH_DEVICES, DTYPES, GRAPH_MODES, MODES, BenchConfig
     from resgrad.models import available_archs
 
     d = BenchConfig()
@@ -308,6 +329,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="bfloat16 runs under torch.autocast (default: float32)")
     g.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (the optimizer step stays eager)")
+    g.add_argument("--cuda-graphs", nargs="+", choices=GRAPH_MODES, default=list(d.cuda_graphs),
+                   help="time each CUDA point eagerly (off), as replays of a CUDA graph of the whole step (on), or both "
+                   "side by side (off on); CPU points run eagerly (default: off)")
     g = p.add_argument_group("timing and output")
     g.add_argument("--min-run-time", type=float, default=d.min_run_time, metavar="SECONDS",
                    help=f"seconds of measurement per point, Timer.blocked_autorange (default: {d.min_run_time:g})")
@@ -328,6 +352,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         devices=args.devices, archs=args.archs, depths=args.depths, widths=args.widths, batch_sizes=args.batch_sizes,
         modes=args.modes, dtypes=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         threads=args.threads, min_run_time=args.min_run_time, warmup=args.warmup, seed=args.seed,
     ).validate()
     prepare_output(args.out, "bench")  # refused before timing, not after
@@ -440,7 +465,7 @@ k = 2..K random non-downsampling blocks deleted, N draws per k from --seed (the
 twins of one depth get the same sets). Test accuracy on the run's own test subset
 unless --test-subset is given, in eval mode (batch norm uses its running statistics).
 
-DIR (default SWEEP_OR_RUN_DIR/lesion) gets lesion.csv (run_id, arch, depth, width,
+DIR (default SWEEP_DIR/lesion, or RUN_DIR-lesion) gets lesion.csv (run_id, arch, depth, width,
 norm, seed, kind = intact|single|random, n_deleted, draw, block (names; a random set
 lists them separated by ';'), block_index, downsampling, test_acc, intact_test_acc,
 recorded_test_acc, test_images), lesion_single_block.png and lesion_n_deleted.png,
@@ -462,7 +487,8 @@ def _add_lesion(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_LESION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", type=Path, metavar="SWEEP_OR_RUN_DIR", help="a sweep folder or a run folder")
-    p.add_argument("--out", type=Path, metavar="DIR", help="lesion folder (default: SWEEP_OR_RUN_DIR/lesion)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="lesion folder (default: SWEEP_DIR/lesion, or RUN_DIR-lesion beside a run folder)")
     p.add_argument("--max-deleted", type=_positive_int, default=d.max_deleted, metavar="K",
                    help=f"random sets of up to K blocks, capped at the non-downsampling blocks there are (default: {d.max_deleted})")
     p.add_argument("--draws", type=_positive_int, default=d.draws, metavar="N", help=f"random sets per size (default: {d.draws})")

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from resgrad import __version__
+from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.data import check_mnist, load_split, resolve_data_dir
 from resgrad.errors import UsageError, check_choice, check_positive
 from resgrad.files import OLD_PREFIX, TMP_PREFIX, atomic_dir, prepare_output, write_csv, write_json
@@ -193,6 +194,7 @@ LIST_FLAGS = {
 RUN_KEYS = (
     "epochs", "steps", "batch_size", "momentum", "weight_decay", "shortcut", "zero_init_residual",
     "eval_every", "record_every", "record_log", "train_subset", "test_subset", "data_dir", "device", "threads",
+    "dtype", "channels_last", "cuda_graphs",
 )
 SWEEP_KEYS = ("out", "executor", "workers", "ray_address")
 CONFIG_KEYS = (*LIST_FLAGS, *RUN_KEYS, *SWEEP_KEYS)
@@ -585,7 +587,7 @@ def _for_workers(configs: list[TrainConfig], threads: int, remote: bool) -> list
 
 def _preflight(sample: TrainConfig) -> None:
     """Catch what would fail every run (no or damaged MNIST, no CUDA) as one usage error, before writing anything."""
-    resolve_device(sample.device)
+    resolve_cuda_graphs(sample.cuda_graphs, resolve_device(sample.device))
     load_split(False, sample.data_dir, subset=1)  # downloads MNIST where it is missing and can be
     check_mnist(sample.data_dir, require=True)  # both splits, by MD5 and size, without loading them
 

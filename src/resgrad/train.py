@@ -7,7 +7,9 @@ back by :func:`load_model`) and ``summary.json``; the folder appears whole or no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -28,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from resgrad import __version__
+from resgrad.cudagraph import MODES as CUDA_GRAPH_MODES
+from resgrad.cudagraph import GraphedTrainStep, resolve_cuda_graphs
 from resgrad.data import Split, endless_batches, load_split
 from resgrad.errors import UsageError, check_choice, check_finite, check_positive
 from resgrad.files import (
@@ -39,6 +43,9 @@ from resgrad.models import ACTIVATIONS, FIXED_ARCHS, INITS, NORMS, SHORTCUTS, av
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16")
+# Images per evaluation batch: on a GPU a few large batches, so that evaluating does not dominate a graphed run.
+EVAL_BATCH = {"cpu": 1000, "cuda": 5000}
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "test_loss", "test_acc"]
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes at most 2**64-1; sweeps have always allowed this range
 MAX_THREADS = 1024  # torch.set_num_threads overflows past 2**31-1 and crashes well below it
@@ -49,7 +56,7 @@ _WHOLE_NUMBERS = ("depth", "width", "epochs", "steps", "batch_size", "eval_every
 SUMMARY_KEYS = (
     "run_id", "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps", "epochs",
     "diverged_at_step", "wall_seconds", "train_seconds", "images_per_s", "params", "device", "device_name",
-    "threads", "python_version", "torch_version", "resgrad_version", "error",
+    "cuda_graphs", "threads", "python_version", "torch_version", "resgrad_version", "error",
 )
 
 
@@ -80,9 +87,25 @@ class TrainConfig:
     device: str = "auto"  # cpu | cuda | auto
     threads: int | None = None  # torch intra-op threads on the CPU (default: torch's choice)
     data_dir: str | None = None  # folder holding MNIST/raw (default: $RESGRAD_DATA or ./data)
+    dtype: str = field(default="float32", metadata={
+        "help": "compute dtype of forward and loss: bfloat16 runs them under torch.autocast on the run's device "
+                "(weights, their gradients and the recorded norms stay float32)",
+        "choices": DTYPES,
+    })
+    channels_last: bool = field(default=False, metadata={
+        "help": "model and batches in channels-last memory format (faster convolutions on recent GPUs)",
+    })
+    cuda_graphs: str = field(default="auto", metadata={
+        "help": "capture the whole training step (forward, loss, backward, gradient norms, SGD update) as CUDA graphs "
+                "and replay them, which runs the same kernels as eager mode with far less launch overhead: "
+                "auto = on when the run's device is CUDA; on without CUDA is an error. An epoch's last, smaller batch "
+                "(when the batch size does not divide the training images) runs eagerly, so a graphed run trains on "
+                "the same batches as an eager one",
+        "choices": CUDA_GRAPH_MODES,
+    })
 
     # Fields that do not change the numbers a run produces, left out of its id.
-    NOT_IN_ID = ("threads", "data_dir")
+    NOT_IN_ID = ("threads", "data_dir", "cuda_graphs")
     # The fields every run id has hashed since the first release. A field added later
     # enters the hash only when it differs from its default, so that adding an option
     # whose default keeps today's behaviour keeps every existing run id (and folder).
@@ -100,6 +123,10 @@ class TrainConfig:
         check_choice("init", self.init, INITS)
         check_choice("shortcut", self.shortcut, SHORTCUTS)
         check_choice("device", self.device, DEVICES)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("cuda-graphs", self.cuda_graphs, CUDA_GRAPH_MODES)
+        if not isinstance(self.channels_last, bool):
+            raise UsageError(f"channels-last must be true or false, got {self.channels_last!r}.")
         for name in _WHOLE_NUMBERS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
@@ -197,6 +224,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(device_type: str, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to bfloat16 on ``device_type``, or nothing for float32.
+
+    The cast cache is off: each weight is cast once per forward anyway, and the cache
+    is unsafe under CUDA-graph capture (see torch.cuda.make_graphed_callables).
+    """
+    check_choice("dtype", dtype, DTYPES)
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -211,15 +250,21 @@ def device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 1000, dtype: str = "float32", channels_last: bool = False
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split, in eval mode, in the run's dtype and memory format."""
     was_training = model.training
     model.eval()
-    total_loss = torch.zeros((), device=split.images.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.images.device)
+    device = split.images.device
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in zip(split.images.split(batch_size), split.labels.split(batch_size)):
-        logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum")
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device.type, dtype):
+            logits = model(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
     n = len(split)
@@ -239,11 +284,20 @@ def train_step(
     recorder: GradientRecorder | None = None,
     step: int = 0,
     epoch: int = 0,
+    dtype: str = "float32",
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """One SGD step as :func:`train` runs it; returns the loss, detached, still on the device."""
+    """One SGD step as :func:`train` runs it; returns the loss, detached, still on the device.
+
+    ``bfloat16`` runs forward and loss under :func:`autocast`; ``channels_last`` converts the
+    batch (the model is the caller's to convert). :mod:`resgrad.cudagraph` captures this function.
+    """
     if recorder is not None:
         recorder.begin_step(step, epoch)
-    loss = F.cross_entropy(model(x), y)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(x.device.type, dtype):
+        loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if recorder is not None:
@@ -294,6 +348,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
 
     config = config.validate()
     device = resolve_device(config.device)
+    graphs = resolve_cuda_graphs(config.cuda_graphs, device)
     if config.threads:
         torch.set_num_threads(config.threads)
     t_start = time.perf_counter()
@@ -305,6 +360,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
         config.arch, config.depth, config.width, config.norm, config.activation,
         config.init, config.shortcut, config.zero_init_residual,
     ).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -325,16 +382,26 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     with GradientRecorder(model, schedule) as rec, tqdm(
         total=total, desc=config.run_id(), unit="step", disable=not progress_enabled(progress), leave=False
     ) as bar:
+        graphed = None
+        if graphs:  # the capture logic lives apart; the CPU path never enters it
+            graphed = GraphedTrainStep(
+                functools.partial(train_step, model, opt, recorder=rec, dtype=config.dtype,
+                                  channels_last=config.channels_last),
+                train_set.images, train_set.labels, config.batch_size, rec,
+            )
         t_loop = time.perf_counter()
         for step in range(total):
             # 1. a batch: indices into the device-resident tensors
             epoch, idx = next(batches)
             epochs[step] = epoch
             images_seen += len(idx)
-            idx = idx.to(device, non_blocking=True)
-            x, y = train_set.images[idx], train_set.labels[idx]
             # 2. forward, backward, gradient norms, update
-            losses[step] = train_step(model, opt, x, y, rec, step, epoch)
+            if graphed is not None and len(idx) == config.batch_size:
+                losses[step] = graphed(idx, step, epoch)  # copied out of the graph's static loss at once
+            else:  # on the CPU; under CUDA graphs, an epoch's last, smaller batch
+                idx = idx.to(device, non_blocking=True)
+                x, y = train_set.images[idx], train_set.labels[idx]
+                losses[step] = train_step(model, opt, x, y, rec, step, epoch, config.dtype, config.channels_last)
             bar.update()
             # 3. divergence check and evaluation
             do_eval = (step + 1) % eval_every == 0 or step == total - 1
@@ -348,7 +415,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
                 bar.set_postfix(loss=f"{chunk[-1].item():.4f}", refresh=False)
             if do_eval:
                 train_seconds += time.perf_counter() - t_loop
-                test_loss, test_acc = evaluate(model, test_set)
+                test_loss, test_acc = evaluate(model, test_set, EVAL_BATCH[device.type], config.dtype, config.channels_last)
                 evals.append((step, test_loss, test_acc))
                 t_loop = time.perf_counter()
         train_seconds += time.perf_counter() - t_loop
@@ -381,6 +448,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
         "params": count_params(model),
         "device": device.type,
         "device_name": device_name(device),
+        "cuda_graphs": graphs,
         "threads": torch.get_num_threads(),
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,

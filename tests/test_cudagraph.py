@@ -1,0 +1,172 @@
+"""--cuda-graphs: where it applies, its errors, and (on a GPU) graphed numbers against eager ones."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from resgrad.bench import BenchConfig, bench_markdown, graphs_table, grid, run_bench
+from resgrad.cli import main
+from resgrad.cudagraph import resolve_cuda_graphs
+from resgrad.errors import UsageError
+from resgrad.train import TrainConfig, train
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
+
+
+def exit_code(argv: list[str]) -> int:
+    """``main``'s exit code, whether argparse (SystemExit) or a UsageError (return value) stopped it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+# ---------------------------------------------------------------- where graphs apply
+
+
+def test_auto_means_graphs_exactly_on_cuda_and_off_means_never() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_cuda_graphs("auto", cpu) is False and resolve_cuda_graphs("auto", cuda) is True
+    assert resolve_cuda_graphs("off", cpu) is False and resolve_cuda_graphs("off", cuda) is False
+    assert resolve_cuda_graphs("on", cuda) is True
+    with pytest.raises(UsageError, match="cuda-graphs 'on' needs a CUDA device"):
+        resolve_cuda_graphs("on", cpu)
+    with pytest.raises(UsageError, match="unknown cuda-graphs 'maybe'"):
+        resolve_cuda_graphs("maybe", cpu)
+
+
+@NO_CUDA
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_graphs_on_without_cuda_exits_2_with_one_sentence_and_writes_nothing(
+    command: str, tmp_path: Path, data_dir: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    argv = [command, "--cuda-graphs", "on", "--steps", "1", "--data-dir", str(data_dir), "--out", str(out), "--quiet"]
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"resgrad {command}: error: cuda-graphs 'on' needs a CUDA device, but torch sees no CUDA device "
+                   "here; use --cuda-graphs auto or off.")
+    assert not out.exists()
+
+
+def test_cpu_training_is_the_same_with_graphs_auto_and_off(data_dir: Path) -> None:
+    base = dict(arch="plain", depth=8, width=2, steps=6, record_every=2, train_subset=128, test_subset=50, threads=1,
+                batch_size=32, data_dir=str(data_dir), device="cpu")
+    auto, off = (train(TrainConfig(**base, cuda_graphs=g), progress=False) for g in ("auto", "off"))
+    assert auto.summary["cuda_graphs"] is False and off.summary["cuda_graphs"] is False
+    pd.testing.assert_frame_equal(auto.metrics, off.metrics)
+    pd.testing.assert_frame_equal(auto.grad_norms, off.grad_norms)
+
+
+# ---------------------------------------------------------------- bench
+
+
+def test_bench_graphs_axis_applies_to_cuda_points_only() -> None:
+    config = BenchConfig(devices=["cpu", "cuda"], archs=["plain", "residual"], depths=[8], modes=["train_step"],
+                         cuda_graphs=["off", "on"]).validate()
+    points = grid(config, ["cpu", "cuda"])
+    assert [(p.device, p.cuda_graphs, p.arch) for p in points] == [
+        ("cpu", False, "plain"), ("cpu", False, "residual"),  # the CPU point once, eager
+        ("cuda", False, "plain"), ("cuda", False, "residual"), ("cuda", True, "plain"), ("cuda", True, "residual"),
+    ]
+    assert "--cuda-graphs off on" in config.command()
+    with pytest.raises(UsageError, match="--compile or --cuda-graphs on, not both"):
+        BenchConfig(devices=["cuda"], compile=True, cuda_graphs=["on"]).validate()
+    with pytest.raises(UsageError, match="unknown cuda-graphs 'yes'"):
+        BenchConfig(devices=["cuda"], cuda_graphs=["yes"]).validate()
+
+
+def test_eager_vs_graphed_table_divides_matching_cuda_points(tmp_path: Path) -> None:
+    tiny = dict(archs=["plain", "residual"], depths=[8], widths=[2], batch_sizes=[2], modes=["forward"], threads=1,
+                min_run_time=0.01, warmup=1)
+    result = run_bench(BenchConfig(devices=["cpu"], cuda_graphs=["off", "on"], **tiny), progress=False)
+    rows = result.rows
+    assert len(rows) == 2 and "cuda_graphs" in rows.columns and not rows["cuda_graphs"].any()
+    assert graphs_table(rows).empty  # no CUDA point: nothing to compare
+    # No GPU here: CUDA rows made from the CPU rows, the graphed ones a quarter of the time, so the speedup is 4.
+    eager = rows.assign(device="cuda")
+    graphed = eager.assign(cuda_graphs=True, median_ms=eager["median_ms"] / 4)
+    both = dataclasses.replace(result, rows=pd.concat([rows, eager, graphed], ignore_index=True))
+    table = graphs_table(both.rows)
+    assert len(table) == 2 and table["speedup"].to_numpy() == pytest.approx(4.0)
+    assert "## Eager vs CUDA graphs" in bench_markdown(both)
+
+
+# ---------------------------------------------------------------- on a GPU
+
+
+@pytest.fixture
+def deterministic_cudnn():
+    """cuDNN's deterministic kernels, so that the comparison is graph vs eager, not two draws of atomics."""
+    before = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    yield
+    torch.backends.cudnn.deterministic = before
+
+
+@CUDA
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(arch="residual", depth=20, norm="batch"),
+        dict(arch="plain", depth=8, norm="none", dtype="bfloat16", channels_last=True),
+    ],
+)
+def test_graphed_training_equals_eager_over_100_steps(options: dict, data_dir: Path, deterministic_cudnn) -> None:
+    # 1000 images in batches of 64: every 16th step is an epoch's last batch of 40, which runs eagerly;
+    # record_every 3 needs both graphs, the recorded one and the other.
+    base = dict(width=8, steps=100, batch_size=64, lr=0.05, momentum=0.9, record_every=3, eval_every=50,
+                train_subset=1000, test_subset=500, device="cuda", data_dir=str(data_dir), **options)
+    eager = train(TrainConfig(**base, cuda_graphs="off"), progress=False)
+    graphed = train(TrainConfig(**base, cuda_graphs="on"), progress=False)
+    assert eager.summary["cuda_graphs"] is False and graphed.summary["cuda_graphs"] is True
+    assert graphed.status == eager.status == "complete"
+    np.testing.assert_allclose(graphed.metrics.train_loss, eager.metrics.train_loss, rtol=1e-5)
+    np.testing.assert_allclose(graphed.metrics.test_acc.dropna(), eager.metrics.test_acc.dropna(), rtol=1e-5)
+    g, e = graphed.grad_norms, eager.grad_norms
+    pd.testing.assert_frame_equal(g.drop(columns="norm"), e.drop(columns="norm"))  # same steps, layers, quantities
+    assert sorted(g.step.unique()) == list(range(0, 100, 3))  # and 99, the last step, is one of them
+    np.testing.assert_allclose(g.norm, e.norm, rtol=1e-5)
+
+
+@CUDA
+def test_graphed_step_replays_and_copies_each_recorded_step(data_dir: Path) -> None:
+    from resgrad.cudagraph import WARMUP_STEPS, GraphedTrainStep
+    from resgrad.data import load_split
+    from resgrad.gradients import GradientRecorder
+    from resgrad.models import build_model
+    from resgrad.train import train_step
+
+    device = torch.device("cuda")
+    split = load_split(True, str(data_dir), 256, device)
+    torch.manual_seed(0)
+    model = build_model("residual", 8, 4).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    with GradientRecorder(model, schedule=2) as rec:
+        graphed = GraphedTrainStep(lambda x, y, step, epoch: train_step(model, opt, x, y, rec, step, epoch),
+                                   split.images, split.labels, 32, rec)
+        losses = [graphed(torch.arange(32 * i, 32 * (i + 1)) % 256, i, 0).clone() for i in range(10)]
+        frame = rec.to_frame()
+    assert graphed.replays == 10 - WARMUP_STEPS
+    assert sorted(frame.step.unique()) == [0, 2, 4, 6, 8]
+    per_step = frame[frame.quantity == "weight_grad"].groupby("step").norm.apply(tuple)
+    assert len(set(per_step)) == 5  # each recorded step kept its own numbers, not the buffer's last ones
+    assert all(torch.isfinite(loss) for loss in losses)
+
+
+@CUDA
+def test_bench_times_a_graphed_point_beside_its_eager_twin(tmp_path: Path) -> None:
+    config = BenchConfig(devices=["cuda"], archs=["residual"], depths=[8], widths=[4], batch_sizes=[16],
+                         modes=["forward", "train_step"], cuda_graphs=["off", "on"], min_run_time=0.05, warmup=1)
+    result = run_bench(config, progress=False)
+    rows = result.rows
+    assert len(rows) == 4 and (rows["status"] == "ok").all() and (rows["median_ms"] > 0).all()
+    assert sorted(rows["cuda_graphs"]) == [False, False, True, True]
+    assert len(graphs_table(rows)) == 2

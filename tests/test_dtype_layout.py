@@ -1,0 +1,149 @@
+"""--dtype bfloat16 and --channels-last on the CPU: flags reach the config, norms stay exact, ids stay put."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import resgrad.train
+from resgrad.cli import main
+from resgrad.gradients import GradientRecorder
+from resgrad.models import blocks, build_model
+from resgrad.sweep import read_config
+from resgrad.train import TrainConfig, train, train_step
+
+SMALL = dict(depth=8, width=4, train_subset=512, test_subset=200, threads=1, batch_size=32)
+
+
+def test_default_run_ids_are_those_of_before_the_new_fields():
+    # Ids computed before dtype, channels_last and cuda_graphs existed: a committed folder keeps its name.
+    assert TrainConfig().run_id() == "residual-d20-w16-s0-ca9c6f"
+    assert TrainConfig(arch="seed-residual").validate().run_id() == "seed-residual-s0-a57248"
+    assert TrainConfig(cuda_graphs="on").run_id() == TrainConfig(cuda_graphs="off").run_id() == TrainConfig().run_id()
+    ids = {TrainConfig().run_id(), TrainConfig(dtype="bfloat16").run_id(), TrainConfig(channels_last=True).run_id()}
+    assert len(ids) == 3  # what changes the numbers changes the id
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dtype="float16"), "unknown dtype 'float16'; allowed: float32, bfloat16"),
+        (dict(cuda_graphs="yes"), "unknown cuda-graphs 'yes'; allowed: auto, on, off"),
+        (dict(channels_last="yes"), "channels-last must be true or false"),
+    ],
+)
+def test_bad_new_options_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs).validate()
+
+
+def test_train_flags_reach_the_run_config(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--steps", "2", "--depth", "8", "--width", "2", "--train-subset", "64", "--test-subset", "32",
+            "--threads", "1", "--device", "cpu", "--data-dir", str(data_dir), "--quiet", "--out", str(out),
+            "--dtype", "bfloat16", "--channels-last", "--cuda-graphs", "off"]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dtype"], config["channels_last"], config["cuda_graphs"]) == ("bfloat16", True, "off")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["cuda_graphs"] is False
+    assert summary["run_id"] == TrainConfig.from_dict(config).run_id()
+
+
+def test_sweep_flags_and_toml_keys_reach_every_run(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    (tmp_path / "s.toml").write_text('dtype = "bfloat16"\nchannels_last = true\ncuda_graphs = "auto"\n')
+    assert read_config(tmp_path / "s.toml") == {"dtype": "bfloat16", "channels_last": True, "cuda_graphs": "auto"}
+    argv = ["sweep", "--out", str(out), "--config", str(tmp_path / "s.toml"), "--archs", "plain", "residual",
+            "--depths", "8", "--widths", "2", "--steps", "2", "--train-subset", "64", "--test-subset", "32",
+            "--threads", "1", "--device", "cpu", "--data-dir", str(data_dir), "--quiet", "--cuda-graphs", "off"]
+    assert main(argv) == 0
+    configs = [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/config.json"))]
+    assert len(configs) == 2
+    for c in configs:  # the file's dtype and channels_last, the flag's cuda_graphs
+        assert (c["dtype"], c["channels_last"], c["cuda_graphs"]) == ("bfloat16", True, "off")
+
+
+def test_bfloat16_training_on_cpu_runs_and_learns(data_dir: Path) -> None:
+    config = TrainConfig(arch="residual", norm="batch", steps=40, lr=0.05, momentum=0.9, record_every=5,
+                         dtype="bfloat16", data_dir=str(data_dir), **SMALL)
+    result = train(config, progress=False)
+    loss = result.metrics.train_loss.to_numpy()
+    assert result.status == "complete" and np.isfinite(loss).all()
+    assert loss[-10:].mean() < 0.8 * loss[:10].mean()
+    norms = result.grad_norms
+    assert sorted(norms.step.unique()) == [0, 5, 10, 15, 20, 25, 30, 35, 39]
+    assert np.isfinite(norms.norm).all() and (norms[norms.quantity != "act_deriv"].norm > 0).all()
+
+
+def _gradient_capture(model: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
+    """Copies of the gradient at every block's output, taken by hooks of the test's own."""
+    grads: dict[str, torch.Tensor] = {}
+    named = dict(model.named_modules())
+
+    def forward_hook(name: str):
+        def hook(module, inputs, output):
+            output.register_hook(lambda g: grads.__setitem__(name, g.detach().clone()))
+        return hook
+
+    return grads, [named[n].register_forward_hook(forward_hook(n)) for n in blocks(model)]
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_bfloat16_norms_are_float32_exact_against_float64_of_the_same_gradients(norm: str) -> None:
+    torch.manual_seed(0)
+    model = build_model("residual", 14, width=4, norm=norm)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    block_grads, handles = _gradient_capture(model)
+    with GradientRecorder(model, schedule=1) as rec:
+        train_step(model, opt, x, y, rec, dtype="bfloat16")
+    for h in handles:
+        h.remove()
+    frame = rec.to_frame()
+    named = dict(model.named_modules())
+    weights = frame[frame.quantity == "weight_grad"]
+    signal = frame[frame.quantity == "activation_grad"]
+    # The same gradients the recorder saw: .grad is left in place by the update; the block outputs' by our hooks.
+    assert all(named[n].weight.grad.dtype == torch.float32 for n in weights.layer)
+    assert all(block_grads[n].dtype == torch.bfloat16 for n in signal.layer)  # autocast really ran
+    np.testing.assert_allclose(
+        weights.norm.to_numpy(), [named[n].weight.grad.double().norm().item() for n in weights.layer], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        signal.norm.to_numpy(), [block_grads[n].double().norm().item() for n in signal.layer], rtol=1e-6
+    )
+    assert len(weights) == 14 and len(signal) == 6
+
+
+def test_channels_last_on_cpu_gives_the_numbers_of_contiguous(data_dir: Path, monkeypatch) -> None:
+    formats: list[bool] = []  # whether the input of the second conv was in channels-last layout
+
+    def watched(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1]  # C > 1: the layouts differ
+        conv.register_forward_pre_hook(
+            lambda m, inputs: formats.append(inputs[0].is_contiguous(memory_format=torch.channels_last)
+                                             and not inputs[0].is_contiguous())
+        )
+        return model
+
+    monkeypatch.setattr(resgrad.train, "build_model", watched)
+    # No batch norm: its backward subtracts nearly equal terms, which magnifies the last-bit differences of
+    # the two layouts' conv kernels in the weight gradients before it (to ~1e-3 in a few steps).
+    base = dict(arch="residual", norm="none", steps=12, record_every=3, data_dir=str(data_dir), **SMALL)
+    contiguous = train(TrainConfig(**base), progress=False)
+    assert formats and not any(formats)
+    formats.clear()
+    last = train(TrainConfig(**base, channels_last=True), progress=False)
+    assert formats and all(formats)
+    np.testing.assert_allclose(last.metrics.train_loss, contiguous.metrics.train_loss, rtol=1e-5)
+    np.testing.assert_allclose(last.metrics.test_loss.dropna(), contiguous.metrics.test_loss.dropna(), rtol=1e-5)
+    pd.testing.assert_frame_equal(last.grad_norms.drop(columns="norm"), contiguous.grad_norms.drop(columns="norm"))
+    np.testing.assert_allclose(last.grad_norms.norm, contiguous.grad_norms.norm, rtol=1e-5)
