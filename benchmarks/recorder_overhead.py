@@ -2,6 +2,7 @@
 
     python benchmarks/recorder_overhead.py                 # residual, depth 56, width 16, batch 128, CPU
     python benchmarks/recorder_overhead.py --device cuda
+    python benchmarks/recorder_overhead.py --device cuda --cuda-graphs   # both variants as CUDA-graph replays
 
 Both variants run in one process, in alternating rounds timed with
 torch.utils.benchmark, on the same model and a real MNIST batch; the script prints
@@ -11,21 +12,39 @@ the median step time of each and their ratio (the goal: at most 1.05).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 
 import torch
 from torch.utils import benchmark
 
+from resgrad.cudagraph import WARMUP_STEPS, GraphedTrainStep
 from resgrad.data import load_split
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model
 from resgrad.train import train_step
 
 
-def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recorder: GradientRecorder | None):
-    """One training step, as resgrad.train runs it; with a recorder, every step is recorded."""
+def make_step(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recorder: GradientRecorder | None,
+    cuda_graphs: bool = False,
+):
+    """One training step, as resgrad.train runs it; with a recorder, every step is recorded.
+
+    With ``cuda_graphs`` (CUDA only) the step is a replay of a captured graph, as
+    ``resgrad train`` runs it on a GPU; the first ``WARMUP_STEPS`` calls run eagerly.
+    """
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.5)
     counter = [0]
+    if cuda_graphs:
+        graphed = GraphedTrainStep(functools.partial(train_step, model, opt, recorder=recorder), x, y, len(y), recorder)
+        everything = torch.arange(len(y))  # the graph's batch: all of x, y
+
+        def graphed_step() -> None:
+            graphed(everything, counter[0], 0)
+            counter[0] += 1
+
+        return graphed_step
 
     def step() -> None:
         train_step(model, opt, x, y, recorder, counter[0])
@@ -37,6 +56,7 @@ def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recorder
 def measure(
     arch: str = "residual", depth: int = 56, width: int = 16, batch_size: int = 128,
     device: str = "cpu", rounds: int = 5, min_run_time: float = 2.0, data_dir: str | None = None,
+    cuda_graphs: bool = False,
 ) -> dict[str, float]:
     """Median ms per training step without and with the recorder, and their ratio."""
     dev = torch.device(device)
@@ -48,10 +68,10 @@ def measure(
     threads = torch.get_num_threads()
     times: dict[str, list[float]] = {"off": [], "on": []}
     with GradientRecorder(models["on"], schedule=1) as rec:
-        steps = {"off": make_step(models["off"], split.images, split.labels, None),
-                 "on": make_step(models["on"], split.images, split.labels, rec)}
-        for name in ("off", "on"):  # warm-up outside the measurement
-            for _ in range(3):
+        steps = {"off": make_step(models["off"], split.images, split.labels, None, cuda_graphs),
+                 "on": make_step(models["on"], split.images, split.labels, rec, cuda_graphs)}
+        for name in ("off", "on"):  # warm-up (and graph capture) outside the measurement
+            for _ in range(3 + (WARMUP_STEPS + 1) * cuda_graphs):
                 steps[name]()
         sync = "torch.cuda.synchronize()" if dev.type == "cuda" else "pass"
         for _ in range(rounds):  # alternate, so that drifts in machine load hit both alike
@@ -76,11 +96,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds of both variants (default: 5)")
     p.add_argument("--min-run-time", type=float, default=2.0, help="seconds per round and variant (default: 2)")
     p.add_argument("--data-dir")
+    p.add_argument("--cuda-graphs", action="store_true", help="both variants as CUDA-graph replays (CUDA only)")
     a = p.parse_args()
-    r = measure(a.arch, a.depth, a.width, a.batch_size, a.device, a.rounds, a.min_run_time, a.data_dir)
+    if a.cuda_graphs and a.device != "cuda":
+        p.error("--cuda-graphs needs --device cuda")
+    r = measure(a.arch, a.depth, a.width, a.batch_size, a.device, a.rounds, a.min_run_time, a.data_dir, a.cuda_graphs)
     name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
-    print(f"recorder overhead: {a.arch} depth {a.depth} width {a.width} batch {a.batch_size} on {name}, "
-          f"{r['threads']} threads, torch {torch.__version__}")
+    print(f"recorder overhead: {a.arch} depth {a.depth} width {a.width} batch {a.batch_size} on {name}"
+          f"{', CUDA graphs' if a.cuda_graphs else ''}, {r['threads']} threads, torch {torch.__version__}")
     print(f"  training step without recording: {r['off_ms']:.2f} ms (median of {a.rounds} rounds)")
     print(f"  training step recording every step: {r['on_ms']:.2f} ms")
     print(f"  ratio with/without: {r['ratio']:.3f}  (goal: <= 1.05)")

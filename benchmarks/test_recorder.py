@@ -44,3 +44,11 @@ def test_recorder_overhead_script_runs(mnist_dir) -> None:
     """`python benchmarks/recorder_overhead.py` at a toy size, so that it cannot rot."""
     r = measure(depth=8, width=2, batch_size=8, rounds=1, min_run_time=0.01, data_dir=mnist_dir)
     assert r["off_ms"] > 0 and r["on_ms"] > 0 and r["recorded_steps"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_recorder_overhead_script_runs_under_cuda_graphs(mnist_dir) -> None:
+    """`python benchmarks/recorder_overhead.py --device cuda --cuda-graphs` at a toy size."""
+    r = measure(depth=8, width=2, batch_size=8, device="cuda", rounds=1, min_run_time=0.01, data_dir=mnist_dir,
+                cuda_graphs=True)
+    assert r["off_ms"] > 0 and r["on_ms"] > 0 and r["recorded_steps"] > 10  # replays recorded, not just warm-up
