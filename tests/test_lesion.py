@@ -188,7 +188,7 @@ def test_a_folder_without_weights_exits_2_with_one_sentence(sweep_dir: Path, dat
         assert _exit_code(["lesion", str(source), "--device", "cpu", "--data-dir", str(data_dir)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("resgrad lesion: error:") and message in err and len(err.splitlines()) == 1
-        assert not (source / "lesion").exists()
+        assert not (source / "lesion").exists() and not source.with_name(f"{source.name}-lesion").exists()
 
 
 def test_an_output_folder_holding_other_files_is_refused_before_any_work(sweep_dir: Path, data_dir: Path,
@@ -199,6 +199,18 @@ def test_an_output_folder_holding_other_files_is_refused_before_any_work(sweep_d
     (out / "notes.txt").write_text("mine")
     assert _exit_code(["lesion", str(sweep_dir), "--out", str(out), "--device", "cpu",
                        "--data-dir", str(data_dir)]) == 2
-    assert "'notes.txt'" in capsys.readouterr().err
+    assert "notes.txt" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert _exit_code(["lesion", str(sweep_dir), "--draws", "0"]) == 2
+
+
+def test_a_run_folder_is_lesioned_into_a_folder_beside_it_and_left_as_it_was(sweep_dir: Path, data_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    run_dir = tmp_path / "residual-run"
+    shutil.copytree(next((sweep_dir / "runs").glob("residual-*")), run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert _exit_code(["lesion", str(run_dir), "--max-deleted", "2", "--draws", "1", "--device", "cpu",
+                       "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    frame = pd.read_csv(tmp_path / "residual-run-lesion" / "lesion.csv")
+    assert frame["run_id"].unique().tolist() == ["residual-run"] and len(frame) == 1 + 6 + 1

@@ -166,4 +166,4 @@ def test_a_sweep_without_weights_and_a_foreign_output_folder_exit_2(trained_swee
     mine.mkdir()
     (mine / "thesis.tex").write_text("x")
     assert _exit_code(_argv(data_dir, mine)) == 2
-    assert "'thesis.tex'" in capsys.readouterr().err and (mine / "thesis.tex").read_text() == "x"
+    assert "thesis.tex" in capsys.readouterr().err and (mine / "thesis.tex").read_text() == "x"

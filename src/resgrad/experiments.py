@@ -1,7 +1,7 @@
 """Plumbing shared by the experiments on saved nets (:mod:`resgrad.lesion`, :mod:`resgrad.shatter`).
 
-Finding the run folders of a sweep (or one run), refusing an output folder that holds
-anything resgrad did not write, and drawing plain-vs-residual line plots as PNG bytes.
+Finding the run folders of a sweep (or one run), and drawing plain-vs-residual line plots
+as PNG bytes. Output folders are checked with :func:`resgrad.files.prepare_output`.
 """
 
 from __future__ import annotations
@@ -71,29 +71,6 @@ def saved_runs(path: str | os.PathLike[str]) -> tuple[list[SavedRun], bool]:
         f"{path} is neither a sweep folder (with sweep.json) nor a run folder (with config.json); "
         "give one made by `resgrad sweep` or `resgrad train`."
     )
-
-
-def check_out_dir(out: Path, ours: Iterable[str], what: str) -> None:
-    """Refuse ``out`` unless it is absent, an empty folder, or holds only files named in ``ours``.
-
-    The experiments replace their folder whole; this makes sure that nothing a user put
-    there is deleted with it.
-    """
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{what} folder {out} is a file; give a new or empty folder with --out.")
-    if out.is_dir():
-        names = set(ours)
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in names)
-        if foreign:
-            raise UsageError(
-                f"{what} folder {out} holds {foreign[0]!r}, which resgrad {what} did not write, so it will not be "
-                "replaced; give a new or empty folder with --out."
-            )
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"{what} folder {out} lies under {parent}, which is a file; give another --out.")
-            break
 
 
 # ---------------------------------------------------------------- figures

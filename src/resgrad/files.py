@@ -141,21 +141,25 @@ def _final_name(exc: OSError, tmp: Path, path: Path) -> Path:
 # A folder resgrad claims before it writes anything there (see mark_output): {"kind": ...}.
 MARKER = ".resgrad.json"
 # What resgrad writes into each kind of output folder, and the files that mark a folder as
-# resgrad's. Run and report folders are replaced whole; sweep and bench folders are written
+# resgrad's. Run, report, lesion and shatter folders are replaced whole; sweep and bench folders are written
 # into, and files of other names there are left alone.
 OWN_NAMES = {
     "run": ("config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json", MARKER),
     "sweep": ("sweep.json", "summary.csv", "runs", "report", ".lock", MARKER),
     "report": ("report.md", "report.html", "figures", "tables", MARKER),
     "bench": ("bench.csv", "bench.md", "bench.png", "speedup.csv", "bench.partial.csv", MARKER),
+    "lesion": ("lesion.csv", "lesion_single_block.png", "lesion_n_deleted.png", MARKER),
+    "shatter": ("shatter.csv", "shatter_correlation_vs_distance.png", "shatter_correlation_vs_depth.png", MARKER),
 }
 SIGNATURES = {
     "sweep": ("sweep.json", ".lock"),
     "report": ("report.md",),
     "bench": ("bench.csv", "bench.partial.csv"),
     "run": ("summary.json", "config.json"),
+    "lesion": ("lesion.csv",),
+    "shatter": ("shatter.csv",),
 }
-REPLACED_WHOLE = ("run", "report")
+REPLACED_WHOLE = ("run", "report", "lesion", "shatter")
 # Files in a report's subfolders: its figures and tables.
 _REPORT_SUFFIXES = {"figures": ".png", "tables": ".csv"}
 
@@ -245,7 +249,7 @@ def prepare_output(path: str | os.PathLike[str], kind: str, force: bool = False)
 
     Args:
         path: the output folder.
-        kind: ``run``, ``sweep``, ``report`` or ``bench``.
+        kind: ``run``, ``sweep``, ``report``, ``bench``, ``lesion`` or ``shatter``.
         force: allow replacing an existing run folder.
 
     Raises:

@@ -29,8 +29,8 @@ from resgrad.data import Split, load_split
 from resgrad.errors import UsageError, check_positive
 from matplotlib.ticker import MaxNLocator
 
-from resgrad.experiments import SavedRun, arch_colors, arch_legend, check_out_dir, mean_band, new_figure, png, saved_runs
-from resgrad.files import atomic_dir, write_bytes, write_csv
+from resgrad.experiments import SavedRun, arch_colors, arch_legend, mean_band, new_figure, png, saved_runs
+from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
 from resgrad.models import Block, blocks
 from resgrad.train import evaluate, load_model, resolve_device
 
@@ -47,7 +47,6 @@ FIGURES = {
     "lesion_single_block": "Test accuracy with one block deleted",
     "lesion_n_deleted": "Test accuracy vs number of deleted blocks",
 }
-OUTPUT_FILES = ("lesion.csv", *(f"{name}.png" for name in FIGURES))
 
 
 # ---------------------------------------------------------------- deleting blocks
@@ -216,8 +215,9 @@ def run_lesion(path: str | os.PathLike[str], config: LesionConfig | None = None,
 
 
 def default_out(path: str | os.PathLike[str]) -> Path:
-    """``SWEEP_DIR/lesion`` (or ``RUN_DIR/lesion``)."""
-    return Path(path) / "lesion"
+    """``SWEEP_DIR/lesion``; for a run folder ``RUN_DIR-lesion`` beside it (a run folder holds only its run)."""
+    path = Path(path)
+    return path / "lesion" if (path / "sweep.json").is_file() else path.with_name(f"{path.name}-lesion")
 
 
 def read_lesion(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -229,14 +229,14 @@ def read_lesion(path: str | os.PathLike[str]) -> pd.DataFrame:
     return frame.astype({"draw": "Int64", "block_index": "Int64", "downsampling": "boolean", "block": "string"})
 
 
-def check_out(out: Path) -> None:
-    check_out_dir(out, OUTPUT_FILES, "lesion")
+def check_out(out: str | os.PathLike[str]) -> Path:
+    """Refuse, before any work, an output folder that holds anything but an earlier lesion folder."""
+    return prepare_output(out, "lesion")
 
 
 def write_lesion(result: LesionResult, out: str | os.PathLike[str]) -> list[Path]:
     """Write ``lesion.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
-    out = Path(out)
-    check_out(out)
+    out = check_out(out)
     figures = lesion_figures(result.frame)
     with atomic_dir(out) as tmp:
         write_csv(tmp / "lesion.csv", result.frame)

@@ -31,8 +31,8 @@ from torch import nn
 
 from resgrad.data import load_split
 from resgrad.errors import UsageError, check_choice, check_positive
-from resgrad.experiments import arch_colors, arch_legend, arch_style, check_out_dir, mean_band, new_figure, png, saved_runs
-from resgrad.files import atomic_dir, write_bytes, write_csv
+from resgrad.experiments import arch_colors, arch_legend, arch_style, mean_band, new_figure, png, saved_runs
+from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
 from resgrad.models import INITS, NORMS, available_archs, build_model, check_depth
 from resgrad.train import TrainConfig, load_model, resolve_device
 
@@ -46,7 +46,6 @@ FIGURES = {
     "shatter_correlation_vs_distance": "Gradient correlation vs distance",
     "shatter_correlation_vs_depth": "Gradient correlation vs depth",
 }
-OUTPUT_FILES = ("shatter.csv", *(f"{name}.png" for name in FIGURES))
 
 
 @dataclass
@@ -228,14 +227,14 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
 # ---------------------------------------------------------------- output
 
 
-def check_out(out: Path) -> None:
-    check_out_dir(out, OUTPUT_FILES, "shatter")
+def check_out(out: str | os.PathLike[str]) -> Path:
+    """Refuse, before any work, an output folder that holds anything but an earlier shatter folder."""
+    return prepare_output(out, "shatter")
 
 
 def write_shatter(frame: pd.DataFrame, out: str | os.PathLike[str], at_distance: float | None = None) -> list[Path]:
     """Write ``shatter.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
-    out = Path(out)
-    check_out(out)
+    out = check_out(out)
     figures = shatter_figures(frame, at_distance if at_distance is not None else frame.attrs.get("at_distance"))
     with atomic_dir(out) as tmp:
         write_csv(tmp / "shatter.csv", frame)
