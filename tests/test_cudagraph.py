@@ -83,6 +83,17 @@ def test_bench_graphs_axis_applies_to_cuda_points_only() -> None:
         BenchConfig(devices=["cuda"], cuda_graphs=["yes"]).validate()
 
 
+def test_bench_cuda_graphs_flag_alone_means_both_side_by_side(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "b"
+    argv = ["bench", "--devices", "cpu", "--archs", "residual", "--depths", "8", "--widths", "2", "--batch-sizes", "2",
+            "--modes", "forward", "--min-run-time", "0.01", "--warmup", "1", "--threads", "1", "--quiet",
+            "--out", str(out)]
+    assert exit_code([*argv, "--cuda-graphs"]) == 0
+    assert "--cuda-graphs off on" in (out / "bench.md").read_text()
+    assert exit_code([*argv, "--cuda-graphs", "maybe"]) == 2
+    assert "invalid choice: 'maybe'" in capsys.readouterr().err
+
+
 def test_eager_vs_graphed_table_divides_matching_cuda_points(tmp_path: Path) -> None:
     tiny = dict(archs=["plain", "residual"], depths=[8], widths=[2], batch_sizes=[2], modes=["forward"], threads=1,
                 min_run_time=0.01, warmup=1)

@@ -329,9 +329,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="bfloat16 runs under torch.autocast (default: float32)")
     g.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (the optimizer step stays eager)")
-    g.add_argument("--cuda-graphs", nargs="+", choices=GRAPH_MODES, default=list(d.cuda_graphs),
+    g.add_argument("--cuda-graphs", nargs="*", choices=GRAPH_MODES, default=list(d.cuda_graphs), metavar="off|on",
                    help="time each CUDA point eagerly (off), as replays of a CUDA graph of the whole step (on), or both "
-                   "side by side (off on); CPU points run eagerly (default: off)")
+                   "side by side (off on, or the flag alone); CPU points run eagerly (default: off)")
     g = p.add_argument_group("timing and output")
     g.add_argument("--min-run-time", type=float, default=d.min_run_time, metavar="SECONDS",
                    help=f"seconds of measurement per point, Timer.blocked_autorange (default: {d.min_run_time:g})")
@@ -346,13 +346,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from resgrad.bench import PARTIAL_NAME, BenchConfig, run_bench, write_bench
+    from resgrad.bench import GRAPH_MODES, PARTIAL_NAME, BenchConfig, run_bench, write_bench
     from resgrad.files import prepare_output
 
     config = BenchConfig(
         devices=args.devices, archs=args.archs, depths=args.depths, widths=args.widths, batch_sizes=args.batch_sizes,
         modes=args.modes, dtypes=args.dtype, channels_last=args.channels_last, compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=args.cuda_graphs or GRAPH_MODES,  # the flag alone: both, side by side
         threads=args.threads, min_run_time=args.min_run_time, warmup=args.warmup, seed=args.seed,
     ).validate()
     prepare_output(args.out, "bench")  # refused before timing, not after
