@@ -176,14 +176,37 @@ def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(sweep_dir: Path
     assert sorted(table["arch"]) == ["plain", "residual"]
 
 
+def _make_old(sweep: Path) -> None:
+    """Make the sweep's runs look like runs saved before resgrad kept weights: no model.pt, no record of files."""
+    for run_dir in (sweep / "runs").iterdir():
+        (run_dir / "model.pt").unlink()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary.pop("files", None)
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_damaged_run_is_left_out_by_name_and_the_others_are_lesioned(sweep_dir: Path, data_dir: Path,
+                                                                       tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, sweep)
+    plain = next((sweep / "runs").glob("plain-*"))
+    (plain / "model.pt").write_bytes((plain / "model.pt").read_bytes()[:100])  # cut short
+    result = run_lesion(sweep, _config(data_dir, max_deleted=2, draws=1), progress=False)
+    assert result.frame["arch"].unique().tolist() == ["residual"]
+    assert result.skipped == [f"{plain.name}: damaged: model.pt has 100 bytes, "
+                              f"{json.loads((plain / 'summary.json').read_text())['files']['model.pt']['bytes']} recorded"]
+    assert plain.name in caplog.text
+
+
 def test_a_folder_without_weights_exits_2_with_one_sentence(sweep_dir: Path, data_dir: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     sweep = tmp_path / "old-sweep"
     shutil.copytree(sweep_dir, sweep)
-    for weights in sweep.glob("runs/*/model.pt"):
-        weights.unlink()
+    _make_old(sweep)
     run_dir = next((sweep / "runs").iterdir())
-    for source, message in [(run_dir, "has no model.pt"), (sweep, "holds no complete run with saved weights"),
+    for source, message in [(run_dir, "no model.pt (made before resgrad saved weights)"),
+                            (sweep, "holds no complete run with saved weights"),
                             (tmp_path / "nowhere", "is neither a sweep folder")]:
         assert _exit_code(["lesion", str(source), "--device", "cpu", "--data-dir", str(data_dir)]) == 2
         err = capsys.readouterr().err.strip()

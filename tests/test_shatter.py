@@ -3,6 +3,7 @@ nets at init as train builds them, determinism, and bad input (one sentence, exi
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -158,8 +159,11 @@ def test_a_sweep_without_weights_and_a_foreign_output_folder_exit_2(trained_swee
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     old = tmp_path / "old"
     shutil.copytree(trained_sweep, old)
-    for weights in old.glob("runs/*/model.pt"):
-        weights.unlink()
+    for run_dir in (old / "runs").iterdir():  # as saved before resgrad kept weights: no model.pt, no record of files
+        (run_dir / "model.pt").unlink()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary.pop("files", None)
+        (run_dir / "summary.json").write_text(json.dumps(summary))
     assert _exit_code(_argv(data_dir, tmp_path / "out", "--sweep", str(old))) == 2
     assert "holds no complete plain/residual run with saved weights" in capsys.readouterr().err
     mine = tmp_path / "mine"

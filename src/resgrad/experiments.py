@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 
 from resgrad.errors import UsageError
 from resgrad.figures import ARCH_COLORS
-from resgrad.train import TrainConfig, read_summary
+from resgrad.train import TrainConfig, check_run, read_summary
 
 
 @dataclass
@@ -40,6 +40,17 @@ class SavedRun:
     @property
     def has_weights(self) -> bool:
         return (self.path / "model.pt").is_file()
+
+    def unusable(self) -> str | None:
+        """Why the run's trained weights cannot be used (not complete, no model.pt, damaged); None if they can."""
+        if self.status != "complete":
+            return f"{self.status}, not complete"
+        if not self.has_weights:
+            if "model.pt" in ((self.summary or {}).get("files") or {}):
+                return "damaged: model.pt is missing"
+            return "no model.pt (made before resgrad saved weights)"
+        problem = check_run(self.path, self.summary)
+        return f"damaged: {problem}" if problem else None
 
 
 def _read_config(run_dir: Path) -> TrainConfig:

@@ -127,18 +127,15 @@ def _eligible(runs: list[SavedRun], path: Path, is_sweep: bool) -> tuple[list[Sa
     """Complete runs with weights; a one-line reason for every other run."""
     usable, skipped = [], []
     for run in runs:
-        if run.status != "complete":
-            skipped.append(f"{run.path.name}: {run.status}, not complete")
-        elif not run.has_weights:
-            skipped.append(f"{run.path.name}: no model.pt (made before resgrad saved weights)")
+        why = run.unusable()
+        if why:
+            skipped.append(f"{run.path.name}: {why}")
         else:
             usable.append(run)
     if not usable:
         if not is_sweep and runs:
-            if runs[0].status != "complete":
-                raise UsageError(f"run folder {path} is {runs[0].status}, not complete; only complete runs are lesioned.")
-            raise UsageError(f"run folder {path} has no model.pt (made before resgrad saved weights); "
-                             "rerun it with `resgrad train` to get them.")
+            raise UsageError(f"run folder {path} cannot be lesioned: {runs[0].unusable()}; "
+                             "only complete runs with their model.pt are (rerun it with `resgrad train --force`).")
         reasons = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
         raise UsageError(f"sweep folder {path} holds no complete run with saved weights (model.pt) "
                          f"({reasons or 'no run folders'}); rerun it with `resgrad sweep ... --force`.")

@@ -178,7 +178,10 @@ def _nets(config: ShatterConfig) -> Iterator[_Net]:
     nets = [_Net(c, "init") for c in grid]
     if config.sweep is not None:
         runs, _ = saved_runs(config.sweep)
-        usable = [r for r in runs if r.status == "complete" and r.has_weights and not r.config.arch.startswith("seed-")]
+        for run in runs:
+            if run.unusable():
+                log.warning("shatter: left out %s: %s", run.path.name, run.unusable())
+        usable = [r for r in runs if not r.unusable() and not r.config.arch.startswith("seed-")]
         if not usable:
             raise UsageError(f"{config.sweep} holds no complete plain/residual run with saved weights (model.pt); "
                              "runs made before resgrad saved weights have none: rerun them.")
