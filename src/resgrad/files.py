@@ -288,7 +288,7 @@ def prepare_output(path: str | os.PathLike[str], kind: str, force: bool = False)
     if existing:
         _probe(path)
     if not existing or kind in REPLACED_WHOLE:  # a new folder is made, or the folder swapped, in its parent
-        _probe(next(p for p in (where.parent, *where.parent.parents) if p.exists()))
+        _probe(next(p for p in (path.parent, *path.parent.parents, where.parent) if p.exists()))
     return path
 
 

@@ -41,7 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from resgrad import __version__
 from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.data import check_mnist, load_split, resolve_data_dir
-from resgrad.errors import UsageError, check_choice, check_positive
+from resgrad.errors import OutputError, UsageError, check_choice, check_positive
 from resgrad.files import OLD_PREFIX, TMP_PREFIX, atomic_dir, prepare_output, write_csv, write_json
 from resgrad.train import (
     MAX_SEED, SUMMARY_KEYS, RunResult, TrainConfig, check_run, progress_enabled, read_summary, resolve_device,
@@ -512,11 +512,19 @@ def _clean_stale(folder: Path) -> None:
 
 @contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
-    """Hold DIR/.lock so that two sweeps never write one folder (the OS drops it if we die)."""
+    """Make DIR and hold DIR/.lock so that two sweeps never write one folder (the OS drops it if we die)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(out_dir, exc) from exc
     if fcntl is None:  # pragma: no cover
         yield
         return
-    with open(out_dir / ".lock", "w") as fh:
+    try:
+        fh = open(out_dir / ".lock", "w")
+    except OSError as exc:
+        raise OutputError(out_dir / ".lock", exc) from exc
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -738,7 +746,6 @@ def run_sweep(
             _preflight(configs[0])
     earlier = _earlier_specs(out_dir, spec)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
         _clean_stale(out_dir)
         _clean_stale(runs_dir)
