@@ -1,20 +1,31 @@
 """Per-layer gradient-norm recording with hooks, cheap enough to leave on.
 
-Two quantities, per recorded step:
+Three quantities, per recorded step (column ``quantity``; the value is in column ``norm``):
 
 - ``weight_grad``: ‖∂L/∂W‖₂ of every weighted layer (a module owning a ``weight``
-  parameter, normalisation layers left out unless asked), in forward order;
+  parameter, normalisation layers left out unless asked);
 - ``activation_grad``: ‖∂L/∂h‖₂ of the output h of every block (or named module),
-  the backward signal, captured by a tensor hook that a forward hook registers.
+  the backward signal, captured by a tensor hook that a forward hook registers;
+- ``act_deriv``: the mean of the activation's derivative σ′(z) over the input
+  elements z of every activation module (``nn.ReLU``: the fraction of positive
+  inputs; ``nn.Tanh``: mean 1 − tanh²(z); ``nn.Sigmoid``: mean σ(z)(1 − σ(z))).
 
-Norms are computed on the device and stay there as one small tensor per recorded
-step; nothing is copied to the host until :meth:`GradientRecorder.to_frame`.
+``layer_index`` counts each quantity's modules in the order the forward pass first
+runs them. Norms are formed in float64 from the gradient as it is (float32,
+bfloat16, float16), so they neither underflow nor overflow: a norm is 0 only when
+every element is 0. They are computed on the device and stay there as one small
+float64 tensor per recorded step; nothing is copied to the host until
+:meth:`GradientRecorder.to_frame`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, Iterable, Sequence
+import numbers
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,12 +37,75 @@ from resgrad.errors import UsageError
 Schedule = Callable[[int], bool]
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 COLUMNS = ["step", "epoch", "layer_index", "layer", "quantity", "norm"]
+QUANTITIES = ("weight_grad", "activation_grad", "act_deriv")
+F64 = torch.float64
+
+
+_ROW = 4096  # float32 sums of this many squares stay within ~1e-8 of float64
+_SAFE = 2.0**-30  # a float32 norm at least this large lost < 1e-7 to squares below float32's normal range
+
+
+def norm64(t: torch.Tensor) -> torch.Tensor:
+    """‖t‖₂ as a float64 0-d tensor on t's device, with float64's range and precision.
+
+    On the CPU a float32 tensor takes a fast path that reads it once: float32 norms of rows of
+    :data:`_ROW` elements, combined in float64, kept when the result shows that no square overflowed
+    and none that underflowed mattered; otherwise (and on other devices) the norm is formed in float64.
+    """
+    t = t.detach()
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() < _ROW:
+        return torch.linalg.vector_norm(t, dtype=F64)
+    flat = t.reshape(-1)
+    cut = flat.numel() - flat.numel() % _ROW
+    rows = torch.linalg.vector_norm(flat[:cut].view(-1, _ROW), dim=1)
+    if cut < flat.numel():
+        rows = torch.cat([rows, torch.linalg.vector_norm(flat[cut:]).reshape(1)])
+    norm = torch.linalg.vector_norm(rows, dtype=F64)
+    # .item() costs no device sync on the CPU. inf: some square overflowed; NaN: a NaN element (kept below).
+    if _SAFE <= norm.item() < math.inf:
+        return norm
+    return torch.linalg.vector_norm(t, dtype=F64)
+
+
+_SAME_SIZE_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def _relu_deriv(inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    # From the output, which an in-place ReLU has written over its input: relu(z) > 0 exactly where z > 0.
+    # Counting the non-zero bit patterns reads the tensor once and allocates nothing (a float count_nonzero
+    # is 50x slower on the CPU). Only an input of exactly -0.0 or NaN, which gives a non-zero pattern, would
+    # count as positive.
+    out = output.detach()
+    return torch.count_nonzero(out.view(_SAME_SIZE_INT[out.element_size()]))
+
+
+def _tanh_deriv(inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    # sech²(z) keeps its precision where 1 − tanh²(z) would cancel to 0 (|z| > 9 in float32).
+    return torch.cosh(_as_float(inputs)).pow(-2).sum(dtype=F64)
+
+
+def _sigmoid_deriv(inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    # σ(z)·σ(−z) rather than σ(z)·(1 − σ(z)), which cancels to 0 for z > 17 in float32.
+    return (_as_float(output) * torch.sigmoid(-_as_float(inputs))).sum(dtype=F64)
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    return t if t.dtype in (torch.float32, F64) else t.float()
+
+
+# Activation module types whose derivative is recorded: type -> sum of σ'(z) over the elements of one call.
+ACTIVATION_DERIVATIVES: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: _relu_deriv,
+    nn.Tanh: _tanh_deriv,
+    nn.Sigmoid: _sigmoid_deriv,
+}
 
 
 def every(k: int) -> Schedule:
     """Record at steps 0, k, 2k, ..."""
-    if k < 1:
-        raise UsageError(f"record-every must be >= 1, got {k}.")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise UsageError(f"record every k steps needs a whole number k >= 1, got {k!r}.")
     return lambda step: step % k == 0
 
 
@@ -44,11 +118,29 @@ def log_spaced(total_steps: int, num: int = 50) -> Schedule:
 
 
 def _as_schedule(schedule: int | Schedule | Iterable[int]) -> Schedule:
-    if isinstance(schedule, int):
-        return every(schedule)
+    if isinstance(schedule, numbers.Integral) and not isinstance(schedule, bool):
+        return every(schedule)  # type: ignore[arg-type]
     if callable(schedule):
         return schedule
-    return frozenset(schedule).__contains__
+    if isinstance(schedule, Iterable) and not isinstance(schedule, (str, bytes)):
+        steps = list(schedule)
+        bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0]
+        if not bad:
+            return frozenset(int(s) for s in steps).__contains__
+        raise UsageError(f"a schedule's steps must be whole numbers >= 0, got {bad[0]!r}.")
+    raise UsageError(f"schedule must be a whole number k >= 1 (every k steps), an iterable of steps or a "
+                     f"callable step -> bool, got {schedule!r}.")
+
+
+@dataclass
+class _Record:
+    """One recorded step: weight norms of the first ``n_layers`` layers, the block norms, ``n_acts`` act_deriv."""
+
+    step: int
+    epoch: int
+    n_layers: int
+    n_acts: int
+    values: torch.Tensor  # float64, on the device
 
 
 class GradientRecorder:
@@ -64,6 +156,22 @@ class GradientRecorder:
                 opt.step(); opt.zero_grad()
         frame = rec.to_frame()
 
+    What one recorded step (``begin_step`` … ``end_step``) records:
+
+    - a module whose forward runs several times in the step (shared weights): its
+      ``activation_grad`` is the root of the sum of squares over the gradients of all its
+      outputs, and its ``act_deriv`` the mean over the input elements of all its calls;
+    - several ``backward()`` calls before ``end_step`` (gradient accumulation):
+      ``activation_grad`` accumulates over them the same way, so it is the norm of the
+      whole batch's ∂L/∂h, as ``weight_grad`` reads the accumulated ``.grad``;
+    - a module first run after recording began is recorded from the first recorded step
+      it runs in, with the next free ``layer_index``: the set of layers may grow;
+    - NaN means "not measured": a weight whose ``.grad`` is None, a watched module whose
+      output got no gradient, an activation module not run with autograd on; 0 is a
+      measured zero;
+    - only forward passes that build a graph (output requires grad) count, so an
+      evaluation under ``torch.no_grad()`` inside a recorded step changes nothing.
+
     Args:
         model: the model to watch.
         schedule: record every k steps (int), at the steps in an iterable, or where
@@ -71,6 +179,10 @@ class GradientRecorder:
         modules: qualified names of the modules whose output gradient is the
             backward signal; by default every :class:`resgrad.models.Block`.
         include_norm_layers: also record the weight gradient of normalisation layers.
+
+    Raises:
+        UsageError: a bad schedule, ``modules`` given as one string, or a name that is not
+            in the model.
     """
 
     def __init__(
@@ -82,6 +194,9 @@ class GradientRecorder:
     ) -> None:
         from resgrad.models import blocks  # late import: models pulls in nothing from here
 
+        if isinstance(modules, (str, bytes)):
+            raise UsageError(f"modules must be a list of module names, got the string {modules!r}; "
+                             f"write modules=[{modules!r}].")
         self.model = model
         self.schedule = _as_schedule(schedule)
         named = dict(model.named_modules())
@@ -96,24 +211,37 @@ class GradientRecorder:
             if isinstance(m._parameters.get("weight"), torch.Tensor)
             and (include_norm_layers or not isinstance(m, NORM_LAYERS))
         ]
+        self._act_modules = [(n, m) for n, m in named.items() if type(m) in ACTIVATION_DERIVATIVES]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._order_handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._seen: dict[str, nn.Module] = {}  # weighted layers in first-forward order
-        self.layers: list[str] | None = None  # fixed after the first step
+        self._order_handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._hooked = False
         self.blocks: list[str] = names
+        self.layers: list[str] = []  # weighted layers, in first-forward order; grows as new ones run
+        self._layer_modules: list[nn.Module] = []
+        self._layer_set: set[str] = set()
+        self._dropped = 0  # how many of self.layers have had their order hook removed
+        self.activations: list[str] = []  # activation modules, in first-forward order
+        self._act_index: dict[str, int] = {}
         self._active = False
+        self._generation = 0  # tells a late tensor hook (retained graph) from one of the current step
         self._step = 0
         self._epoch = 0
         self._signal: list[torch.Tensor | None] = []
-        self._records: list[tuple[int, int, torch.Tensor]] = []
+        self._act_sum: dict[int, torch.Tensor] = {}
+        self._act_count: dict[int, int] = {}
+        self._records: list[_Record] = []
 
     # -- context manager ------------------------------------------------------
 
     def __enter__(self) -> "GradientRecorder":
         for name, module in self._weight_candidates:
-            self._order_handles.append(module.register_forward_hook(self._order_hook(name)))
+            if name not in self._layer_set:
+                self._order_handles[name] = module.register_forward_hook(self._order_hook(name))
         for i, (_, module) in enumerate(self._signal_modules):
             self._handles.append(module.register_forward_hook(self._signal_hook(i)))
+        for name, module in self._act_modules:
+            self._handles.append(module.register_forward_hook(self._act_hook(name, ACTIVATION_DERIVATIVES[type(module)])))
+        self._hooked = True
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -121,10 +249,12 @@ class GradientRecorder:
 
     def remove(self) -> None:
         """Remove every hook this recorder registered."""
-        for h in self._handles + self._order_handles:
+        for h in [*self._handles, *self._order_handles.values()]:
             h.remove()
         self._handles.clear()
         self._order_handles.clear()
+        self._hooked = False
+        self._active = False
 
     @property
     def num_hooks(self) -> int:
@@ -134,49 +264,103 @@ class GradientRecorder:
 
     def _order_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: object, output: object) -> None:
-            self._seen.setdefault(name, module)
+            if name not in self._layer_set:  # first run: the next layer_index (its hook goes at end_step)
+                self._layer_set.add(name)
+                self.layers.append(name)
+                self._layer_modules.append(module)
 
         return hook
 
     def _signal_hook(self, index: int) -> Callable[..., None]:
-        def store(grad: torch.Tensor) -> None:
-            self._signal[index] = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
-
         def hook(module: nn.Module, inputs: object, output: object) -> None:
             if self._active and isinstance(output, torch.Tensor) and output.requires_grad:
+                generation = self._generation
+
+                def store(grad: torch.Tensor) -> None:
+                    if generation != self._generation:
+                        return
+                    norm = norm64(grad)
+                    before = self._signal[index]
+                    # hypot: the root of the sum of squares over several outputs, without over/underflow
+                    self._signal[index] = norm if before is None else torch.hypot(before, norm)
+
                 output.register_hook(store)
+
+        return hook
+
+    def _act_hook(self, name: str, deriv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+            i = self._act_index.get(name)
+            if i is None:
+                i = self._act_index[name] = len(self.activations)
+                self.activations.append(name)
+            if not (self._active and isinstance(output, torch.Tensor) and output.requires_grad):
+                return
+            total = deriv(inputs[0], output).to(F64)
+            self._act_sum[i] = total if i not in self._act_sum else self._act_sum[i] + total
+            self._act_count[i] = self._act_count.get(i, 0) + output.numel()
 
         return hook
 
     # -- per step -----------------------------------------------------------------
 
+    def _check_hooked(self, what: str) -> None:
+        if not self._hooked:
+            raise RuntimeError(f"{what}() needs the recorder's hooks: call it inside `with GradientRecorder(model) "
+                               "as rec:` (hooks are registered on entering the block and removed on leaving it).")
+
     def begin_step(self, step: int, epoch: int = 0) -> bool:
         """Call before the forward pass; returns whether this step is recorded."""
+        self._check_hooked("begin_step")
         self._step, self._epoch = step, epoch
         self._active = bool(self.schedule(step))
+        self._generation += 1
         if self._active:
             self._signal = [None] * len(self._signal_modules)
+            self._act_sum, self._act_count = {}, {}
         return self._active
 
     def end_step(self) -> None:
         """Call after ``backward()`` and before the gradients are cleared."""
-        if self.layers is None:
-            self.layers = list(self._seen)
-            self._layer_params = [self._seen[n].weight for n in self.layers]
-            for h in self._order_handles:
-                h.remove()
-            self._order_handles.clear()
+        self._check_hooked("end_step")
+        for name in self.layers[self._dropped :]:  # layers seen for the first time: their order hook is done
+            handle = self._order_handles.pop(name, None)
+            if handle is not None:
+                handle.remove()
+        self._dropped = len(self.layers)
         if not self._active:
             return
         self._active = False
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._layer_params]
-        norms = list(torch._foreach_norm([g.detach().float() for g in grads])) if grads else []
-        device = norms[0].device if norms else "cpu"
-        # A watched module whose output got no gradient this step: NaN, kept like any other value.
-        signal = [s if s is not None else torch.full((), math.nan, device=device) for s in self._signal]
-        if norms or signal:
-            self._records.append((self._step, self._epoch, torch.stack(norms + signal)))
-        self._signal = []
+        self._generation += 1
+        weights = [m.weight for m in self._layer_modules]
+        grads = [w.grad.detach() for w in weights if w.grad is not None]
+        norms = iter(torch._foreach_norm(grads, 2, dtype=F64) if grads else [])
+        device = weights[0].device if weights else next((s.device for s in self._signal if s is not None), "cpu")
+        nan = torch.full((), math.nan, dtype=F64, device=device)  # "not measured"
+        values = [next(norms) if w.grad is not None else nan for w in weights]
+        values += [s if s is not None else nan for s in self._signal]
+        values += [self._act_sum[i] / self._act_count[i] if i in self._act_sum else nan
+                   for i in range(len(self.activations))]
+        if values:
+            self._records.append(_Record(self._step, self._epoch, len(weights), len(self.activations),
+                                         torch.stack(values)))
+        self._signal, self._act_sum, self._act_count = [], {}, {}
+
+    # -- replayed steps (used by resgrad.cudagraph only) ---------------------------
+    # Under a CUDA graph a step's Python runs once, at capture: the record end_step()
+    # makes then holds the graph's static output buffer, which every replay overwrites.
+    # resgrad.cudagraph takes that record back and adds a copy of its values per replay.
+    # So begin_step, the hooks and end_step must do device work only (no .item(), no host sync).
+
+    def take_record(self, step: int) -> _Record | None:
+        """Remove the record the last ``end_step()`` made for ``step`` and return it; None if it made none."""
+        if self._records and self._records[-1].step == step:
+            return self._records.pop()
+        return None
+
+    def add_record(self, record: _Record, step: int, epoch: int) -> None:
+        """Record for ``step`` a copy of the values ``record`` (from :meth:`take_record`) holds now."""
+        self._records.append(dataclasses.replace(record, step=step, epoch=epoch, values=record.values.clone()))
 
     # -- results ------------------------------------------------------------------
 
@@ -196,26 +380,38 @@ class GradientRecorder:
     def to_frame(self, until_step: int | None = None) -> pd.DataFrame:
         """A tidy frame: ``step, epoch, layer_index, layer, quantity, norm``.
 
+        ``quantity`` is ``weight_grad``, ``activation_grad`` or ``act_deriv``; ``norm``
+        holds the norm, or for ``act_deriv`` the mean derivative. A layer first run at a
+        later step has rows from that step on.
+
         Args:
             until_step: keep only steps <= this one.
         """
-        records = [r for r in self._records if until_step is None or r[0] <= until_step]
-        layers = self.layers or []
+        records = [r for r in self._records if until_step is None or r.step <= until_step]
         if not records:
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(COLUMNS, ["int64", "int64", "int64", "object", "object", "float64"])})
-        values = torch.stack([r[2] for r in records]).cpu().double().numpy()  # the one host transfer
-        n_rec, n_cols = values.shape
-        names = np.array(layers + self.blocks, dtype=object)
-        index = np.concatenate([np.arange(len(layers)), np.arange(len(self.blocks))])
-        quantity = np.array(["weight_grad"] * len(layers) + ["activation_grad"] * len(self.blocks), dtype=object)
+        values = torch.cat([r.values for r in records]).cpu().numpy()  # the one host transfer
+        n_blocks = len(self.blocks)
+        shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for r in records:
+            key = (r.n_layers, r.n_acts)
+            if key not in shapes:
+                counts = [r.n_layers, n_blocks, r.n_acts]
+                shapes[key] = (
+                    np.array(self.layers[: r.n_layers] + self.blocks + self.activations[: r.n_acts], dtype=object),
+                    np.concatenate([np.arange(n) for n in counts]).astype("int64"),
+                    np.repeat(np.array(QUANTITIES, dtype=object), counts),
+                )
+        parts = [shapes[(r.n_layers, r.n_acts)] for r in records]
+        sizes = [len(p[0]) for p in parts]
         return pd.DataFrame(
             {
-                "step": np.repeat([r[0] for r in records], n_cols).astype("int64"),
-                "epoch": np.repeat([r[1] for r in records], n_cols).astype("int64"),
-                "layer_index": np.tile(index, n_rec).astype("int64"),
-                "layer": np.tile(names, n_rec),
-                "quantity": np.tile(quantity, n_rec),
-                "norm": values.reshape(-1),
+                "step": np.repeat([r.step for r in records], sizes).astype("int64"),
+                "epoch": np.repeat([r.epoch for r in records], sizes).astype("int64"),
+                "layer_index": np.concatenate([p[1] for p in parts]),
+                "layer": np.concatenate([p[0] for p in parts]),
+                "quantity": np.concatenate([p[2] for p in parts]),
+                "norm": values,
             },
             columns=COLUMNS,
         )
