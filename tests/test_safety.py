@@ -264,6 +264,17 @@ def test_1_save_run_in_python_refuses_a_folder_with_other_files(tmp_path: Path, 
     assert sorted(os.listdir(folder)) == ["data.csv"]
 
 
+def test_1_a_sweep_never_replaces_a_run_folder_holding_a_user_file(sweep_dir: Path, tmp_path: Path) -> None:
+    sweep = copy_sweep(sweep_dir, tmp_path)
+    run = sorted((sweep / "runs").iterdir())[0]
+    (run / "notes.txt").write_text("mine")
+    before = snapshot(sweep)
+    spec = SweepSpec.from_dict(json.loads((sweep / "sweep.json").read_text()))
+    with pytest.raises(UsageError, match=f"{run} also holds files resgrad did not write \\(notes.txt\\)"):
+        run_sweep(spec, sweep, force=True, progress=False)  # --force reruns every run: checked before the first
+    assert snapshot(sweep) == before
+
+
 # ---------------------------------------------------------------- 2. train --out FILE hid the user's file
 
 
@@ -611,6 +622,18 @@ def test_9_step_buffer_holds_what_a_list_holds() -> None:
                         (2 * StepBuffer.CHUNK, len(values))):
         assert buf[start:stop].tolist() == values[start:stop]
     assert len(buf.chunks) == 3  # memory for the steps seen, a chunk at a time
+
+
+def test_9_a_run_across_many_chunks_records_what_a_run_in_one_chunk_records(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(arch="residual", depth=8, width=2, steps=10, eval_every=4, train_subset=128, test_subset=50,
+                         batch_size=16, threads=1, device="cpu", data_dir=str(data_dir))
+    one = train(config, progress=False)
+    monkeypatch.setattr(StepBuffer, "CHUNK", 3)  # steps 0-2, 3-5, 6-8, 9: every boundary crossed
+    many = train(config, progress=False)
+    pd.testing.assert_frame_equal(many.metrics, one.metrics)
+    assert many.metrics["epoch"].tolist() == [0] * 8 + [1] * 2  # 128 images in batches of 16: 8 steps an epoch
 
 
 def test_9_a_toml_file_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None:
