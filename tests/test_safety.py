@@ -481,6 +481,35 @@ def test_6_a_full_disk_in_sweep_report_and_bench_is_one_sentence(
     assert snapshot(report) == earlier and not leftovers(small_disk)
 
 
+def test_6_a_swap_that_fails_between_its_two_renames_puts_the_earlier_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import resgrad.files
+    from resgrad.errors import OutputError
+    from resgrad.files import atomic_dir
+
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "report.md").write_text("earlier\n")
+    renames = []
+
+    def replace(src: str, dst: str) -> None:
+        renames.append((Path(src).name, Path(dst).name))
+        if len(renames) == 2:  # the new folder moving in: as if permission were lost just then
+            raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+        os.rename(src, dst)
+
+    monkeypatch.setattr(resgrad.files.os, "replace", replace)
+    with pytest.raises(OutputError, match=f"could not write {folder}: Permission denied \\(EACCES\\)"):
+        with atomic_dir(folder) as tmp:
+            (tmp / "report.md").write_text("new\n")
+    monkeypatch.undo()
+    assert renames[0][1].startswith(".resgrad-old-") and renames[1][1] == "report"
+    assert (folder / "report.md").read_text() == "earlier\n" and sorted(os.listdir(tmp_path)) == ["report"]
+
+
 def test_6_a_write_past_the_file_size_limit_is_one_sentence_and_debug_shows_the_traceback(
     tmp_path: Path, data_dir: Path
 ) -> None:

@@ -111,20 +111,22 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as exc:
         raise OutputError(path, exc) from exc
+    old = None
     try:
         yield tmp
         if path.exists():
             old = path.with_name(f"{OLD_PREFIX}{os.getpid()}-{path.name}")
             os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)  # stopped between the two renames: the earlier folder goes back
         if isinstance(exc, OSError):
             raise OutputError(_final_name(exc, tmp, path), exc) from exc
         raise
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def _final_name(exc: OSError, tmp: Path, path: Path) -> Path:
