@@ -65,6 +65,36 @@ def test_cpu_training_is_the_same_with_graphs_auto_and_off(data_dir: Path) -> No
     pd.testing.assert_frame_equal(auto.grad_norms, off.grad_norms)
 
 
+def test_a_replayed_record_is_copied_per_step_not_shared() -> None:
+    """What replays do to the recorder, emulated on the CPU: the record made at capture holds a buffer that
+    each replay overwrites in place; every replayed step must keep its own copy."""
+    import torch.nn.functional as F
+
+    from resgrad.gradients import GradientRecorder
+    from resgrad.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("plain", 8, width=2)
+    with GradientRecorder(model, schedule=1) as rec:
+        rec.begin_step(5)
+        F.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([1, 2, 3, 4])).backward()
+        rec.end_step()
+        buffer = rec.take_record(5)
+        assert buffer is not None and rec.take_record(5) is None and rec.to_frame().empty
+        base = buffer.clone()
+        for step, scale in ((5, 1.0), (6, 2.0), (7, 3.0)):
+            buffer.copy_(base * scale)  # the replay of step `step` writes the buffer
+            rec.add_record(step, 1, buffer)
+        buffer.zero_()  # a later replay: recorded steps keep their numbers
+    frame = rec.to_frame()
+    assert sorted(frame.step.unique()) == [5, 6, 7] and (frame.epoch == 1).all()
+    by_step = {s: g.norm.to_numpy() for s, g in frame.groupby("step")}
+    finite = np.isfinite(by_step[5])
+    assert finite.any()
+    np.testing.assert_array_equal(by_step[5][finite], base.double().numpy()[finite])
+    np.testing.assert_array_equal(by_step[7][finite], (base * 3.0).double().numpy()[finite])
+
+
 # ---------------------------------------------------------------- bench
 
 

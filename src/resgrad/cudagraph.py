@@ -35,8 +35,8 @@ once, at capture: the norm kernels are captured, and the tensor ``end_step``
 stacks them into becomes a static buffer that every replay of the recorded graph
 overwrites. So the record ``end_step`` makes during capture (a buffer, not yet
 numbers) is taken back with :meth:`GradientRecorder.take_record`, and after each
-replay of a recorded step a record holding a *copy* of the buffer is added under
-that step and epoch with :meth:`GradientRecorder.add_record`. The copy stays on the device:
+replay of a recorded step a *copy* of the buffer is recorded under that step and
+epoch with :meth:`GradientRecorder.add_record`. The copy stays on the device:
 nothing reaches the host before ``to_frame``, as in eager mode. This needs the
 recorder's ``begin_step``, hooks and ``end_step`` to do device work only: no
 ``.item()``, no host synchronisation, no branch on a tensor's value.
@@ -54,7 +54,7 @@ of the GPU's non-deterministic kernels (``tests/test_cudagraph.py``: 1e-5).
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 
@@ -143,18 +143,18 @@ class GraphedTrainStep:
         self.warmup_left = WARMUP_STEPS
         self.replays = 0
         self._stream = torch.cuda.Stream(images.device)
-        # recorded? -> (graph, its static loss, the recorder's record of its static norms, or None)
-        self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
+        # recorded? -> (graph, its static loss, its static norms, or None)
+        self._graphs: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor | None]] = {}
 
     def _step(self, step: int, epoch: int) -> torch.Tensor:
         x, y = self.images[self.static_idx], self.labels[self.static_idx]
         return self.step_fn(x, y, step=step, epoch=epoch)
 
-    def _capture(self, step: int, epoch: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
+    def _capture(self, step: int, epoch: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor | None]:
         pool = next(iter(self._graphs.values()))[0].pool() if self._graphs else None
         graph, loss = capture(lambda: self._step(step, epoch), pool)
-        record = self.recorder.take_record(step) if self.recorder is not None else None
-        return graph, loss, record
+        norms = self.recorder.take_record(step) if self.recorder is not None else None
+        return graph, loss, norms
 
     def __call__(self, idx: torch.Tensor, step: int, epoch: int) -> torch.Tensor:
         """Train on the batch ``images[idx]`` (``len(idx) == batch_size``) as step ``step``; return its loss on the device.
@@ -170,9 +170,9 @@ class GraphedTrainStep:
         recorded = self.recorder is not None and bool(self.recorder.schedule(step))
         if recorded not in self._graphs:
             self._graphs[recorded] = self._capture(step, epoch)
-        graph, loss, record = self._graphs[recorded]
+        graph, loss, norms = self._graphs[recorded]
         graph.replay()
         self.replays += 1
-        if record is not None:
-            self.recorder.add_record(record, step, epoch)  # type: ignore[union-attr]
+        if norms is not None:
+            self.recorder.add_record(step, epoch, norms)  # type: ignore[union-attr]
         return loss

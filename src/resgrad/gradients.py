@@ -352,15 +352,20 @@ class GradientRecorder:
     # resgrad.cudagraph takes that record back and adds a copy of its values per replay.
     # So begin_step, the hooks and end_step must do device work only (no .item(), no host sync).
 
-    def take_record(self, step: int) -> _Record | None:
-        """Remove the record the last ``end_step()`` made for ``step`` and return it; None if it made none."""
+    _taken: _Record | None = None  # the record take_record() removed: the layout add_record() copies
+
+    def take_record(self, step: int) -> torch.Tensor | None:
+        """Remove the record the last ``end_step()`` made for ``step`` and return its values; None if it made none."""
         if self._records and self._records[-1].step == step:
-            return self._records.pop()
+            self._taken = self._records.pop()
+            return self._taken.values
         return None
 
-    def add_record(self, record: _Record, step: int, epoch: int) -> None:
-        """Record for ``step`` a copy of the values ``record`` (from :meth:`take_record`) holds now."""
-        self._records.append(dataclasses.replace(record, step=step, epoch=epoch, values=record.values.clone()))
+    def add_record(self, step: int, epoch: int, values: torch.Tensor) -> None:
+        """Record for ``step`` a copy of ``values``, laid out as the values :meth:`take_record` returned."""
+        if self._taken is None:
+            raise RuntimeError("add_record() copies the layout of a record take_record() removed; call that first.")
+        self._records.append(dataclasses.replace(self._taken, step=step, epoch=epoch, values=values.clone()))
 
     # -- results ------------------------------------------------------------------
 
