@@ -414,6 +414,75 @@ FIGURES: list[tuple[str, str, Callable[[Sweep], tuple[Figure, str]]]] = [
 ]
 
 
+# ---------------------------------------------------------------- the backward gain per block (resgrad.gain)
+
+SIGMA_PRIME_MAX = {"relu": 1.0, "tanh": 1.0, "sigmoid": 0.25}  # the largest value σ′ takes
+
+
+def figure_block_gain(sweep: Sweep) -> tuple[Figure, str]:
+    """The backward gain per block and the mean σ′ of the block's activations, a column per activation.
+
+    Rows: at each run's first and at its last recorded step (complete runs only there), the gain
+    ‖∂L/∂hₗ₋₁‖ / ‖∂L/∂hₗ‖ and below it the mean σ′; colour: depth; dashed plain, solid residual.
+    """
+    from resgrad.gain import sweep_gains, sweep_other_combos
+
+    gains = sweep_gains(sweep)
+    steps = gains.groupby("run_id")["step"]
+    complete = _run_ids(sweep, "complete")
+    snap = pd.concat([
+        gains[gains["step"] == steps.transform("min")].assign(when=WHEN[0]),
+        gains[(gains["step"] == steps.transform("max")) & gains["run_id"].isin(complete)].assign(when=WHEN[1]),
+    ], ignore_index=True)
+    activations = list(dict.fromkeys(sweep.runs["activation"]))
+    rows = [(label, combo, when, what) for label, combo in sweep_other_combos(sweep)
+            for when in WHEN for what in ("gain", "act_deriv")]
+    fig = Figure(figsize=(max(3.3 * len(activations) + 1.7, 6.5), 2.3 * len(rows) + 0.7), layout="constrained")
+    axes = fig.subplots(len(rows), len(activations), squeeze=False, sharey="row")
+    fig.suptitle("Backward gain per block and the mean σ′ of its activations", fontweight="bold")
+    colors = _depth_colors(sweep)
+    band, seeds = _seed_note(sweep)
+    marks = _Marks()
+    for i, (label, combo, when, what) in enumerate(rows):
+        for j, activation in enumerate(activations):
+            ax = axes[i, j]
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            data = _where(snap, when=when, activation=activation, **combo)
+            ax.set_title(_panel_title(activation, label, when), fontsize=9)
+            if what == "act_deriv":
+                data = data[data["act_deriv"].notna()] if data["act_deriv"].notna().any() else data.iloc[:0]
+            if data.empty:
+                _empty(ax, "no complete run" if when == WHEN[1] and what == "gain" else
+                       ("no act_deriv recorded" if what == "act_deriv" else "no finished run"))
+            for arch in sweep.archs:
+                part = data[data["arch"] == arch]
+                if len(part):
+                    _draw(ax, part, "block_index", what, "depth", colors, marks, band,
+                          style=lambda level, arch=arch: _arch_style(arch))
+            if what == "act_deriv":  # σ′ lies in [0, 1]: a linear axis, the same for every activation
+                ax.set_yscale("linear")
+                ax.set_ylim(0, 1.05)
+            ref = 1.0 if what == "gain" else SIGMA_PRIME_MAX.get(activation)
+            if ref is not None:
+                ax.axhline(ref, color="0.35", lw=0.9, ls=":", zorder=1)
+            ax.set_xlabel("block l (1 = second block)" if i == len(rows) - 1 else "")
+            ax.set_ylabel(("gain ‖∂L/∂hₗ₋₁‖ / ‖∂L/∂hₗ‖" if what == "gain" else "mean σ′ of block l") if j == 0 else "")
+    archs = [Line2D([], [], color="0.2", lw=1.6, label=a, **_arch_style(a)) for a in sweep.archs]
+    ref_line = Line2D([], [], color="0.35", lw=0.9, ls=":", label="gain = 1, max σ′")
+    _legend(fig, "depth", colors, band, marks.kinds, extra=[*archs, ref_line])
+    caption = ("Backward gain of block l, ‖∂L/∂hₗ₋₁‖ / ‖∂L/∂hₗ‖ from the recorded backward signal (below 1: the "
+               "signal shrinks on its way back through the block; dotted line at 1), and under it the mean σ′ of "
+               "the block's activation modules (act_deriv; dotted line: the largest σ′, 1/4 for the sigmoid), at "
+               "each run's first recorded step and at its last (complete runs only); a column per activation, "
+               f"colour: depth, dashed: plain, solid: residual. {seeds} {marks.sentence('values')} "
+               "Numbers: `tables/block_gain.csv`.")
+    return fig, caption
+
+
+GAIN_FIGURE: tuple[str, str, Callable[[Sweep], tuple[Figure, str]]] = (
+    "block_gain", "Backward gain per block", figure_block_gain)
+
+
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)  # the non-interactive Agg canvas, whatever pyplot's backend is
     buf = io.BytesIO()
@@ -421,11 +490,12 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def render_figures(sweep: Sweep) -> list[tuple[str, str, bytes, str]]:
-    """Every figure of :data:`FIGURES` as ``(name, heading, png_bytes, caption)``."""
+def render_figures(sweep: Sweep, figures: Sequence[tuple[str, str, Callable[[Sweep], tuple[Figure, str]]]] | None = None,
+                   ) -> list[tuple[str, str, bytes, str]]:
+    """Every figure of ``figures`` (default :data:`FIGURES`) as ``(name, heading, png_bytes, caption)``."""
     out = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.75):
-        for name, heading, make in FIGURES:
+        for name, heading, make in FIGURES if figures is None else figures:
             log.info("figure %s", name)
             fig, caption = make(sweep)
             out.append((name, heading, _png(fig), caption))
