@@ -26,8 +26,8 @@ from resgrad.report import acc_by_eval_display, headline_table, load_sweep, summ
 from resgrad.sweep import SweepSpec, run_sweep
 
 FIGURES = ["weight_grad_by_layer", "activation_grad_by_block", "grad_norm_over_steps", "train_loss",
-           "test_acc_over_steps", "test_error_vs_depth"]
-TABLES = ["by_arch_depth", "headline", "test_acc_by_eval", "runs"]
+           "test_acc_over_steps", "test_error_vs_depth", "block_gain"]  # block_gain: its own section (test_report_gain.py)
+TABLES = ["by_arch_depth", "headline", "test_acc_by_eval", "runs", "block_gain"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -180,7 +180,7 @@ def test_html_is_self_contained_with_every_figure_embedded(report: tuple[Path, s
     for chunk, name in zip(images, FIGURES):
         assert base64.b64decode(chunk.split('"', 1)[0]) == (out / "figures" / f"{name}.png").read_bytes()
     assert "http" not in page and "href=" not in page and page.count("src=") == len(FIGURES)
-    assert page.count("<table>") == 4  # headline, per arch and depth, test accuracy per evaluation, runs
+    assert page.count("<table>") == 5  # headline, per arch and depth, gain per block, test accuracy per evaluation, runs
 
 
 def test_tables_match_a_hand_computation_from_the_run_folders(sweep_dir: Path, report: tuple[Path, str]) -> None:
@@ -426,7 +426,7 @@ def test_many_evaluations_give_the_csv_and_the_figure_but_no_markdown_table(swee
     assert len(pd.read_csv(out / "tables" / "test_acc_by_eval.csv")) == 4 * 30
     section = (out / "report.md").read_text().split("## Test accuracy during training", 1)[1].split("\n## ", 1)[0]
     assert "30 evaluations per run" in section and "|" not in section
-    assert (out / "report.html").read_text().count("<table>") == 3
+    assert (out / "report.html").read_text().count("<table>") == 4
     assert (out / "figures" / "test_acc_over_steps.png").read_bytes().startswith(PNG_MAGIC)
 
 

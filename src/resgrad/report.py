@@ -620,6 +620,30 @@ def _lesion_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
     return figures
 
 
+def _gain_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
+                  first: int) -> list[tuple[str, str, bytes, str]]:
+    """The backward gain per block next to the activations' mean σ′ (:mod:`resgrad.gain`); its figure."""
+    from resgrad.figures import GAIN_FIGURE
+    from resgrad.gain import gain_display, sweep_gain_table, table_keys
+
+    table = sweep_gain_table(sweep)
+    tables["block_gain"] = table
+    page.heading(2, "Backward gain per block")
+    page.paragraph("The vanishing-gradient argument: going back through a layer multiplies the backward signal by "
+                   "about σ′(z)·w, and σ′ ≤ 1/4 for a sigmoid (≤ 1 for tanh; 0 or 1 for ReLU). Measured here: the "
+                   "**gain** of block l, ‖∂L/∂hₗ₋₁‖ / ‖∂L/∂hₗ‖ from the recorded backward signal (below 1: the "
+                   "signal shrinks through the block; block 0's input is not recorded), and the mean σ′ over the "
+                   "input elements of the block's activation modules (`act_deriv`). Table: medians over every "
+                   "block l ≥ 1 of every run, at each run's first recorded step (complete and diverged runs) and "
+                   "at its last (complete runs only).")
+    figures = render_figures(sweep, [GAIN_FIGURE])
+    for i, (name, heading, png, caption) in enumerate(figures, first):
+        page.heading(3, f"{i}. {heading}")
+        page.figure(name, heading, png, caption)
+    page.table(gain_display(table, table_keys(sweep)), "block_gain")
+    return figures
+
+
 def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Report:
     """Write the report of a sweep folder.
 
@@ -666,6 +690,7 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         page.figure(name, heading, png, caption)
     page.heading(2, "Per arch and depth")
     page.table(summary_display(by_depth, sweep.facets), "by_arch_depth")
+    figures = figures + _gain_section(page, sweep, tables, len(figures) + 1)
     _test_acc_section(page, sweep, test_acc)
     figures = figures + _lesion_section(page, sweep, tables, len(figures) + 1)
     page.heading(2, "Runs")
