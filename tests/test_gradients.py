@@ -247,7 +247,8 @@ def test_norms_match_float64_at_every_scale_and_dtype(dtype: torch.dtype, scale:
 def test_norm64_matches_float64_for_every_size_and_scale(shape: tuple[int, ...], scale: float) -> None:
     """The norm behind activation_grad, on both its CPU paths (float32 rows, float64) and non-contiguous input."""
     g = _grad(shape, torch.float32, scale, 0)
-    for t in (g, g.transpose(0, -1)):
+    layouts = [g, g.transpose(0, -1)] + ([g.contiguous(memory_format=torch.channels_last)] if g.dim() == 4 else [])
+    for t in layouts:
         assert norm64(t).dtype == torch.float64
         assert norm64(t).item() == pytest.approx(g.double().norm().item(), rel=1e-6, abs=0)
 

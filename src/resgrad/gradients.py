@@ -55,6 +55,8 @@ def norm64(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
     if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() < _ROW:
         return torch.linalg.vector_norm(t, dtype=F64)
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)  # the norm ignores element order: flatten in memory order, without a copy
     flat = t.reshape(-1)
     cut = flat.numel() - flat.numel() % _ROW
     rows = torch.linalg.vector_norm(flat[:cut].view(-1, _ROW), dim=1)
