@@ -172,7 +172,9 @@ class GradientRecorder:
       output got no gradient, an activation module not run with autograd on; 0 is a
       measured zero;
     - only forward passes that build a graph (output requires grad) count, so an
-      evaluation under ``torch.no_grad()`` inside a recorded step changes nothing.
+      evaluation under ``torch.no_grad()`` inside a recorded step changes nothing;
+    - ``begin_step``/``end_step`` need the hooks: outside the ``with`` block they raise
+      ``RuntimeError`` rather than record half the quantities.
 
     Args:
         model: the model to watch.
