@@ -7,10 +7,14 @@
 
 Sizes and grid come from the --step-* options (see benchmarks/conftest.py). The step is
 resgrad.bench.make_step, whose CUDA variant ends with torch.cuda.synchronize(), so the
-timed function covers the finished GPU work. ``extra_info`` carries images/s.
+timed function covers the finished GPU work. ``extra_info`` carries images/s. Each case
+also checks that the step ran and did its mode's work (weights and gradients against a
+copy taken before), timed or not.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -35,6 +39,31 @@ def test_step(benchmark, step_arch: str, step_depth: int, step_device: str, step
     )
     if benchmark.enabled:
         step()  # warm-up outside the measurement (count_flops above made one call too)
-    benchmark(step)
+    before = [p.detach().clone() for p in model.parameters()]
+    calls = 0
+
+    def timed() -> None:
+        nonlocal calls
+        calls += 1
+        step()
+
+    benchmark(timed)
     if benchmark.stats:  # None or empty under --benchmark-disable
-        benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+        stats = benchmark.stats.stats
+        assert stats.rounds >= 1 and len(stats.data) == stats.rounds
+        assert calls >= stats.rounds * benchmark.stats.iterations  # every timed iteration ran the step
+        assert 0 < stats.median < math.inf
+        benchmark.extra_info["images_per_s"] = batch / stats.median
+    else:
+        assert calls == 1  # --benchmark-disable: the step runs once, untimed
+
+    # The step did its mode's work: forward leaves weights and gradients alone, the
+    # backward leaves a finite gradient on every parameter, the SGD step moves the weights.
+    params = list(model.parameters())
+    moved = [not torch.equal(p.detach(), b) for p, b in zip(params, before)]
+    if mode == "forward":
+        assert not any(moved) and all(p.grad is None for p in params)
+    else:
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+        assert any(p.grad.abs().sum() > 0 for p in params)
+        assert any(moved) == (mode == "train_step")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -12,10 +14,11 @@ import torch
 from torch import nn
 
 from resgrad.bench import (
-    COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig, OutOfMemoryError, bench_markdown, convs_use_tf32,
-    count_flops, is_oom, make_step, matmul_precision_like_convs, run_bench, speedup_table, write_bench,
+    COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig, OutOfMemoryError, convs_use_tf32, count_flops,
+    is_oom, make_step, matmul_precision_like_convs, run_bench,
 )
-from resgrad.cli import main
+from resgrad.bench_report import bench_markdown, speedup_table, write_bench
+from resgrad.cli import bench_config, main, make_parser
 from resgrad.errors import UsageError
 from resgrad.models import FIXED_ARCHS, build_model
 
@@ -257,6 +260,10 @@ def test_no_listed_device_present_is_a_usage_error(tmp_path, capsys):
         (["--dtype", "float16"], "invalid choice: 'float16'"),
         (["--devices", "tpu"], "invalid choice: 'tpu'"),
         (["--min-run-time", "0"], "min-run-time must be a positive number"),
+        (["--min-run-time", "inf"], "min-run-time must be a positive number of seconds (finite), got inf"),
+        (["--threads", "0"], "threads must be a whole number from 1 to 1024, got 0"),
+        (["--warmup", "-1"], "warmup must be a whole number >= 0, got -1"),
+        (["--compile", "--cuda-graphs", "on"], "give --compile or --cuda-graphs on, not both"),
     ],
 )
 def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, flags, message):
@@ -270,7 +277,8 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, flags, message
     "kw",
     [
         dict(modes=["backward"]), dict(dtypes=["float16"]), dict(devices=["tpu"]), dict(depths=[9]),
-        dict(batch_sizes=[-1]), dict(depths=[]),
+        dict(batch_sizes=[-1]), dict(depths=[]), dict(depths=8), dict(widths=[2.0]), dict(threads=True),
+        dict(seed=2**63), dict(min_run_time=math.nan), dict(channels_last="yes"), dict(archs=["resnet"]),
     ],
 )
 def test_library_rejects_bad_config(kw):
@@ -297,3 +305,61 @@ def test_out_of_memory_point_is_recorded_and_the_rest_goes_on():
     assert rows.loc[huge, "status"] == "oom" and "allocate" in rows.loc[huge, "error"]
     assert math.isnan(rows.loc[huge, "median_ms"])
     assert rows.loc[2, "status"] == "ok" and rows.loc[2, "median_ms"] > 0
+
+
+def test_a_fixed_arch_alone_ignores_depths_and_widths():
+    BenchConfig(devices=["cpu"], archs=["seed-residual"], depths=[9], widths=[0]).validate()  # not used: no error
+    with pytest.raises(UsageError, match="depth 9 is not of the form 6n\\+2"):
+        BenchConfig(devices=["cpu"], archs=["seed-residual", "plain"], depths=[9]).validate()
+
+
+# ---------------------------------------------------------------- one declaration per option
+
+BENCH_FLAGS = [  # the flags of `resgrad bench` that set a BenchConfig option, as issue 10 lists them
+    "--devices", "--archs", "--depths", "--widths", "--batch-sizes", "--modes", "--dtype", "--channels-last",
+    "--compile", "--cuda-graphs", "--min-run-time", "--warmup", "--seed", "--threads",
+]
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in make_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["bench"]
+
+
+def test_every_bench_option_has_exactly_one_flag_and_its_default():
+    actions: dict[str, list[argparse.Action]] = {}
+    for action in _bench_parser()._actions:
+        actions.setdefault(action.dest, []).append(action)
+    names = [f.name for f in dataclasses.fields(BenchConfig)]
+    for name in names:
+        assert len(actions.get(name, [])) == 1 and len(actions[name][0].option_strings) == 1, name
+    assert sorted(actions[name][0].option_strings[0] for name in names) == sorted(BENCH_FLAGS)
+    assert set(actions) - set(names) == {"help", "debug", "quiet", "out"}  # nothing else, nothing twice
+    assert bench_config(_bench_parser().parse_args([])) == BenchConfig().validate()
+
+
+ROUND_TRIP = [  # between them, every option away from its default
+    BenchConfig(
+        devices=("cuda", "cpu"), archs=("seed-plain", "residual"), depths=(14, 8, 110), widths=(3, 1), batch_sizes=(5,),
+        modes=("train_step", "forward"), dtypes=("bfloat16", "float32"), channels_last=True, compile=True,
+        threads=7, min_run_time=0.1 + 0.2, warmup=0, seed=2**63 - 1,
+    ),
+    BenchConfig(cuda_graphs=("on", "off"), min_run_time=1e-3),
+    BenchConfig(),
+]
+
+
+def test_the_round_trip_configs_move_every_option():
+    for f in dataclasses.fields(BenchConfig):
+        assert any(getattr(c, f.name) != f.default for c in ROUND_TRIP), f"no round-trip config changes {f.name}"
+
+
+@pytest.mark.parametrize("config", ROUND_TRIP, ids=["all-changed", "graphs", "defaults"])
+def test_command_parses_back_into_the_same_config(config, tmp_path):
+    out = tmp_path / "a folder"
+    argv = shlex.split(config.command(out))
+    assert argv[:2] == ["resgrad", "bench"]
+    args = _bench_parser().parse_args(argv[2:])
+    assert bench_config(args) == config.validate()
+    assert args.out == out
+    assert bench_config(args).min_run_time == config.min_run_time  # exactly: 0.1 + 0.2 is not 0.3

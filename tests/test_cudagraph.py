@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from resgrad.bench import BenchConfig, bench_markdown, graphs_table, grid, run_bench
+from resgrad.bench import BenchConfig, grid, run_bench
+from resgrad.bench_report import bench_markdown, graphs_table
 from resgrad.cli import main
 from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.errors import UsageError

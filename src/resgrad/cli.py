@@ -9,15 +9,19 @@ that failed: full disk, permission lost) one sentence and exit code 1. ``--debug
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from resgrad import __version__
 from resgrad.errors import OutputError, UsageError
+
+if TYPE_CHECKING:
+    from resgrad.bench_config import BenchConfig
 
 log = logging.getLogger("resgrad")
 
@@ -44,104 +48,65 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _depth(text: str) -> int:
-    from resgrad.models import check_depth
-
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of the form 6n+2, got {text!r}") from None
-    try:
-        check_depth(value)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
-    return value
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
-def add_run_options(
-    p: argparse.ArgumentParser,
-    defaults: bool = True,
-    threads_help: str = "torch threads on the CPU (default: torch's choice)",
-) -> None:
-    """Options that apply to every run (shared by ``train`` and ``sweep``).
+# Where `sweep` says more than the field's own help.
+SWEEP_HELP = {"threads": "torch threads per run on the CPU (default: the CPU cores divided among the workers)"}
 
-    With ``defaults=False`` every option defaults to None, so that a flag left out can
-    come from elsewhere (a sweep's --config file); the help still names the run's default.
+
+def add_config_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """One flag per :class:`~resgrad.config.TrainConfig` field, derived from its declaration.
+
+    ``train`` gets one value per flag; ``sweep`` gets a list flag (``--depths``) for each
+    field that is a sweep axis. Every flag defaults to None, so that a value left out
+    takes the field's default (or, in a sweep, the --config file's value); the help
+    names the default.
     """
-    g = p.add_argument_group("length and optimiser")
-    length = g.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive_int, help="train for this many epochs (default: 1 epoch)")
-    length.add_argument("--steps", type=_positive_int, help="train for this many steps instead")
-    g.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
-    g.add_argument("--momentum", type=float, default=0.5, help="SGD momentum (default: 0.5)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay (default: 0)")
-    g.add_argument("--shortcut", choices=["A", "B"], default="A",
-                   help="A: parameter-free identity/zero-pad shortcut; B: 1x1 projections where the shape changes (default: A)")
-    g.add_argument("--zero-init-residual", action="store_true", help="zero the last layer of every block's branch")
-    g = p.add_argument_group("recording and evaluation")
-    g.add_argument("--eval-every", type=_positive_int, help="steps between test evaluations (default: once per epoch, and at the end)")
-    g.add_argument("--record-every", type=_positive_int, default=10, help="record gradient norms every K steps, and at the last (default: 10)")
-    g.add_argument("--record-log", type=_positive_int, metavar="N", help="record at about N log-spaced steps instead of every K")
-    g = p.add_argument_group("data and machine")
-    g.add_argument("--train-subset", type=_positive_int, metavar="N", help="train on the first N of the 60,000 training images")
-    g.add_argument("--test-subset", type=_positive_int, metavar="N", help="test on the first N test images (default: all 10,000)")
-    g.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
-    g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to train (default: auto = CUDA if present)")
-    g.add_argument("--threads", type=_positive_int, help=threads_help)
-    g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    g = p.add_argument_group("speed")
-    g.add_argument("--dtype", **_from_field("dtype"))
-    g.add_argument("--channels-last", **_from_field("channels_last"))
-    g.add_argument("--cuda-graphs", **_from_field("cuda_graphs"))
-    if not defaults:
-        p.set_defaults(**dict.fromkeys(RUN_OPTIONS))
+    from resgrad import config
 
-
-def _from_field(name: str) -> dict[str, object]:
-    """argparse keywords (choices, default, help) from a ``TrainConfig`` field's metadata."""
-    import dataclasses
-
-    from resgrad.train import TrainConfig
-
-    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-    if isinstance(f.default, bool):  # a switch, off by default
-        return {"action": "store_true", "help": f.metadata["help"]}
-    kw: dict[str, object] = {"default": f.default, "help": f"{f.metadata['help']} (default: {f.default})"}
-    if "choices" in f.metadata:
-        kw["choices"] = f.metadata["choices"]
-    return kw
-
-
-RUN_OPTIONS = ("epochs", "steps", "batch_size", "momentum", "weight_decay", "shortcut", "zero_init_residual",
-               "eval_every", "record_every", "record_log", "train_subset", "test_subset", "data_dir", "device", "threads",
-               "dtype", "channels_last", "cuda_graphs")
-
-
-def _run_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return {n: getattr(args, n) for n in RUN_OPTIONS}
+    for group, fields in config.groups():
+        g = p.add_argument_group("the grid and the runs" if sweep and group == "model" else group)
+        for f in fields:
+            meta, axis = f.metadata, sweep and f.metadata["axis"]
+            name = meta["axis"] if axis else f.name
+            default = (meta["grid"] or [f.default]) if axis else f.default
+            help_text = SWEEP_HELP.get(f.name) if sweep else None
+            shown = " ".join(map(str, default)) if axis else None if default is None or default is False else default
+            help_text = help_text or meta["help"] + ("" if shown is None or "(default" in meta["help"]
+                                                     else f" (default: {shown})")
+            kw: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+            if isinstance(f.default, bool):
+                kw["action"] = "store_true"
+            else:
+                kinds = config.kinds(f.name)
+                kw["type"] = _whole_number if int in kinds else float if float in kinds else str
+                kw["metavar"] = meta["metavar"] or name.upper().replace("_", "-")
+                choices = config.choices(f.name)
+                if choices and not axis:  # a sweep's lists are checked whole, with the rest of the grid
+                    kw["choices"], kw["metavar"] = choices, None
+                elif choices:
+                    kw["help"] += f"; from {', '.join(map(str, choices))}"
+                if axis:
+                    kw["nargs"] = "+"
+            g.add_argument("--" + name.replace("_", "-"), **kw)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
 
 
 # ---------------------------------------------------------------- train
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from resgrad.models import ACTIVATIONS, INITS, NORMS, available_archs
-
     p = sub.add_parser(
         "train", help="train one model on MNIST and record its gradient norms",
-        description="Train one plain or residual net on MNIST with SGD, recording per-layer gradient norms.",
+        description="Train one plain or residual net on MNIST, recording per-layer gradient norms.",
         epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", choices=available_archs(), default="residual", help="model (default: residual)")
-    g.add_argument("--depth", type=_depth, default=20, help="weighted layers, 6n+2: 8, 14, 20, 32, 44, 56, 110, ... (default: 20)")
-    g.add_argument("--width", type=_positive_int, default=16, help="channels of the first stage; stages use w, 2w, 4w (default: 16)")
-    g.add_argument("--norm", choices=NORMS, default="none", help="normalisation after each conv (default: none)")
-    g.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu", help="(default: relu)")
-    g.add_argument("--init", choices=INITS, default="default", help="weight init; default is PyTorch's (default: default)")
-    g.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default: 0.01)")
-    g.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch order (default: 0)")
-    add_run_options(p)
+    add_config_flags(p)
     p.add_argument("--out", type=Path, help="run directory to write: new, empty, or an earlier run with --force "
                    "(default: runs/<run_id>)")
     p.add_argument("--force", action="store_true",
@@ -155,10 +120,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from resgrad.files import prepare_output
     from resgrad.train import TrainConfig, save_run, train
 
-    config = TrainConfig(
-        arch=args.arch, depth=args.depth, width=args.width, norm=args.norm, activation=args.activation,
-        init=args.init, lr=args.lr, seed=args.seed, **_run_kwargs(args),  # type: ignore[arg-type]
-    ).validate()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in given.items() if v is not None}).validate()
     out = args.out or Path("runs") / config.run_id()
     prepare_output(out, "run", force=args.force)  # refused before training, not after
     if args.tensorboard:  # a bad log folder too
@@ -207,28 +170,13 @@ Exit code: 0 when no run failed, 1 when some run failed (rerun to retry), 2 on b
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from resgrad.models import ACTIVATIONS, INITS, NORMS, available_archs
-
     p = sub.add_parser(
         "sweep", help="run a resumable grid of training runs (archs x depths x seeds x ...)",
         description="Train every point of a grid of runs, locally in parallel processes or on Ray; "
-        "a rerun completes what is missing.",
+        "a rerun completes what is missing. The list flags (--archs, --depths, ...) take one or more values.",
         epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("the grid (each flag takes one or more values)")
-    g.add_argument("--archs", nargs="+", metavar="ARCH",
-                   help=f"models: {', '.join(available_archs())} (default: plain residual)")
-    g.add_argument("--depths", nargs="+", type=int, metavar="D", help="weighted layers, 6n+2 each (default: 8 14 20)")
-    g.add_argument("--widths", nargs="+", type=int, metavar="W", help="channels of the first stage (default: 16)")
-    g.add_argument("--norms", nargs="+", metavar="NORM", help=f"{', '.join(NORMS)} (default: none)")
-    g.add_argument("--activations", nargs="+", metavar="ACT", help=f"{', '.join(ACTIVATIONS)} (default: relu)")
-    g.add_argument("--inits", nargs="+", metavar="INIT", help=f"{', '.join(INITS)} (default: default)")
-    g.add_argument("--lrs", nargs="+", type=float, metavar="LR", help="SGD learning rates (default: 0.01)")
-    g.add_argument("--seeds", nargs="+", type=int, metavar="S", help="seeds of weights and batch order (default: 0)")
-    add_run_options(  # no defaults here: a flag left out can come from --config
-        p, defaults=False,
-        threads_help="torch threads per run on the CPU (default: the CPU cores divided among the workers)",
-    )
+    add_config_flags(p, sweep=True)  # no defaults here: a flag left out can come from --config
     g = p.add_argument_group("the sweep")
     g.add_argument("--out", type=Path, metavar="DIR", help="the sweep folder (created, or resumed when it is one)")
     g.add_argument("--config", type=Path, metavar="FILE", help="a sweep TOML file, e.g. sweeps/example.toml")
@@ -300,10 +248,8 @@ loading. A listed device that is absent is skipped with a warning.
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from resgrad.bench import BENCH_DEVICES, DTYPES, GRAPH_MODES, MODES, BenchConfig
-    from resgrad.models import available_archs
+    from resgrad.bench_config import FIELDS, flag
 
-    d = BenchConfig()
     p = sub.add_parser(
         "bench", help="time forward, backward and training steps per device, arch, depth and batch size",
         description="Time plain and residual nets with torch.utils.benchmark: forward, forward+backward and the "
@@ -311,50 +257,60 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "dense-matmul peak measured in the same run.",
         epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("grid")
-    g.add_argument("--devices", nargs="+", choices=BENCH_DEVICES, default=list(d.devices),
-                   help="devices to time; an absent one is skipped (default: cpu cuda)")
-    g.add_argument("--archs", nargs="+", choices=available_archs(), default=list(d.archs), metavar="ARCH",
-                   help=f"models, from {', '.join(available_archs())} (default: plain residual)")
-    g.add_argument("--depths", nargs="+", type=int, default=list(d.depths), metavar="DEPTH",
-                   help="weighted layers, 6n+2 (default: 8 20)")
-    g.add_argument("--widths", nargs="+", type=int, default=list(d.widths), metavar="WIDTH",
-                   help="channels of the first stage (default: 16)")
-    g.add_argument("--batch-sizes", nargs="+", type=int, default=list(d.batch_sizes), metavar="B",
-                   help="images per step (default: 128)")
-    g.add_argument("--modes", nargs="+", choices=MODES, default=list(d.modes),
-                   help="forward (no_grad), forward_backward (forward, loss, backward), train_step (+ SGD step) "
-                   "(default: all three)")
-    g.add_argument("--dtype", nargs="+", choices=tuple(DTYPES), default=list(d.dtypes),
-                   help="bfloat16 runs under torch.autocast (default: float32)")
-    g.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (the optimizer step stays eager)")
-    g.add_argument("--cuda-graphs", nargs="*", choices=GRAPH_MODES, default=list(d.cuda_graphs), metavar="off|on",
-                   help="time each CUDA point eagerly (off), as replays of a CUDA graph of the whole step (on), or both "
-                   "side by side (off on, or the flag alone); CPU points run eagerly (default: off)")
-    g = p.add_argument_group("timing and output")
-    g.add_argument("--min-run-time", type=float, default=d.min_run_time, metavar="SECONDS",
-                   help=f"seconds of measurement per point, Timer.blocked_autorange (default: {d.min_run_time:g})")
-    g.add_argument("--warmup", type=int, default=d.warmup,
-                   help=f"untimed calls before each measurement (default: {d.warmup})")
-    g.add_argument("--seed", type=int, default=d.seed, help="seeds weights and the random inputs (default: 0)")
-    g.add_argument("--threads", type=_positive_int, help="torch threads on the CPU (default: torch's choice)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, f in FIELDS.items():  # one flag per BenchConfig field, all from its declaration
+        group = groups.get(f.metadata["group"]) or groups.setdefault(
+            f.metadata["group"], p.add_argument_group(f.metadata["group"])
+        )
+        group.add_argument(flag(name), **_bench_argument(name))
+    g = groups["timing and output"]
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     g.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR",
                    help="folder to write (default: runs/bench)")
     p.set_defaults(func=cmd_bench)
 
 
+def _bench_argument(name: str) -> dict[str, object]:
+    """argparse keywords of one ``BenchConfig`` field (type, nargs, choices, default, help), from its metadata."""
+    from resgrad.bench_config import FIELDS, choices, is_list, kind
+
+    f = FIELDS[name]
+    meta = f.metadata
+    if kind(name) is bool:  # a switch, off by default
+        return {"dest": name, "action": "store_true", "help": meta["help"]}
+    allowed = choices(name)
+    help = meta["help"]
+    if allowed is not None and meta["metavar"] and meta["metavar"] != "|".join(allowed):  # the placeholder hides them
+        help += f"; from {', '.join(map(str, allowed))}"
+    default = list(f.default) if is_list(name) else f.default
+    if default is not None:
+        shown = " ".join(map(str, default)) if is_list(name) else format(default, "g")
+        help += f" (default: {shown})"
+    kw: dict[str, object] = dict(dest=name, type=kind(name), default=default, choices=allowed, metavar=meta["metavar"],
+                                 help=help)
+    if is_list(name):
+        kw["nargs"] = "*" if meta["alone"] is not None else "+"
+    return kw
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The checked ``BenchConfig`` that ``resgrad bench``'s flags give (raises ``UsageError``)."""
+    from resgrad.bench_config import FIELDS, BenchConfig
+
+    values = {name: getattr(args, name) for name in FIELDS}
+    for name, f in FIELDS.items():
+        if values[name] == [] and f.metadata["alone"] is not None:  # a list flag given alone
+            values[name] = f.metadata["alone"]
+    return BenchConfig(**values).validate()
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from resgrad.bench import GRAPH_MODES, PARTIAL_NAME, BenchConfig, run_bench, write_bench
+    from resgrad.bench import run_bench
+    from resgrad.bench_config import PARTIAL_NAME
+    from resgrad.bench_report import write_bench
     from resgrad.files import prepare_output
 
-    config = BenchConfig(
-        devices=args.devices, archs=args.archs, depths=args.depths, widths=args.widths, batch_sizes=args.batch_sizes,
-        modes=args.modes, dtypes=args.dtype, channels_last=args.channels_last, compile=args.compile,
-        cuda_graphs=args.cuda_graphs or GRAPH_MODES,  # the flag alone: both, side by side
-        threads=args.threads, min_run_time=args.min_run_time, warmup=args.warmup, seed=args.seed,
-    ).validate()
+    config = bench_config(args)
     prepare_output(args.out, "bench")  # refused before timing, not after
     result = run_bench(config, progress=False if args.quiet else None, checkpoint=args.out / PARTIAL_NAME)
     write_bench(result, args.out)
@@ -498,6 +454,9 @@ def _add_lesion(sub: argparse._SubParsersAction) -> None:
                    help="test images per forward pass (default: 100 on the CPU, 4000 on CUDA)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=d.device, help="(default: auto = CUDA if present)")
     p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
+                   "since oversubscribed threads spin)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.set_defaults(func=cmd_lesion)
 
@@ -507,7 +466,8 @@ def cmd_lesion(args: argparse.Namespace) -> int:
     from resgrad.markdown import markdown_table
 
     config = LesionConfig(max_deleted=args.max_deleted, draws=args.draws, test_subset=args.test_subset,
-                          seed=args.seed, device=args.device, batch_size=args.batch_size, data_dir=args.data_dir)
+                          seed=args.seed, device=args.device, batch_size=args.batch_size, data_dir=args.data_dir,
+                          threads=args.threads)
     out = args.out or default_out(args.source)
     check_out(out)  # before the work, not after it
     result = run_lesion(args.source, config, progress=False if args.quiet else None)
@@ -574,9 +534,12 @@ def _add_shatter(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--direction-seed", type=int, default=d.direction_seed, help="seeds the directions d (default: 0)")
     g.add_argument("--dtype", choices=tuple(DTYPES), default=d.dtype, help="(default: float64)")
     g.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
-                   help=f"points per forward/backward pass; raise it on a GPU (default: {d.batch_size})")
+                   help="points per forward/backward pass (default: 64 on the CPU, 4096 on CUDA)")
     g.add_argument("--device", choices=["cpu", "cuda", "auto"], default=d.device, help="(default: auto = CUDA if present)")
     g.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
+    g.add_argument("--threads", type=_positive_int,
+                   help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
+                   "since oversubscribed threads spin)")
     g.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.add_argument("--out", type=Path, metavar="DIR", required=True, help="the shatter folder to write")
     p.set_defaults(func=cmd_shatter)
@@ -590,7 +553,7 @@ def cmd_shatter(args: argparse.Namespace) -> int:
         archs=args.archs, depths=args.depths, widths=args.widths, norms=args.norms, inits=args.inits, seeds=args.seeds,
         sweep=args.sweep, images=args.images, distances=args.distances, figure_distance=args.figure_distance,
         direction_seed=args.direction_seed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, threads=args.threads,
     ).validate()
     check_out(args.out)  # before the work, not after it
     frame = run_shatter(config, progress=False if args.quiet else None)
