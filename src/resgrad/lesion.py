@@ -106,11 +106,13 @@ class LesionConfig:
     device: str = "auto"  # cpu | cuda | auto
     batch_size: int | None = None  # test images per forward pass (default: EVAL_BATCH for the device)
     data_dir: str | None = None  # folder holding MNIST/raw (default: $RESGRAD_DATA or ./data)
+    threads: int | None = None  # torch threads on the CPU (default: torch's choice)
 
     def validate(self) -> "LesionConfig":
         for name in ("max_deleted", "draws"):
             check_positive(name.replace("_", "-"), getattr(self, name))
         check_positive("batch-size", self.batch_size, allow_none=True)
+        check_positive("threads", self.threads, allow_none=True)
         check_positive("test-subset", self.test_subset, allow_none=True)
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"seed must be a whole number from 0 to 2**63-1, got {self.seed}.")
@@ -191,6 +193,8 @@ def run_lesion(path: str | os.PathLike[str], config: LesionConfig | None = None,
     runs, is_sweep = saved_runs(path)
     usable, skipped = _eligible(runs, path, is_sweep)
     device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     subsets = [config.test_subset or r.config.test_subset for r in usable]
     full = load_split(False, config.data_dir, None if None in subsets else max(subsets), device)
     for line in skipped:

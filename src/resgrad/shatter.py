@@ -38,8 +38,10 @@ from resgrad.train import TrainConfig, load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
-DISTANCES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+DISTANCES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# Points per forward/backward: a GPU wants large batches; on a CPU small ones stay in cache and run faster.
+POINT_BATCH = {"cpu": 64, "cuda": 4096}
 COLUMNS = ["arch", "depth", "width", "norm", "activation", "init", "seed", "state", "run_id", "distance",
            "correlation", "correlation_std", "images"]
 FIGURES = {
@@ -65,8 +67,9 @@ class ShatterConfig:
     direction_seed: int = 0  # seeds the directions d (the same for every net)
     device: str = "auto"
     dtype: str = "float64"
-    batch_size: int = 128  # points per forward/backward pass
+    batch_size: int | None = None  # points per forward/backward pass (default: POINT_BATCH for the device)
     data_dir: str | None = None
+    threads: int | None = None  # torch threads on the CPU (default: torch's choice)
 
     def validate(self) -> "ShatterConfig":
         for name in ("archs", "depths", "widths", "norms", "inits", "seeds", "distances"):
@@ -91,7 +94,8 @@ class ShatterConfig:
         if self.figure_distance is not None and self.figure_distance not in self.distances:
             raise UsageError(f"figure distance {self.figure_distance} is not one of the distances {self.distances}.")
         check_positive("images", self.images)
-        check_positive("batch-size", self.batch_size)
+        check_positive("batch-size", self.batch_size, allow_none=True)
+        check_positive("threads", self.threads, allow_none=True)
         check_choice("dtype", self.dtype, tuple(DTYPES))
         return self
 
@@ -205,6 +209,8 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
     config = config.validate()
     nets = list(_nets(config))
     device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     dtype = DTYPES[config.dtype]
     test = load_split(False, config.data_dir, config.images)
     images, labels = test.images.to(device, dtype), test.labels.to(device)
@@ -212,7 +218,8 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
     rows = []
     for net in tqdm(nets, desc="shatter", unit="net", disable=not progress_enabled(progress)):
         model = net.build(device, dtype)
-        r = correlations(model, images, labels, d, config.distances, config.batch_size).numpy()
+        batch_size = config.batch_size or POINT_BATCH.get(device.type, 256)
+        r = correlations(model, images, labels, d, config.distances, batch_size).numpy()
         c = net.config
         for j, t in enumerate(config.distances):
             finite = r[:, j][np.isfinite(r[:, j])]
