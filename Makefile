@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RESGRAD := $(VENV)/bin/resgrad
 SHARED_MNIST := ../shared/data/MNIST
 
-.PHONY: setup demo test results data clean
+.PHONY: setup demo test results results-lesion data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ results: setup data
 	results/record.sh results/bench/cpu $(RESGRAD) bench --devices cpu --archs plain residual \
 		--depths 8 14 20 32 44 56 --widths 16 --batch-sizes 32 128 --modes forward forward_backward train_step \
 		--dtype float32 --threads 2 --min-run-time 4 --warmup 1 --quiet --out results/bench/cpu
+
+# Block lesions and shattered gradients (about 37 minutes on an idle 2-core CPU: the sweep
+# about 27, the lesion study about 7, shatter about 3). A rerun resumes the sweep.
+results-lesion: setup data
+	rm -f results/lesion/PROVENANCE.md results/shattered/PROVENANCE.md
+	results/record.sh results/lesion $(RESGRAD) sweep --config sweeps/lesion.toml --quiet
+	results/record.sh results/lesion $(RESGRAD) lesion results/lesion --max-deleted 10 --draws 3 --threads 1 --device cpu
+	results/record.sh results/lesion $(RESGRAD) report results/lesion
+	results/record.sh results/shattered $(RESGRAD) shatter --archs plain residual --depths 8 14 20 32 44 56 110 \
+		--widths 8 --norms batch --inits kaiming --seeds 0 1 2 --sweep results/lesion --images 32 \
+		--threads 1 --device cpu --out results/shattered
 
 clean:
 	rm -rf runs .pytest_cache .benchmarks
