@@ -619,7 +619,7 @@ def test_9_a_seed_outside_0_to_2_63_is_refused_in_train_and_sweep(seed: str, tmp
     code, err = run_cli(["train", *tiny_run(data_dir), "--seed", seed, "--out", str(tmp_path / "r")])
     assert code == 2 and one_sentence(err, "train").endswith(f"seed must be a whole number from 0 to 2**63-1, got {seed}.")
     code, err = run_cli(["sweep", *tiny_grid(data_dir), "--seeds", seed, "--out", str(tmp_path / "s")])
-    assert code == 2 and "seeds must be whole numbers from 0 to 2**63-1" in one_sentence(err, "sweep")
+    assert code == 2 and "seed must be a whole number from 0 to 2**63-1" in one_sentence(err, "sweep")
     assert not os.listdir(tmp_path)
 
 

@@ -23,7 +23,7 @@ from resgrad.sweep import (
 )
 from resgrad.train import TrainConfig
 
-RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "summary.json"}
+RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json"}
 
 
 def tiny(data_dir: Path, steps: int | None = 6) -> list[str]:
@@ -104,8 +104,8 @@ def test_a_fixed_arch_ignores_depth_so_it_runs_once() -> None:
         ({"depth": [8.0]}, {}, "depth must be a whole number"),
         ({"arch": ["resnet"]}, {}, "unknown arch 'resnet'"),
         ({"colour": ["red"]}, {}, "unknown grid option(s) colour"),
-        ({"lr": [0.1, -1]}, {}, "lr must be a positive number"),
-        ({"seed": [-1]}, {}, "seeds must be whole numbers"),
+        ({"lr": [0.1, -1]}, {}, "lr must be a finite number > 0"),
+        ({"seed": [-1]}, {}, "seed must be a whole number from 0 to 2**63-1"),
         ({}, {"stepz": 3}, "unknown run option 'stepz'"),
         ({}, {"depth": 8}, "depth is a grid option"),
         ({}, {"steps": 3, "epochs": 1}, "give epochs or steps, not both"),
@@ -128,7 +128,7 @@ def test_bad_grid_raises_usage_error_naming_it(grid: dict, fixed: dict, message:
         (["--archs", "resnet"], None, "unknown arch 'resnet'"),
         (["--norms", "layer"], None, "unknown norm 'layer'"),
         (["--widths", "0"], None, "width must be a whole number >= 1"),
-        (["--seeds", "-3"], None, "seeds must be whole numbers"),
+        (["--seeds", "-3"], None, "seed must be a whole number from 0 to 2**63-1"),
         (["--ray-address", "auto"], None, "only applies to --executor ray"),
         ([], "depths = [8, 14\n", "is not valid TOML"),
         ([], "depths = []\n", "depth is an empty list"),
@@ -334,7 +334,7 @@ def test_a_raising_run_is_recorded_as_failed_and_retried_on_rerun(
     def broken(config, progress=None):
         raise RuntimeError("the GPU caught fire")
 
-    monkeypatch.setattr("resgrad.sweep.train", broken)
+    monkeypatch.setattr("resgrad.executors.train", broken)
     out = tmp_path / "sweep"
     grid = ["sweep", "--out", str(out), "--archs", "residual", "--depths", "8", "--seeds", "0", "1"]
     assert main([*grid, *tiny(data_dir)]) == 1

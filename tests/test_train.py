@@ -75,10 +75,10 @@ def test_run_id_is_readable_and_stable() -> None:
     [
         (dict(depth=9), "nearest valid depths are 8 and 14"),
         (dict(epochs=1, steps=5), "epochs or steps, not both"),
-        (dict(batch_size=0), "batch-size must be a positive number, got 0"),
-        (dict(lr=-1.0), "lr must be a positive number"),
+        (dict(batch_size=0), "batch-size must be a whole number > 0, got 0."),
+        (dict(lr=-1.0), "lr must be a finite number > 0, got -1.0."),
         (dict(device="tpu"), "unknown device 'tpu'"),
-        (dict(momentum=-0.1), "momentum and weight-decay must be >= 0"),
+        (dict(momentum=-0.1), "momentum must be a finite number >= 0, got -0.1."),
     ],
 )
 def test_bad_config_is_refused_before_anything_runs(kwargs: dict, message: str) -> None:

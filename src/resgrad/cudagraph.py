@@ -58,10 +58,10 @@ from typing import Callable, TypeVar
 
 import torch
 
+from resgrad.config import CUDA_GRAPH_MODES as MODES
 from resgrad.errors import UsageError, check_choice
 from resgrad.gradients import GradientRecorder
 
-MODES = ("auto", "on", "off")
 WARMUP_STEPS = 3  # eager steps on a side stream before the first capture
 
 T = TypeVar("T")

@@ -13,12 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resgrad.errors import UsageError, check_choice
+from resgrad.config import INITS, NORMS, SHORTCUTS, check_depth, check_value, valid_depth  # noqa: F401  (re-exported)
 
-NORMS = ("none", "batch")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-INITS = ("default", "kaiming", "xavier")
-SHORTCUTS = ("A", "B")
 
 # ---------------------------------------------------------------- registry
 
@@ -49,25 +46,6 @@ def register_arch(
 def available_archs() -> tuple[str, ...]:
     """Names of every registered arch, in registration order."""
     return tuple(_REGISTRY)
-
-
-def valid_depth(depth: int) -> bool:
-    return isinstance(depth, int) and depth >= 8 and (depth - 2) % 6 == 0
-
-
-def check_depth(depth: int) -> int:
-    """Return n (blocks per stage) for a depth 6n+2, or raise naming the nearest valid depths."""
-    if not isinstance(depth, int) or isinstance(depth, bool):
-        raise UsageError(f"depth must be a whole number of the form 6n+2 (8, 14, 20, ...), got {depth!r}.")
-    if valid_depth(depth):
-        return (depth - 2) // 6
-    below = 2 + 6 * ((depth - 2) // 6)
-    above = below + 6
-    if below < 8:
-        hint = "the smallest valid depth is 8"
-    else:
-        hint = f"the nearest valid depths are {below} and {above}"
-    raise UsageError(f"depth {depth} is not of the form 6n+2 with n >= 1; {hint}.")
 
 
 # ---------------------------------------------------------------- helpers
@@ -291,17 +269,15 @@ def build_model(
     Raises:
         ValueError: for an unknown option or a depth that is not 6n+2.
     """
-    check_choice("arch", arch, available_archs())
-    check_choice("norm", norm, NORMS)
-    check_choice("activation", activation, tuple(ACTIVATIONS))
-    check_choice("init", init, INITS)
-    check_choice("shortcut", shortcut, SHORTCUTS)
+    # The same checks TrainConfig.validate makes (resgrad.config), so a direct call is safe too.
+    options = dict(arch=arch, norm=norm, activation=activation, init=init, shortcut=shortcut)
+    if arch not in FIXED_ARCHS:
+        options.update(depth=depth, width=width)
+    for name, value in options.items():
+        check_value(name, value)
     if arch in FIXED_ARCHS:
         model = _REGISTRY[arch]()
     else:
-        check_depth(depth)
-        if not isinstance(width, int) or width < 1:
-            raise UsageError(f"width must be a whole number >= 1, got {width!r}.")
         model = _REGISTRY[arch](depth=depth, width=width, norm=norm, activation=activation, shortcut=shortcut)
     init_weights(model, init, zero_init_residual)
     return model

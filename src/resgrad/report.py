@@ -31,20 +31,21 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from resgrad.config import facet_options
 from resgrad.errors import UsageError
 from resgrad.figures import render_figures
 from resgrad.files import atomic_dir, prepare_output
+from resgrad.grid import GRID_OPTIONS, SweepSpec, load_spec, sweep_points
 from resgrad.markdown import markdown_table
-from resgrad.sweep import DONE, GRID_OPTIONS, SweepSpec, load_spec, sweep_points
-from resgrad.sweep import STATUSES as RUN_STATUSES  # complete, diverged, failed
-from resgrad.train import SUMMARY_KEYS, check_run, read_summary
+from resgrad.rundir import DONE, SUMMARY_KEYS, check_run, read_summary
+from resgrad.rundir import STATUSES as RUN_STATUSES  # complete, diverged, failed
 
 log = logging.getLogger(__name__)
 
 STATUSES = (*RUN_STATUSES, "missing")  # a grid point without a run folder is "missing"
 FINISHED = DONE  # runs that trained and left metrics and gradient norms
 # Grid options that get their own facet rows/columns when a sweep varies them (arch, depth and seed have fixed roles).
-FACET_OPTIONS = ("norm", "activation", "width", "init", "lr")
+FACET_OPTIONS = facet_options()  # declared with the TrainConfig fields (resgrad.config)
 TARGET_ACC = 0.9
 MAX_EVALS_SHOWN = 15  # the report shows test accuracy per evaluation as a table up to this many evaluations per run
 RUN_COLUMNS = [
