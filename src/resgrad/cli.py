@@ -462,7 +462,7 @@ def _add_lesion(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_lesion(args: argparse.Namespace) -> int:
-    from resgrad.lesion import LesionConfig, check_out, default_out, lesion_table, run_lesion, write_lesion
+    from resgrad.lesion import LesionConfig, check_out, default_out, lesion_display, lesion_table, run_lesion, write_lesion
     from resgrad.markdown import markdown_table
 
     config = LesionConfig(max_deleted=args.max_deleted, draws=args.draws, test_subset=args.test_subset,
@@ -475,7 +475,7 @@ def cmd_lesion(args: argparse.Namespace) -> int:
     n_runs = result.frame["run_id"].nunique()
     print(f"lesion: {n_runs} run(s), {len(result.frame)} evaluations -> {paths[0]} and {len(paths) - 1} figures")
     if not args.quiet:
-        print(markdown_table(lesion_table(result.frame), lambda v, c: f"{v:.2f}" if isinstance(v, float) else str(v)))
+        print(markdown_table(lesion_display(lesion_table(result.frame))))
     return 0
 
 

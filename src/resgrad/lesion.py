@@ -345,3 +345,13 @@ def lesion_table(frame: pd.DataFrame) -> pd.DataFrame:
             "k deleted, mean": 100 * rand.loc[rand["n_deleted"] == k, "test_acc"].mean() if k else np.nan,
         })
     return pd.DataFrame(rows)
+
+
+def lesion_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`lesion_table` as text: accuracies with two decimals, missing values empty."""
+    def cell(v: object) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    return table.apply(lambda col: col.map(cell))

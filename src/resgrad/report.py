@@ -596,7 +596,7 @@ def _test_acc_section(page: _Page, sweep: Sweep, table: pd.DataFrame) -> None:
 def _lesion_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
                     first: int) -> list[tuple[str, str, bytes, str]]:
     """The block-lesion section when ``SWEEP_DIR/lesion/lesion.csv`` exists (``resgrad lesion``); its figures."""
-    from resgrad.lesion import lesion_figures, lesion_table, read_lesion
+    from resgrad.lesion import lesion_display, lesion_figures, lesion_table, read_lesion
 
     path = sweep.path / "lesion" / "lesion.csv"
     if not path.is_file():
@@ -613,7 +613,7 @@ def _lesion_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
                    "each replaced by its shortcut (Veit et al. 2016), from `lesion/lesion.csv` (`resgrad lesion`); "
                    "means over seeds. One block deleted: over the blocks whose shortcut is the identity (mean, and the "
                    "worst block), and over the downsampling blocks; k deleted: random sets of k such blocks.")
-    page.table(table.round(2), "lesion")
+    page.table(lesion_display(table), "lesion")
     figures = [(name, heading, png, caption) for name, (heading, png, caption) in lesion_figures(frame).items()]
     for i, (name, heading, png, caption) in enumerate(figures, first):
         page.heading(3, f"{i}. {heading}")
