@@ -89,6 +89,29 @@ def test_a_name_that_is_not_a_block_is_refused() -> None:
             pass
 
 
+# ---------------------------------------------------------------- saved weights
+
+
+def test_a_run_keeps_its_final_weights_in_model_pt_recorded_in_its_summary(data_dir: Path, tmp_path: Path) -> None:
+    import pickle
+
+    from resgrad.train import TrainConfig, load_model, save_run, train
+
+    result = train(TrainConfig(arch="residual", depth=8, width=4, norm="batch", steps=3, train_subset=300,
+                               test_subset=50, device="cpu", data_dir=str(data_dir)), progress=False)
+    assert all(t.device.type == "cpu" for t in result.model_state.values())
+    back = pickle.loads(pickle.dumps(result))  # as sweep workers send it
+    assert back.model_state.keys() == result.model_state.keys()
+    assert all(torch.equal(back.model_state[k], v) for k, v in result.model_state.items())
+    run_dir = save_run(result, tmp_path / "run")
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in result.model_state.items())
+    assert "model.pt" in json.loads((run_dir / "summary.json").read_text())["files"]
+    model = load_model(run_dir)
+    assert not model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in result.model_state.items())
+
+
 # ---------------------------------------------------------------- on trained runs
 
 
