@@ -1,0 +1,113 @@
+"""`resgrad bench`: its flags come from the BenchConfig field declarations."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from resgrad.bench_config import BenchConfig
+
+log = logging.getLogger("resgrad")
+
+# ---------------------------------------------------------------- bench
+
+EPILOG_BENCH = """\
+examples:
+  resgrad bench --out runs/bench
+  resgrad bench --devices cpu --depths 8 14 20 32 44 56 --batch-sizes 32 128 --out results/bench/cpu
+  resgrad bench --devices cuda --dtype float32 bfloat16 --depths 8 56 110 --batch-sizes 128 512 --out runs/bench-gpu
+  resgrad bench --devices cuda --compile --depths 56 --modes train_step --out runs/bench-compiled
+  resgrad bench --devices cuda --cuda-graphs off on --depths 8 56 --modes train_step --out runs/bench-graphs
+
+DIR gets bench.csv (one row per point: device, device_name, arch, depth, width,
+batch_size, mode, dtype, channels_last, compiled, cuda_graphs, median_ms, iqr_ms,
+images_per_s, gflop, gflop_per_s, pct_of_peak, params, threads, torch_version,
+then status [ok|oom] and error), bench.md (readable table, peaks, command and
+machine, eager vs CUDA graphs where both ran), bench.png (throughput vs depth)
+and, when CPU and CUDA both ran, speedup.csv; a speedup.csv or bench.png an
+earlier run left in DIR is removed when this run makes none, other files there
+are kept. Inputs are random tensors on the device: compute only, no data
+loading. A listed device that is absent is skipped with a warning.
+"""
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    from resgrad.bench_config import FIELDS, flag
+
+    p = sub.add_parser(
+        "bench", help="time forward, backward and training steps per device, arch, depth and batch size",
+        description="Time plain and residual nets with torch.utils.benchmark: forward, forward+backward and the "
+        "full training step, per device, arch, depth, width, batch size and dtype; FLOPs per step and % of a "
+        "dense-matmul peak measured in the same run.",
+        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, f in FIELDS.items():  # one flag per BenchConfig field, all from its declaration
+        group = groups.get(f.metadata["group"]) or groups.setdefault(
+            f.metadata["group"], p.add_argument_group(f.metadata["group"])
+        )
+        group.add_argument(flag(name), **_bench_argument(name))
+    g = groups["timing and output"]
+    g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    g.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR",
+                   help="folder to write (default: runs/bench)")
+    p.set_defaults(func=cmd_bench)
+
+
+def _bench_argument(name: str) -> dict[str, object]:
+    """argparse keywords of one ``BenchConfig`` field (type, nargs, choices, default, help), from its metadata."""
+    from resgrad.bench_config import FIELDS, choices, is_list, kind
+
+    f = FIELDS[name]
+    meta = f.metadata
+    if kind(name) is bool:  # a switch, off by default
+        return {"dest": name, "action": "store_true", "help": meta["help"]}
+    allowed = choices(name)
+    help = meta["help"]
+    if allowed is not None and meta["metavar"] and meta["metavar"] != "|".join(allowed):  # the placeholder hides them
+        help += f"; from {', '.join(map(str, allowed))}"
+    default = list(f.default) if is_list(name) else f.default
+    if default is not None:
+        shown = " ".join(map(str, default)) if is_list(name) else format(default, "g")
+        help += f" (default: {shown})"
+    kw: dict[str, object] = dict(dest=name, type=kind(name), default=default, choices=allowed, metavar=meta["metavar"],
+                                 help=help)
+    if is_list(name):
+        kw["nargs"] = "*" if meta["alone"] is not None else "+"
+    return kw
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The checked ``BenchConfig`` that ``resgrad bench``'s flags give (raises ``UsageError``)."""
+    from resgrad.bench_config import FIELDS, BenchConfig
+
+    values = {name: getattr(args, name) for name in FIELDS}
+    for name, f in FIELDS.items():
+        if values[name] == [] and f.metadata["alone"] is not None:  # a list flag given alone
+            values[name] = f.metadata["alone"]
+    return BenchConfig(**values).validate()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from resgrad.bench import run_bench
+    from resgrad.bench_config import PARTIAL_NAME
+    from resgrad.bench_report import write_bench
+    from resgrad.files import prepare_output
+
+    config = bench_config(args)
+    prepare_output(args.out, "bench")  # refused before timing, not after
+    result = run_bench(config, progress=False if args.quiet else None, checkpoint=args.out / PARTIAL_NAME)
+    write_bench(result, args.out)
+    if not args.quiet:
+        rows = result.rows
+        oom = int((rows["status"] == "oom").sum())
+        print(
+            f"{len(rows)} points on {', '.join(rows['device'].unique())} in {result.wall_seconds:.0f} s"
+            + (f" ({oom} out of memory)" if oom else "")
+            + f" -> {args.out}/bench.csv, bench.md, bench.png"
+        )
+    return 0

@@ -1,0 +1,195 @@
+"""`resgrad train` and `resgrad sweep`: their flags come from the TrainConfig field declarations."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from resgrad.cli.args import positive_int, whole_number
+from resgrad.errors import UsageError
+
+log = logging.getLogger("resgrad")
+
+EPILOG_TRAIN = """\
+examples:
+  resgrad train --arch residual --depth 20 --steps 500 --train-subset 10000
+  resgrad train --arch seed-residual --epochs 10 --batch-size 64
+  resgrad train --arch plain --depth 56 --norm batch --record-every 1 --out runs/plain56
+
+The run directory holds config.json, metrics.csv (step, epoch, train_loss,
+test_loss, test_acc), grad_norms.parquet (step, epoch, layer_index, layer,
+quantity, norm) and summary.json. Steps count from 0; a test evaluation on row
+`step` is made after that step's update.
+"""
+
+
+SWEEP_HELP = {"threads": "torch threads per run on the CPU (default: the CPU cores divided among the workers)"}
+
+
+def add_config_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """One flag per :class:`~resgrad.config.TrainConfig` field, derived from its declaration.
+
+    ``train`` gets one value per flag; ``sweep`` gets a list flag (``--depths``) for each
+    field that is a sweep axis. Every flag defaults to None, so that a value left out
+    takes the field's default (or, in a sweep, the --config file's value); the help
+    names the default.
+    """
+    from resgrad import config
+
+    for group, fields in config.groups():
+        g = p.add_argument_group("the grid and the runs" if sweep and group == "model" else group)
+        for f in fields:
+            meta, axis = f.metadata, sweep and f.metadata["axis"]
+            name = meta["axis"] if axis else f.name
+            default = (meta["grid"] or [f.default]) if axis else f.default
+            help_text = SWEEP_HELP.get(f.name) if sweep else None
+            shown = " ".join(map(str, default)) if axis else None if default is None or default is False else default
+            help_text = help_text or meta["help"] + ("" if shown is None or "(default" in meta["help"]
+                                                     else f" (default: {shown})")
+            kw: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+            if isinstance(f.default, bool):
+                kw["action"] = "store_true"
+            else:
+                kinds = config.kinds(f.name)
+                kw["type"] = whole_number if int in kinds else float if float in kinds else str
+                kw["metavar"] = meta["metavar"] or name.upper().replace("_", "-")
+                choices = config.choices(f.name)
+                if choices and not axis:  # a sweep's lists are checked whole, with the rest of the grid
+                    kw["choices"], kw["metavar"] = choices, None
+                elif choices:
+                    kw["help"] += f"; from {', '.join(map(str, choices))}"
+                if axis:
+                    kw["nargs"] = "+"
+            g.add_argument("--" + name.replace("_", "-"), **kw)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+
+
+# ---------------------------------------------------------------- train
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train one model on MNIST and record its gradient norms",
+        description="Train one plain or residual net on MNIST, recording per-layer gradient norms.",
+        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_flags(p)
+    p.add_argument("--out", type=Path, help="run directory to write: new, empty, or an earlier run with --force "
+                   "(default: runs/<run_id>)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run folder already at --out (a folder holding other files is never replaced)")
+    p.add_argument("--tensorboard", type=Path, metavar="LOGDIR",
+                   help="also write the run's TensorBoard events to LOGDIR/<run_id> when it ends (as resgrad export)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from resgrad.files import prepare_output
+    from resgrad.train import TrainConfig, save_run, train
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in given.items() if v is not None}).validate()
+    out = args.out or Path("runs") / config.run_id()
+    prepare_output(out, "run", force=args.force)  # refused before training, not after
+    if args.tensorboard:  # a bad log folder too
+        from resgrad.export import check_logdir, write_run
+
+        check_logdir(args.tensorboard, [config.run_id()], [out])
+    result = train(config, progress=False if args.quiet else None)
+    save_run(result, out, force=args.force)
+    if args.tensorboard:
+        write_run(result, args.tensorboard, source=str(out))
+    s = result.summary
+    if s["status"] == "complete":
+        if not args.quiet:
+            print(
+                f"{s['run_id']}: complete after {s['steps']} steps: test acc {s['final_test_acc']:.4f}, "
+                f"test loss {s['final_test_loss']:.4f}, {s['images_per_s']:.0f} images/s, "
+                f"{s['wall_seconds']:.1f} s -> {out}"
+            )
+    else:
+        log.warning("%s: diverged at step %d -> %s", s["run_id"], s["diverged_at_step"], out)
+    return 0
+
+
+# ---------------------------------------------------------------- sweep
+
+EPILOG_SWEEP = """\
+examples:
+  resgrad sweep --out runs/depth --archs plain residual --depths 8 14 20 32 --seeds 0 1 --steps 300 --train-subset 10000
+  resgrad sweep --config sweeps/example.toml
+  resgrad sweep --config sweeps/example.toml --depths 8 14 20 --workers 2 --threads 1
+  resgrad sweep --config big.toml --out runs/big --executor ray --ray-address auto
+
+The grid is the cross product of the list flags. A --config file (TOML) takes the
+long flag names with '_' for '-' (archs, depths, steps, batch_size, out, workers, ...);
+flags given on the command line override it.
+
+DIR holds sweep.json (the grid), runs/<run_id>/ (one run directory per point, as
+`resgrad train` writes it) and summary.csv (run_id, arch, depth, width, norm,
+activation, init, lr, seed, status, final_test_acc, final_test_loss,
+final_train_loss, steps, wall_seconds, images_per_s, error). Rerunning the command
+skips runs already complete or diverged and retries failed ones; --force reruns all.
+Each run gets --threads torch threads (default: CPU cores // workers); a warning
+says when workers x threads is more than the CPU cores.
+Exit code: 0 when no run failed, 1 when some run failed (rerun to retry), 2 on bad input.
+"""
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="run a resumable grid of training runs (archs x depths x seeds x ...)",
+        description="Train every point of a grid of runs, locally in parallel processes or on Ray; "
+        "a rerun completes what is missing. The list flags (--archs, --depths, ...) take one or more values.",
+        epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_flags(p, sweep=True)  # no defaults here: a flag left out can come from --config
+    g = p.add_argument_group("the sweep")
+    g.add_argument("--out", type=Path, metavar="DIR", help="the sweep folder (created, or resumed when it is one)")
+    g.add_argument("--config", type=Path, metavar="FILE", help="a sweep TOML file, e.g. sweeps/example.toml")
+    g.add_argument("--executor", choices=["local", "ray"], help="local processes or Ray tasks (default: local)")
+    g.add_argument("--workers", type=positive_int,
+                   help="runs at a time; local: processes, 1 = in this process (default: 1); ray: CPUs of a local Ray")
+    g.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster (e.g. auto, ray://host:10001); default: start a local Ray")
+    g.add_argument("--force", action="store_true", help="rerun points already complete or diverged")
+    g.add_argument("--tensorboard", type=Path, metavar="LOGDIR",
+                   help="also write each finished run's TensorBoard events to LOGDIR/<run_id> (as resgrad export)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from resgrad.sweep import CONFIG_KEYS, LIST_FLAGS, RUN_KEYS, SweepSpec, count_statuses, read_config, run_sweep
+
+    opts = read_config(args.config) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS and v is not None}
+    if "steps" in given or "epochs" in given:  # the run length given here replaces the file's, whichever kind
+        opts.pop("steps", None)
+        opts.pop("epochs", None)
+    opts.update(given)
+    if "out" not in opts:
+        raise UsageError("give the sweep folder with --out DIR (or out = \"DIR\" in the --config file).")
+    spec = SweepSpec(
+        grid={option: opts[flag] for flag, option in LIST_FLAGS.items() if flag in opts},
+        fixed={k: opts[k] for k in RUN_KEYS if k in opts},
+    )
+    out = Path(opts["out"])
+    summary = run_sweep(
+        spec, out, executor=opts.get("executor", "local"), workers=opts.get("workers", 1), force=args.force,
+        ray_address=opts.get("ray_address"), progress=False if args.quiet else None, tensorboard=args.tensorboard,
+    )
+    counts = count_statuses(summary)
+    line = (
+        f"sweep {out}: {len(summary)} runs: {counts['complete']} complete, {counts['diverged']} diverged, "
+        f"{counts['failed']} failed ({summary.attrs['ran']} run now, {summary.attrs['skipped']} already done"
+        + (f", {summary.attrs['earlier']} kept from earlier grids" if summary.attrs.get("earlier") else "")
+        + f") in {summary.attrs['wall_seconds']:.1f} s -> {out / 'summary.csv'}"
+    )
+    if counts["failed"]:
+        log.warning("%s", line)
+        return 1
+    if not args.quiet:
+        print(line)
+    return 0
