@@ -99,7 +99,8 @@ def test_checks_live_once_and_agree_with_the_models() -> None:
 
 
 def test_reading_configs_and_run_folders_imports_no_torch() -> None:
-    code = ("import sys; import resgrad.config, resgrad.rundir, resgrad.grid, resgrad.report; "
+    code = ("import sys; import resgrad.config, resgrad.rundir, resgrad.grid, resgrad.sweepdata, resgrad.sweeptables, "
+            "resgrad.report; "
             "print(sorted(m for m in ('torch', 'resgrad.sweep', 'resgrad.executors', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
