@@ -354,7 +354,7 @@ def test_5_report_names_a_damaged_run_and_reports_the_rest(
     damaged, whole = sorted((sweep / "runs").iterdir())
     with open(damaged / "grad_norms.parquet", "r+b") as f:
         f.truncate(300)
-    with caplog.at_level(logging.WARNING, logger="resgrad.report"):
+    with caplog.at_level(logging.WARNING, logger="resgrad.sweepdata"):
         code, err = run_cli(["report", str(sweep), "--out", str(tmp_path / "rep")])
     assert code == 0, err
     assert f"run {damaged.name} is damaged (grad_norms.parquet has 300 bytes" in caplog.text
