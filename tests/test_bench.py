@@ -18,22 +18,16 @@ from resgrad.bench import (
     is_oom, make_step, matmul_precision_like_convs, run_bench,
 )
 from resgrad.bench_report import bench_markdown, speedup_table, write_bench
-from resgrad.cli import bench_config, main, make_parser
+from resgrad.cli import bench_config, make_parser
 from resgrad.errors import UsageError
 from resgrad.models import FIXED_ARCHS, build_model
+
+from helpers import exit_code
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
 TINY = dict(
     archs=["plain", "residual"], depths=[8], widths=[2], batch_sizes=[2], threads=1, min_run_time=0.01, warmup=1,
 )
-
-
-def exit_code(argv: list[str]) -> int:
-    """``main``'s exit code, whether argparse (SystemExit) or a UsageError (return value) stopped it."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
 
 
 # ---------------------------------------------------------------- rows

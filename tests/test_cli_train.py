@@ -12,13 +12,7 @@ import pytest
 
 from resgrad.cli import main
 
-def exit_code(argv: list[str]) -> int:
-    """The exit code of `resgrad ARGV`: argparse errors raise SystemExit, command errors return 2."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
-
+from helpers import exit_code
 
 SUMMARY_KEYS = {
     "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps", "wall_seconds",

@@ -12,21 +12,14 @@ import torch
 
 from resgrad.bench import BenchConfig, grid, run_bench
 from resgrad.bench_report import bench_markdown, graphs_table
-from resgrad.cli import main
 from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.errors import UsageError
 from resgrad.train import TrainConfig, train
 
+from helpers import exit_code
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
-
-
-def exit_code(argv: list[str]) -> int:
-    """``main``'s exit code, whether argparse (SystemExit) or a UsageError (return value) stopped it."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
 
 
 # ---------------------------------------------------------------- where graphs apply

@@ -24,18 +24,12 @@ from resgrad.cli import main  # noqa: E402
 from resgrad.files import write_csv, write_parquet  # noqa: E402
 from resgrad.gradients import GradientRecorder  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, exit_code  # noqa: E402
+
 RUN_FLAGS = ["--arch", "residual", "--depth", "8", "--width", "4", "--steps", "20", "--train-subset", "1000",
              "--test-subset", "500", "--record-every", "5", "--eval-every", "10", "--threads", "1", "--device", "cpu",
              "--quiet"]
 FINAL_TAGS = {"hparam/final_test_acc", "hparam/final_test_loss", "hparam/final_train_loss"}
-
-
-def exit_code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
 
 
 def accumulator(run_tb: Path) -> EventAccumulator:

@@ -17,12 +17,7 @@ from resgrad.data import load_split
 from resgrad.lesion import LesionConfig, blocks_deleted, is_downsampling, run_lesion
 from resgrad.models import blocks, build_model
 
-
-def _exit_code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
+from helpers import exit_code
 
 
 def _randomise_norms(model: nn.Module) -> None:
@@ -163,7 +158,7 @@ def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsamplin
     outs = []
     for i, seed in enumerate([5, 5]):
         out = tmp_path / f"lesion{i}"
-        assert _exit_code(["lesion", str(sweep_dir), "--out", str(out), "--max-deleted", "4", "--draws", "3",
+        assert exit_code(["lesion", str(sweep_dir), "--out", str(out), "--max-deleted", "4", "--draws", "3",
                            "--seed", str(seed), "--device", "cpu", "--data-dir", str(data_dir), "--quiet"]) == 0
         assert sorted(p.name for p in out.iterdir()) == ["lesion.csv", "lesion_n_deleted.png", "lesion_single_block.png"]
         outs.append(out)
@@ -189,9 +184,9 @@ def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(sweep_dir: Path
                                                                  tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     shutil.copytree(sweep_dir, sweep)
-    assert _exit_code(["lesion", str(sweep), "--max-deleted", "2", "--draws", "1", "--device", "cpu",
+    assert exit_code(["lesion", str(sweep), "--max-deleted", "2", "--draws", "1", "--device", "cpu",
                        "--data-dir", str(data_dir), "--quiet"]) == 0
-    assert _exit_code(["report", str(sweep)]) == 0
+    assert exit_code(["report", str(sweep)]) == 0
     md = (sweep / "report" / "report.md").read_text()
     assert "## Block lesions" in md and "figures/lesion_single_block.png" in md
     assert (sweep / "report" / "figures" / "lesion_n_deleted.png").is_file()
@@ -231,7 +226,7 @@ def test_a_folder_without_weights_exits_2_with_one_sentence(sweep_dir: Path, dat
     for source, message in [(run_dir, "no model.pt (made before resgrad saved weights)"),
                             (sweep, "holds no complete run with saved weights"),
                             (tmp_path / "nowhere", "is neither a sweep folder")]:
-        assert _exit_code(["lesion", str(source), "--device", "cpu", "--data-dir", str(data_dir)]) == 2
+        assert exit_code(["lesion", str(source), "--device", "cpu", "--data-dir", str(data_dir)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("resgrad lesion: error:") and message in err and len(err.splitlines()) == 1
         assert not (source / "lesion").exists() and not source.with_name(f"{source.name}-lesion").exists()
@@ -243,11 +238,11 @@ def test_an_output_folder_holding_other_files_is_refused_before_any_work(sweep_d
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert _exit_code(["lesion", str(sweep_dir), "--out", str(out), "--device", "cpu",
+    assert exit_code(["lesion", str(sweep_dir), "--out", str(out), "--device", "cpu",
                        "--data-dir", str(data_dir)]) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    assert _exit_code(["lesion", str(sweep_dir), "--draws", "0"]) == 2
+    assert exit_code(["lesion", str(sweep_dir), "--draws", "0"]) == 2
 
 
 def test_a_run_folder_is_lesioned_into_a_folder_beside_it_and_left_as_it_was(sweep_dir: Path, data_dir: Path,
@@ -255,7 +250,7 @@ def test_a_run_folder_is_lesioned_into_a_folder_beside_it_and_left_as_it_was(swe
     run_dir = tmp_path / "residual-run"
     shutil.copytree(next((sweep_dir / "runs").glob("residual-*")), run_dir)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    assert _exit_code(["lesion", str(run_dir), "--max-deleted", "2", "--draws", "1", "--device", "cpu",
+    assert exit_code(["lesion", str(run_dir), "--max-deleted", "2", "--draws", "1", "--device", "cpu",
                        "--data-dir", str(data_dir), "--quiet"]) == 0
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     frame = pd.read_csv(tmp_path / "residual-run-lesion" / "lesion.csv")

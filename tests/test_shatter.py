@@ -16,12 +16,7 @@ from resgrad.cli import main
 from resgrad.models import build_model
 from resgrad.shatter import ShatterConfig, correlations, directions, input_gradients, pearson, run_shatter
 
-
-def _exit_code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
+from helpers import exit_code
 
 
 def _input_gradient(model: torch.nn.Module, x: torch.Tensor, label: int) -> torch.Tensor:
@@ -123,7 +118,7 @@ def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(trained_s
                                                                        tmp_path: Path) -> None:
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        assert _exit_code(_argv(data_dir, out, "--sweep", str(trained_sweep))) == 0
+        assert exit_code(_argv(data_dir, out, "--sweep", str(trained_sweep))) == 0
     assert (outs[0] / "shatter.csv").read_bytes() == (outs[1] / "shatter.csv").read_bytes()
     assert sorted(p.name for p in outs[0].iterdir()) == [
         "shatter.csv", "shatter_correlation_vs_depth.png", "shatter_correlation_vs_distance.png"]
@@ -133,7 +128,7 @@ def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(trained_s
     trained = frame[frame["state"] == "trained"]
     assert trained["run_id"].str.startswith("residual-d8-w4-s0-").all() and len(trained) == 2
     assert frame["correlation"].between(-1, 1).all()
-    assert _exit_code(_argv(data_dir, outs[0], "--seeds", "0")) == 0  # an earlier shatter folder is replaced
+    assert exit_code(_argv(data_dir, outs[0], "--seeds", "0")) == 0  # an earlier shatter folder is replaced
     assert len(pd.read_csv(outs[0] / "shatter.csv")) == 2 * 2 * 2
 
 
@@ -148,7 +143,7 @@ def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(trained_s
 def test_bad_input_exits_2_with_one_sentence(extra: list[str], message: str, data_dir: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    assert _exit_code(_argv(data_dir, out, *extra)) == 2
+    assert exit_code(_argv(data_dir, out, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("resgrad shatter: error:") and message in err and len(err.splitlines()) == 1
     assert not out.exists()
@@ -164,10 +159,10 @@ def test_a_sweep_without_weights_and_a_foreign_output_folder_exit_2(trained_swee
         summary = json.loads((run_dir / "summary.json").read_text())
         summary.pop("files", None)
         (run_dir / "summary.json").write_text(json.dumps(summary))
-    assert _exit_code(_argv(data_dir, tmp_path / "out", "--sweep", str(old))) == 2
+    assert exit_code(_argv(data_dir, tmp_path / "out", "--sweep", str(old))) == 2
     assert "holds no complete plain/residual run with saved weights" in capsys.readouterr().err
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("x")
-    assert _exit_code(_argv(data_dir, mine)) == 2
+    assert exit_code(_argv(data_dir, mine)) == 2
     assert "thesis.tex" in capsys.readouterr().err and (mine / "thesis.tex").read_text() == "x"
