@@ -154,3 +154,21 @@ def test_report_has_the_gain_section_with_its_figure_and_table(report_dir: Path)
     html = (out / "report.html").read_text()
     png = base64.b64encode((out / "figures" / "block_gain.png").read_bytes()).decode("ascii")
     assert "<h2>Backward gain per block</h2>" in html and f'src="data:image/png;base64,{png}"' in html
+
+
+def test_runs_recorded_before_act_deriv_get_gains_and_no_sigma_prime(report_dir: Path) -> None:
+    """Sweeps made before act_deriv existed: the gains are there, σ′ is NaN and its panels say so."""
+    from resgrad.figures import figure_block_gain
+    from resgrad.gain import sweep_gain_table
+    from resgrad.report import load_sweep
+
+    sweep = load_sweep(report_dir)
+    with_deriv = sweep_gain_table(sweep)
+    sweep.grad_norms = sweep.grad_norms[sweep.grad_norms["quantity"] != "act_deriv"]
+    table = sweep_gain_table(sweep)
+    assert table["median_act_deriv_first"].isna().all() and table["median_act_deriv_last"].isna().all()
+    pd.testing.assert_series_equal(table["median_block_gain_first"], with_deriv["median_block_gain_first"])
+    fig, caption = figure_block_gain(sweep)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("no act_deriv recorded") == 2 * 2  # two activations x first and last step
+    assert "tables/block_gain.csv" in caption
