@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RESGRAD := $(VENV)/bin/resgrad
 SHARED_MNIST := ../shared/data/MNIST
 
-.PHONY: setup demo test results results-lesion data clean
+.PHONY: setup demo test test-fast results results-lesion data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,17 +30,25 @@ demo: setup data
 	$(RESGRAD) sweep --config sweeps/demo.toml
 	$(RESGRAD) report runs/demo
 
-# The tests, then the benchmark suite once without timing so that it cannot rot.
+# The tests, then the benchmark suite once without timing so that it cannot rot (what CI runs).
 test: setup data
 	$(PY) -m pytest tests
 	$(PY) -m pytest benchmarks --benchmark-disable -q
 
-# The committed reference results (about 75 minutes on a 2-core CPU). A rerun resumes
+# The edit loop: everything not marked slow (longer trainings on real MNIST, killed processes).
+test-fast: setup data
+	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest benchmarks --benchmark-disable -q -m "not slow"
+
+# The committed reference results (about 100 minutes on a 2-core CPU). A rerun resumes
 # the sweeps; delete a folder to make it afresh.
 results: setup data
-	rm -f results/mnist-depth-sweep/PROVENANCE.md results/seed-resnet/PROVENANCE.md results/bench/cpu/PROVENANCE.md
+	rm -f results/mnist-depth-sweep/PROVENANCE.md results/activation-sweep/PROVENANCE.md \
+		results/seed-resnet/PROVENANCE.md results/bench/cpu/PROVENANCE.md
 	results/record.sh results/mnist-depth-sweep $(RESGRAD) sweep --config sweeps/mnist-depth-sweep.toml --quiet
 	results/record.sh results/mnist-depth-sweep $(RESGRAD) report results/mnist-depth-sweep
+	results/record.sh results/activation-sweep $(RESGRAD) sweep --config sweeps/activation-sweep.toml --quiet
+	results/record.sh results/activation-sweep $(RESGRAD) report results/activation-sweep
 	results/record.sh results/seed-resnet $(RESGRAD) sweep --config sweeps/seed-resnet.toml --quiet
 	results/record.sh results/seed-resnet $(RESGRAD) report results/seed-resnet
 	results/record.sh results/bench/cpu $(RESGRAD) bench --devices cpu --archs plain residual \
