@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from resgrad.errors import UsageError
-from resgrad.figures import ARCH_COLORS
+from resgrad.plotting import ARCH_COLORS
 from resgrad.train import TrainConfig, check_run, read_summary
 
 

@@ -28,7 +28,7 @@ def block_gains(grads: pd.DataFrame, keys: Sequence[str] = ("run_id",)) -> pd.Da
 
     Args:
         grads: tidy gradient norms with ``keys``, ``step``, ``layer_index``, ``layer``, ``quantity``
-            and the value in ``grad_norm`` (as :attr:`resgrad.report.Sweep.grad_norms` has them).
+            and the value in ``grad_norm`` (as :attr:`resgrad.sweepdata.Sweep.grad_norms` has them).
         keys: the columns that identify a run and are carried into the result.
 
     Returns:
@@ -146,7 +146,7 @@ def gain_display(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------- from a sweep (resgrad.report.Sweep)
+# ---------------------------------------------------------------- from a sweep (resgrad.sweepdata.Sweep)
 
 
 def _other_facets(sweep: Any) -> list[str]:
@@ -169,7 +169,7 @@ def sweep_other_combos(sweep: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def sweep_gains(sweep: Any) -> pd.DataFrame:
-    """:func:`block_gains` of every finished run of a :class:`resgrad.report.Sweep`, with its grid options."""
+    """:func:`block_gains` of every finished run of a :class:`resgrad.sweepdata.Sweep`, with its grid options."""
     keys = list(dict.fromkeys(["run_id", "arch", "depth", "seed", *table_keys(sweep)]))
     return block_gains(sweep.grad_norms, keys)
 

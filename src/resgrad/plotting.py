@@ -1,0 +1,181 @@
+"""Drawing helpers shared by the report's figures (:mod:`resgrad.figures`, :mod:`resgrad.figures_grad`).
+
+Norms are drawn on a log axis; a value that axis cannot show (zero, inf, NaN) is
+marked at the axis edge by :func:`draw` and counted in :class:`Marks` for the
+caption, never dropped silently. Colours: one per depth (viridis) or per arch
+(:data:`ARCH_COLORS`); plain dashed, residual solid.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from resgrad.sweepdata import Sweep
+
+ARCH_COLORS = {"plain": "#c0392b", "residual": "#2471a3", "seed-plain": "#e67e22", "seed-residual": "#17a589"}
+WHEN = ("first recorded step", "last recorded step")
+# How a value a log axis cannot show is marked: marker, position on the axis (0 bottom, 1 top), words.
+_BAD = {
+    "zero": ("v", 0.0, "zero (▼ at the bottom edge)"),
+    "inf": ("^", 1.0, "infinite (▲ at the top edge)"),
+    "nan": ("X", 0.0, "NaN (✕ at the bottom edge)"),
+}
+_BAD_LEGEND = {"zero": "zero", "inf": "infinite", "nan": "NaN"}
+
+
+# ---------------------------------------------------------------- drawing helpers
+
+
+@dataclass
+class Marks:
+    """Counts of the values drawn as edge markers instead of on the line."""
+
+    zero: int = 0
+    inf: int = 0
+    nan: int = 0
+
+    def add(self, kind: str, n: int) -> None:
+        setattr(self, kind, getattr(self, kind) + n)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in _BAD if getattr(self, k)]
+
+    def sentence(self, what: str) -> str:
+        counts = ", ".join(f"{getattr(self, k)} {_BAD[k][2]}" for k in _BAD)
+        return (f"{what.capitalize()} a log axis cannot show are marked per run at the axis edge and left out of "
+                f"the mean line: {counts}.")
+
+
+def _bad_kind(values: np.ndarray) -> np.ndarray:
+    """'nan', 'inf' (+inf) or 'zero' (zero, negative or -inf) for each value that is not finite and positive."""
+    return np.where(np.isnan(values), "nan", np.where(values > 0, "inf", "zero"))
+
+
+def draw(ax: Any, data: pd.DataFrame, x: str, y: str, hue: str, colors: dict[Any, Any], marks: Marks,
+          band: bool, style: Callable[[Any], dict[str, str]] | None = None) -> None:
+    """Mean line over seeds per hue level (band: min–max), on a log y axis; edge markers for the rest.
+
+    ``style``: extra line properties per hue level (e.g. :func:`arch_style`); the first level is then drawn last,
+    on top.
+    """
+    values = data[y].to_numpy(dtype="float64")
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(values) & (values > 0)
+    good = data[ok]
+    for level, color in reversed(colors.items()) if style else colors.items():
+        part = good[good[hue] == level]
+        if len(part):
+            sns.lineplot(data=part, x=x, y=y, ax=ax, color=color, estimator="mean",
+                         errorbar=("pi", 100) if band else None, legend=False, linewidth=1.4,
+                         **(style(level) if style else {}))
+    ax.set_yscale("log")
+    bad = data[~ok]
+    if len(bad):
+        kinds = _bad_kind(bad[y].to_numpy(dtype="float64"))
+        for kind, (marker, edge, _) in _BAD.items():
+            sel = bad[kinds == kind]
+            if len(sel):
+                marks.add(kind, len(sel))
+                ax.scatter(sel[x].to_numpy(dtype="float64"), np.full(len(sel), edge), marker=marker, s=42,
+                           c=[colors[h] for h in sel[hue]], edgecolors="black", linewidths=0.6,
+                           transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+
+
+def legend(fig: Figure, title: str, colors: dict[Any, Any], band: bool, kinds: Sequence[str] = (),
+            style: Callable[[Any], dict[str, str]] | None = None, extra: Sequence[Any] = ()) -> None:
+    """One legend for the whole figure: a line per hue level (drawn with ``style``), the band, the edge markers
+    used, and ``extra`` handles."""
+    handles: list[Any] = [
+        Line2D([], [], color=c, lw=2, label=str(level), **(style(level) if style else {}))
+        for level, c in colors.items()
+    ]
+    if band:
+        handles.append(Patch(facecolor="0.5", alpha=0.3, label="min–max over seeds"))
+    for kind in kinds:
+        handles.append(Line2D([], [], ls="", marker=_BAD[kind][0], markersize=7, color="0.6",
+                              markeredgecolor="black", label=_BAD_LEGEND[kind]))
+    handles.extend(extra)
+    fig.legend(handles=handles, title=title, loc="outside right upper", frameon=False)
+
+
+def where(frame: pd.DataFrame, **values: Any) -> pd.DataFrame:
+    """The rows of ``frame`` whose columns equal ``values``."""
+    mask = np.ones(len(frame), dtype=bool)
+    for k, v in values.items():
+        mask &= (frame[k] == v).to_numpy()
+    return frame[mask]
+
+
+def panels(nrows: int, ncols: int, title: str, sharey: bool = True) -> tuple[Figure, np.ndarray]:
+    # at least 6.5 in wide: one panel beside the legend would leave the title no room
+    fig = Figure(figsize=(max(3.3 * ncols + 1.7, 6.5), 2.5 * nrows + 0.7), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title, fontweight="bold")
+    return fig, axes
+
+
+def empty(ax: Any, text: str = "no finished run") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def panel_title(*parts: str) -> str:
+    return " · ".join(p for p in parts if p)
+
+
+def depth_colors(sweep: Sweep) -> dict[int, Any]:
+    depths = sweep.depths
+    return dict(zip(depths, sns.color_palette("viridis_r" if len(depths) > 1 else "viridis", len(depths))))
+
+
+def arch_colors(sweep: Sweep) -> dict[str, Any]:
+    spare = iter(sns.color_palette("tab10"))
+    return {a: ARCH_COLORS.get(a) or next(spare) for a in sweep.archs}
+
+
+def arch_style(arch: str) -> dict[str, str]:
+    """Plain dashed, residual solid: where their lines coincide, both stay visible."""
+    return {"linestyle": "--" if "plain" in arch else "-"}
+
+
+def arch_marked(arch: str) -> dict[str, str]:
+    """:func:`arch_style` with a marker per point: circles for plain, squares for residual."""
+    return {**arch_style(arch), "marker": "o" if "plain" in arch else "s"}
+
+
+def seed_note(sweep: Sweep) -> tuple[bool, str]:
+    """(draw a band?, the caption's sentence about seeds)."""
+    n = sweep.runs["seed"].nunique()
+    if n > 1:
+        return True, f"Lines: mean over {n} seeds; band: min–max over seeds."
+    return False, "Lines: one seed per point (no band)."
+
+
+def run_ids(sweep: Sweep, status: str) -> set[str]:
+    return set(sweep.runs.loc[sweep.runs["status"] == status, "run_id"])
+
+
+def not_drawn(sweep: Sweep, statuses: Sequence[str]) -> str:
+    """'3 diverged, 1 failed, 0 missing' for the given statuses."""
+    return ", ".join(f"{int((sweep.runs['status'] == s).sum())} {s}" for s in statuses)
+
+
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (110 dpi)."""
+    FigureCanvasAgg(fig)  # the non-interactive Agg canvas, whatever pyplot's backend is
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
