@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RESGRAD := $(VENV)/bin/resgrad
 SHARED_MNIST := ../shared/data/MNIST
 
-.PHONY: setup demo test test-fast results results-lesion data clean
+.PHONY: setup demo test test-fast lint format results results-lesion data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,18 @@ demo: setup data
 	$(RESGRAD) report runs/demo
 
 # The tests, then the benchmark suite once without timing so that it cannot rot (what CI runs).
-test: setup data
+test: setup data lint
 	$(PY) -m pytest tests
 	$(PY) -m pytest benchmarks --benchmark-disable -q
+
+# Lint and formatting (configured in pyproject.toml); `make format` rewrites in place.
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks conftest.py
+	$(VENV)/bin/ruff format --check src tests benchmarks conftest.py
+
+format: setup
+	$(VENV)/bin/ruff check --fix src tests benchmarks conftest.py
+	$(VENV)/bin/ruff format src tests benchmarks conftest.py
 
 # The edit loop: everything not marked slow (longer trainings on real MNIST, killed processes).
 test-fast: setup data

@@ -6,32 +6,34 @@
 
 A test that takes the fixtures ``step_arch``, ``step_depth`` and ``step_device`` is run
 for every arch x depth x device; CUDA cases are skipped where torch sees no GPU.
+The fixtures ``data_dir`` (MNIST) and ``one_thread`` come from the repo's root conftest.py.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
 STEP_DEVICES = ("cpu", "cuda")
-DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("resgrad step timing")
-    g.addoption("--step-archs", nargs="+", default=["plain", "residual"],
-                help="archs to time (default: plain residual)")
+    g.addoption(
+        "--step-archs", nargs="+", default=["plain", "residual"], help="archs to time (default: plain residual)"
+    )
     g.addoption("--step-depths", nargs="+", type=int, default=[8, 20], help="depths, 6n+2 (default: 8 20)")
-    g.addoption("--step-devices", nargs="+", default=list(STEP_DEVICES),
-                help="devices (default: cpu cuda; absent ones skip)")
+    g.addoption(
+        "--step-devices", nargs="+", default=list(STEP_DEVICES), help="devices (default: cpu cuda; absent ones skip)"
+    )
     g.addoption("--step-width", type=int, default=16, help="width of the first stage (default: 16)")
     g.addoption("--step-batch-size", type=int, default=32, help="images per step (default: 32)")
-    g.addoption("--step-mode", default="train_step",
-                help="forward | forward_backward | train_step (default: train_step)")
-    g.addoption("--step-threads", type=int,
-                help="torch threads (default: torch's choice; use 1 on a busy shared machine)")
+    g.addoption(
+        "--step-mode", default="train_step", help="forward | forward_backward | train_step (default: train_step)"
+    )
+    g.addoption(
+        "--step-threads", type=int, help="torch threads (default: torch's choice; use 1 on a busy shared machine)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -57,11 +59,3 @@ def step_options(request: pytest.FixtureRequest) -> dict[str, object]:
         torch.set_num_threads(opt("step_threads"))
         request.addfinalizer(lambda: torch.set_num_threads(before))
     return {"width": opt("step_width"), "batch_size": opt("step_batch_size"), "mode": opt("step_mode")}
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> str:
-    """The repo's data/ folder with MNIST/raw (`make test` copies it there first)."""
-    if not (DATA / "MNIST" / "raw").is_dir():
-        pytest.fail(f"MNIST is missing: put the four official files in {DATA / 'MNIST' / 'raw'} (see README).")
-    return str(DATA)

@@ -57,25 +57,45 @@ def _stage_seconds(stages_csv: Path, stage: str) -> float:
 def _row(goal: str, target: str, eager: float, graphed: float, ok: Any) -> dict[str, Any]:
     ratio = graphed / eager if eager > 0 else math.nan  # NaN stays NaN
     measured = not (math.isnan(eager) or math.isnan(graphed))
-    return {"goal": goal, "target": target, "eager": eager, "graphed": graphed, "graphed / eager": ratio,
-            "met": ("yes" if ok(graphed, ratio) else "no") if measured else "not measured"}
+    return {
+        "goal": goal,
+        "target": target,
+        "eager": eager,
+        "graphed": graphed,
+        "graphed / eager": ratio,
+        "met": ("yes" if ok(graphed, ratio) else "no") if measured else "not measured",
+    }
 
 
 def goals(folder: str | Path) -> pd.DataFrame:
     """One row per goal: the eager and graphed figures, their ratio and whether the goal is met."""
     folder = Path(folder)
-    return pd.DataFrame([
-        _row("seed-residual batch 64 training, images/s", "graphed >= 5x eager",
-             _images_per_s(folder / "train-eager"), _images_per_s(folder / "train-graphed"),
-             lambda graphed, ratio: ratio >= 5),
-        _row("residual-56 width 16 batch 128 train_step, ms", "graphed <= 4 ms",
-             _step_ms(folder / "graphs" / "bench.csv", False), _step_ms(folder / "graphs" / "bench.csv", True),
-             lambda graphed, ratio: graphed <= 4),
-        _row("8-run sweep, 300 steps, 4 workers: wall s", "graphed <= 1/3 of eager",
-             _stage_seconds(folder / "stages.csv", "sweep eager"),
-             _stage_seconds(folder / "stages.csv", "sweep graphed"),
-             lambda graphed, ratio: ratio <= 1 / 3),
-    ], columns=COLUMNS)
+    return pd.DataFrame(
+        [
+            _row(
+                "seed-residual batch 64 training, images/s",
+                "graphed >= 5x eager",
+                _images_per_s(folder / "train-eager"),
+                _images_per_s(folder / "train-graphed"),
+                lambda graphed, ratio: ratio >= 5,
+            ),
+            _row(
+                "residual-56 width 16 batch 128 train_step, ms",
+                "graphed <= 4 ms",
+                _step_ms(folder / "graphs" / "bench.csv", False),
+                _step_ms(folder / "graphs" / "bench.csv", True),
+                lambda graphed, ratio: graphed <= 4,
+            ),
+            _row(
+                "8-run sweep, 300 steps, 4 workers: wall s",
+                "graphed <= 1/3 of eager",
+                _stage_seconds(folder / "stages.csv", "sweep eager"),
+                _stage_seconds(folder / "stages.csv", "sweep graphed"),
+                lambda graphed, ratio: ratio <= 1 / 3,
+            ),
+        ],
+        columns=COLUMNS,
+    )
 
 
 def goals_markdown(table: pd.DataFrame) -> str:
@@ -86,15 +106,17 @@ def goals_markdown(table: pd.DataFrame) -> str:
             return "" if math.isnan(value) else f"{value:,.3g}" if column == "graphed / eager" else f"{value:,.4g}"
         return str(value)
 
-    return "\n".join([
-        "# Eager vs CUDA graphs: issue 12's goals",
-        "",
-        "Training images/s from each run's summary.json (train_seconds: evaluation and start-up left out); "
-        "the step from graphs/bench.csv (median of torch.utils.benchmark); the sweep's wall seconds from "
-        "stages.csv (the whole command, start-up included).",
-        "",
-        markdown_table(table, cell),
-    ])
+    return "\n".join(
+        [
+            "# Eager vs CUDA graphs: issue 12's goals",
+            "",
+            "Training images/s from each run's summary.json (train_seconds: evaluation and start-up left out); "
+            "the step from graphs/bench.csv (median of torch.utils.benchmark); the sweep's wall seconds from "
+            "stages.csv (the whole command, start-up included).",
+            "",
+            markdown_table(table, cell),
+        ]
+    )
 
 
 def main() -> None:

@@ -26,7 +26,10 @@ from resgrad.train import train_step
 
 
 def make_step(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recorder: GradientRecorder | None,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recorder: GradientRecorder | None,
     cuda_graphs: bool = False,
 ):
     """One training step, as resgrad.train runs it; with a recorder, every step is recorded.
@@ -54,8 +57,14 @@ def make_step(
 
 
 def measure(
-    arch: str = "residual", depth: int = 56, width: int = 16, batch_size: int = 128,
-    device: str = "cpu", rounds: int = 5, min_run_time: float = 2.0, data_dir: str | None = None,
+    arch: str = "residual",
+    depth: int = 56,
+    width: int = 16,
+    batch_size: int = 128,
+    device: str = "cpu",
+    rounds: int = 5,
+    min_run_time: float = 2.0,
+    data_dir: str | None = None,
     cuda_graphs: bool = False,
 ) -> dict[str, float]:
     """Median ms per training step without and with the recorder, and their ratio."""
@@ -68,22 +77,30 @@ def measure(
     threads = torch.get_num_threads()
     times: dict[str, list[float]] = {"off": [], "on": []}
     with GradientRecorder(models["on"], schedule=1) as rec:
-        steps = {"off": make_step(models["off"], split.images, split.labels, None, cuda_graphs),
-                 "on": make_step(models["on"], split.images, split.labels, rec, cuda_graphs)}
+        steps = {
+            "off": make_step(models["off"], split.images, split.labels, None, cuda_graphs),
+            "on": make_step(models["on"], split.images, split.labels, rec, cuda_graphs),
+        }
         for name in ("off", "on"):  # warm-up (and graph capture) outside the measurement
             for _ in range(3 + (WARMUP_STEPS + 1) * cuda_graphs):
                 steps[name]()
         sync = "torch.cuda.synchronize()" if dev.type == "cuda" else "pass"
         for _ in range(rounds):  # alternate, so that drifts in machine load hit both alike
             for name in ("off", "on"):
-                timer = benchmark.Timer(stmt=f"step(); {sync}", globals={"step": steps[name], "torch": torch},
-                                        num_threads=threads)
+                timer = benchmark.Timer(
+                    stmt=f"step(); {sync}", globals={"step": steps[name], "torch": torch}, num_threads=threads
+                )
                 times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
         recorded = rec.to_frame()
     assert recorded.step.nunique() > 0
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
-    return {"off_ms": off, "on_ms": on, "ratio": on / off, "threads": threads,
-            "recorded_steps": int(recorded.step.nunique())}
+    return {
+        "off_ms": off,
+        "on_ms": on,
+        "ratio": on / off,
+        "threads": threads,
+        "recorded_steps": int(recorded.step.nunique()),
+    }
 
 
 def main() -> None:
@@ -102,8 +119,10 @@ def main() -> None:
         p.error("--cuda-graphs needs --device cuda")
     r = measure(a.arch, a.depth, a.width, a.batch_size, a.device, a.rounds, a.min_run_time, a.data_dir, a.cuda_graphs)
     name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
-    print(f"recorder overhead: {a.arch} depth {a.depth} width {a.width} batch {a.batch_size} on {name}"
-          f"{', CUDA graphs' if a.cuda_graphs else ''}, {r['threads']} threads, torch {torch.__version__}")
+    print(
+        f"recorder overhead: {a.arch} depth {a.depth} width {a.width} batch {a.batch_size} on {name}"
+        f"{', CUDA graphs' if a.cuda_graphs else ''}, {r['threads']} threads, torch {torch.__version__}"
+    )
     print(f"  training step without recording: {r['off_ms']:.2f} ms (median of {a.rounds} rounds)")
     print(f"  training step recording every step: {r['on_ms']:.2f} ms")
     print(f"  ratio with/without: {r['ratio']:.3f}  (goal: <= 1.05)")

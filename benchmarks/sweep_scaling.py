@@ -18,8 +18,9 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -50,12 +51,23 @@ def run_scaling(
     """
     spec = SweepSpec(
         grid={"arch": list(archs), "depth": list(depths), "width": list(widths), "seed": list(seeds), "lr": [0.05]},
-        fixed={"steps": steps, "train_subset": train_subset, "test_subset": test_subset, "eval_every": steps,
-               "threads": 1, "device": "cpu", "data_dir": data_dir},
+        fixed={
+            "steps": steps,
+            "train_subset": train_subset,
+            "test_subset": test_subset,
+            "eval_every": steps,
+            "threads": 1,
+            "device": "cpu",
+            "data_dir": data_dir,
+        },
     )
     load_split(False, data_dir, subset=1)  # warm the driver's imports and file cache outside the timings
-    row: dict[str, Any] = {"runs": len(spec.configs()), "steps": steps, "threads_per_run": 1,
-                           "cpu_count": os.cpu_count()}
+    row: dict[str, Any] = {
+        "runs": len(spec.configs()),
+        "steps": steps,
+        "threads_per_run": 1,
+        "cpu_count": os.cpu_count(),
+    }
     summaries: list[pd.DataFrame] = []
     with tempfile.TemporaryDirectory(prefix="resgrad-scaling-") as tmp:
         for n in workers:
@@ -79,11 +91,15 @@ def main() -> None:
     p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
     a = p.parse_args()
     r = run_scaling(steps=a.steps, train_subset=a.train_subset, test_subset=a.test_subset, data_dir=a.data_dir)
-    print(f"sweep scaling: {r['runs']} runs of {r['steps']} steps (plain/residual x depths 8, 14 x widths 4, 8), "
-          f"1 torch thread per run, {r['cpu_count']} CPUs")
+    print(
+        f"sweep scaling: {r['runs']} runs of {r['steps']} steps (plain/residual x depths 8, 14 x widths 4, 8), "
+        f"1 torch thread per run, {r['cpu_count']} CPUs"
+    )
     for n in (1, 2):
-        print(f"  --workers {n}: {r[f'workers_{n}_wall_s']:.1f} s "
-              f"(one run takes {r[f'workers_{n}_run_mean_s']:.1f} s on average)")
+        print(
+            f"  --workers {n}: {r[f'workers_{n}_wall_s']:.1f} s "
+            f"(one run takes {r[f'workers_{n}_run_mean_s']:.1f} s on average)"
+        )
     print(f"  speedup 1 -> 2 workers: {r['speedup']:.2f}x   same numbers: {r['same_numbers']}")
 
 

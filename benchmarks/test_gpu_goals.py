@@ -1,6 +1,6 @@
 """benchmarks/gpu_goals.py on a folder laid out as benchmarks/gpu.sh leaves it, with hand-picked numbers.
 
-    pytest benchmarks/test_gpu_goals.py --benchmark-disable
+pytest benchmarks/test_gpu_goals.py --benchmark-disable
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from gpu_goals import goals
 
 HERE = Path(__file__).resolve().parent
@@ -25,8 +24,16 @@ def _run_folder(path: Path, images_per_s: float, status: str = "complete") -> No
 
 def _bench(path: Path, eager_ms: float, graphed_ms: float) -> None:
     path.mkdir(parents=True)
-    point = dict(device="cuda", arch="residual", depth=56, width=16, batch_size=128, mode="train_step",
-                 dtype="float32", status="ok")
+    point = dict(
+        device="cuda",
+        arch="residual",
+        depth=56,
+        width=16,
+        batch_size=128,
+        mode="train_step",
+        dtype="float32",
+        status="ok",
+    )
     rows = [
         {**point, "cuda_graphs": False, "median_ms": eager_ms},
         {**point, "cuda_graphs": True, "median_ms": graphed_ms},
@@ -63,8 +70,9 @@ def test_missing_or_unfinished_stages_are_not_measured(tmp_path: Path) -> None:
 
 def test_the_script_writes_goals_md(tmp_path: Path) -> None:
     _bench(tmp_path / "graphs", 17.7, 3.5)
-    proc = subprocess.run([sys.executable, str(HERE / "gpu_goals.py"), str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "gpu_goals.py"), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "goals.md").read_text()
     assert text == proc.stdout

@@ -8,15 +8,18 @@ batch 128) comes from `python benchmarks/recorder_overhead.py`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-
 from recorder_overhead import make_step, measure
+
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model
 
 DEVICES = [
-    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
 ]
 
 
@@ -40,15 +43,23 @@ def test_training_step_with_recorder(benchmark, device: str, recording: str) -> 
     assert rec.to_frame().step.nunique() >= 1
 
 
-def test_recorder_overhead_script_runs(mnist_dir) -> None:
+def test_recorder_overhead_script_runs(data_dir: Path) -> None:
     """`python benchmarks/recorder_overhead.py` at a toy size, so that it cannot rot."""
-    r = measure(depth=8, width=2, batch_size=8, rounds=1, min_run_time=0.01, data_dir=mnist_dir)
+    r = measure(depth=8, width=2, batch_size=8, rounds=1, min_run_time=0.01, data_dir=str(data_dir))
     assert r["off_ms"] > 0 and r["on_ms"] > 0 and r["recorded_steps"] > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_recorder_overhead_script_runs_under_cuda_graphs(mnist_dir) -> None:
+def test_recorder_overhead_script_runs_under_cuda_graphs(data_dir: Path) -> None:
     """`python benchmarks/recorder_overhead.py --device cuda --cuda-graphs` at a toy size."""
-    r = measure(depth=8, width=2, batch_size=8, device="cuda", rounds=1, min_run_time=0.01, data_dir=mnist_dir,
-                cuda_graphs=True)
+    r = measure(
+        depth=8,
+        width=2,
+        batch_size=8,
+        device="cuda",
+        rounds=1,
+        min_run_time=0.01,
+        data_dir=str(data_dir),
+        cuda_graphs=True,
+    )
     assert r["off_ms"] > 0 and r["on_ms"] > 0 and r["recorded_steps"] > 10  # replays recorded, not just warm-up

@@ -10,28 +10,31 @@ The recorder-overhead script is covered in benchmarks/test_recorder.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-
 from sweep_scaling import run_scaling
 from tutorial_vs_resgrad import compare_bench, compare_training
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Toy sizes on a shared machine: one torch thread here (sweep_scaling's runs use one each anyway)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Toy sizes on a shared machine: one torch thread here (sweep_scaling's runs use one each anyway).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_sweep_scaling_script_runs(benchmark, mnist_dir: str) -> None:
+def test_sweep_scaling_script_runs(benchmark, data_dir: Path) -> None:
     """`python benchmarks/sweep_scaling.py`: one grid with 1 and 2 local workers, same numbers from both."""
     row = benchmark.pedantic(
         run_scaling,
-        kwargs=dict(steps=2, train_subset=64, test_subset=32, archs=("plain", "residual"), depths=(8,),
-                    widths=(4,), workers=(1, 2), data_dir=mnist_dir),
+        kwargs=dict(
+            steps=2,
+            train_subset=64,
+            test_subset=32,
+            archs=("plain", "residual"),
+            depths=(8,),
+            widths=(4,),
+            workers=(1, 2),
+            data_dir=str(data_dir),
+        ),
         rounds=1,
     )
     assert row["runs"] == 2 and row["steps"] == 2 and row["threads_per_run"] == 1
@@ -42,12 +45,10 @@ def test_sweep_scaling_script_runs(benchmark, mnist_dir: str) -> None:
     assert row["same_numbers"] is True
 
 
-def test_tutorial_vs_resgrad_training_step_runs(benchmark, mnist_dir: str) -> None:
+def test_tutorial_vs_resgrad_training_step_runs(benchmark, data_dir: Path) -> None:
     """Comparison 1 of `python benchmarks/tutorial_vs_resgrad.py`: the tutorial's loop against resgrad's step."""
     steps, repeats = 2, 1
-    r = benchmark.pedantic(
-        compare_training, args=(steps, repeats, torch.device("cpu"), mnist_dir, True), rounds=1
-    )
+    r = benchmark.pedantic(compare_training, args=(steps, repeats, torch.device("cpu"), str(data_dir), True), rounds=1)
     assert len(r["tutorial_runs"]) == len(r["resgrad_runs"]) == repeats
     assert r["tutorial_images_per_s"] > 0 and r["resgrad_images_per_s"] > 0
     assert r["ratio"] == pytest.approx(r["resgrad_images_per_s"] / r["tutorial_images_per_s"])
@@ -56,9 +57,7 @@ def test_tutorial_vs_resgrad_training_step_runs(benchmark, mnist_dir: str) -> No
 
 def test_tutorial_vs_resgrad_bench_against_hand_timer_runs(benchmark) -> None:
     """Comparison 2: `resgrad bench`'s median for one point against a hand-written Timer of the same step."""
-    r = benchmark.pedantic(
-        compare_bench, args=("residual", 8, 2, 2, torch.device("cpu"), 0.01, 1), rounds=1
-    )
+    r = benchmark.pedantic(compare_bench, args=("residual", 8, 2, 2, torch.device("cpu"), 0.01, 1), rounds=1)
     assert len(r["bench_runs"]) == len(r["hand_runs"]) == 1
     assert r["bench_ms"] > 0 and r["hand_ms"] > 0
     assert r["ratio"] == pytest.approx(r["bench_ms"] / r["hand_ms"])

@@ -34,8 +34,15 @@ def test_step(benchmark, step_arch: str, step_depth: int, step_device: str, step
 
     benchmark.group = f"depth {step_depth}"  # read when the measurement starts: set it first
     benchmark.extra_info.update(
-        arch=step_arch, depth=step_depth, width=width, batch_size=batch, mode=mode, device=step_device,
-        threads=torch.get_num_threads(), params=count_params(model), gflop=count_flops(step) / 1e9,
+        arch=step_arch,
+        depth=step_depth,
+        width=width,
+        batch_size=batch,
+        mode=mode,
+        device=step_device,
+        threads=torch.get_num_threads(),
+        params=count_params(model),
+        gflop=count_flops(step) / 1e9,
     )
     if benchmark.enabled:
         step()  # warm-up outside the measurement (count_flops above made one call too)

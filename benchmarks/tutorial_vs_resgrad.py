@@ -144,9 +144,13 @@ def compare_training(
     tut = steps * BATCH / statistics.median(tut_s)
     ours = steps * BATCH / statistics.median(res_s)
     return {
-        "tutorial_images_per_s": tut, "resgrad_images_per_s": ours, "ratio": ours / tut,
-        "tutorial_runs": [steps * BATCH / s for s in tut_s], "resgrad_runs": [steps * BATCH / s for s in res_s],
-        "setup_tutorial_s": setup_tutorial, "setup_resgrad_s": setup_resgrad,
+        "tutorial_images_per_s": tut,
+        "resgrad_images_per_s": ours,
+        "ratio": ours / tut,
+        "tutorial_runs": [steps * BATCH / s for s in tut_s],
+        "resgrad_runs": [steps * BATCH / s for s in res_s],
+        "setup_tutorial_s": setup_tutorial,
+        "setup_resgrad_s": setup_resgrad,
     }
 
 
@@ -180,8 +184,15 @@ def compare_bench(
     arch: str, depth: int, width: int, batch: int, device: torch.device, min_run_time: float, repeats: int
 ) -> dict[str, float]:
     config = BenchConfig(
-        devices=[device.type], archs=[arch], depths=[depth], widths=[width], batch_sizes=[batch],
-        modes=["train_step"], dtypes=["float32"], threads=torch.get_num_threads(), min_run_time=min_run_time,
+        devices=[device.type],
+        archs=[arch],
+        depths=[depth],
+        widths=[width],
+        batch_sizes=[batch],
+        modes=["train_step"],
+        dtypes=["float32"],
+        threads=torch.get_num_threads(),
+        min_run_time=min_run_time,
     )
     ours, hand = [], []
     for _ in range(repeats):
@@ -216,32 +227,50 @@ def main() -> None:
 
     if a.skip != "1":
         r = compare_training(a.steps, a.repeats, device, a.data_dir, recorder=not a.no_recorder)
-        print(f"1. training step, seed-residual, batch {BATCH}, {a.steps} steps x {a.repeats} alternating repeats, "
-              f"{where}")
+        print(
+            f"1. training step, seed-residual, batch {BATCH}, {a.steps} steps x {a.repeats} alternating repeats, "
+            f"{where}"
+        )
         rec = "no recorder" if a.no_recorder else "recorder every 10 steps"
         labels = ["tutorial loop (DataLoader + ToTensor/Normalize):", f"resgrad step (device tensors, {rec}):"]
         width = max(map(len, labels))
-        print(f"   {labels[0]:<{width}} {r['tutorial_images_per_s']:7.0f} images/s  "
-              f"(repeats: {', '.join(f'{v:.0f}' for v in r['tutorial_runs'])})")
-        print(f"   {labels[1]:<{width}} {r['resgrad_images_per_s']:7.0f} images/s  "
-              f"(repeats: {', '.join(f'{v:.0f}' for v in r['resgrad_runs'])})")
+        print(
+            f"   {labels[0]:<{width}} {r['tutorial_images_per_s']:7.0f} images/s  "
+            f"(repeats: {', '.join(f'{v:.0f}' for v in r['tutorial_runs'])})"
+        )
+        print(
+            f"   {labels[1]:<{width}} {r['resgrad_images_per_s']:7.0f} images/s  "
+            f"(repeats: {', '.join(f'{v:.0f}' for v in r['resgrad_runs'])})"
+        )
         paired = [o / t for o, t in zip(r["resgrad_runs"], r["tutorial_runs"])]
-        print(f"   ratio resgrad / tutorial: {r['ratio']:.2f}x  (goal: >= 1.5x; per repeat: "
-              f"{', '.join(f'{v:.2f}' for v in paired)})")
-        print(f"   one-off set-up, not timed above: tutorial MNIST dataset {r['setup_tutorial_s']:.2f} s, "
-              f"resgrad load_split {r['setup_resgrad_s']:.2f} s")
+        print(
+            f"   ratio resgrad / tutorial: {r['ratio']:.2f}x  (goal: >= 1.5x; per repeat: "
+            f"{', '.join(f'{v:.2f}' for v in paired)})"
+        )
+        print(
+            f"   one-off set-up, not timed above: tutorial MNIST dataset {r['setup_tutorial_s']:.2f} s, "
+            f"resgrad load_split {r['setup_resgrad_s']:.2f} s"
+        )
     if a.skip != "2":
         r = compare_bench(a.arch, a.depth, a.width, a.batch_size, device, a.min_run_time, a.repeats)
-        print(f"2. resgrad bench vs a hand-written torch.utils.benchmark Timer: "
-              f"{a.arch} depth {a.depth} width {a.width} "
-              f"batch {a.batch_size} train_step float32, {a.repeats} alternating repeats, {where}")
-        print(f"   resgrad bench median: {r['bench_ms']:.2f} ms  "
-              f"(repeats: {', '.join(f'{v:.2f}' for v in r['bench_runs'])})")
-        print(f"   hand-written median:  {r['hand_ms']:.2f} ms  "
-              f"(repeats: {', '.join(f'{v:.2f}' for v in r['hand_runs'])})")
+        print(
+            f"2. resgrad bench vs a hand-written torch.utils.benchmark Timer: "
+            f"{a.arch} depth {a.depth} width {a.width} "
+            f"batch {a.batch_size} train_step float32, {a.repeats} alternating repeats, {where}"
+        )
+        print(
+            f"   resgrad bench median: {r['bench_ms']:.2f} ms  "
+            f"(repeats: {', '.join(f'{v:.2f}' for v in r['bench_runs'])})"
+        )
+        print(
+            f"   hand-written median:  {r['hand_ms']:.2f} ms  "
+            f"(repeats: {', '.join(f'{v:.2f}' for v in r['hand_runs'])})"
+        )
         paired = [b / h for b, h in zip(r["bench_runs"], r["hand_runs"])]
-        print(f"   ratio bench / hand: {r['ratio']:.3f}  (goal: within 10 %, i.e. 0.90-1.10; per repeat: "
-              f"{', '.join(f'{v:.3f}' for v in paired)})")
+        print(
+            f"   ratio bench / hand: {r['ratio']:.3f}  (goal: within 10 %, i.e. 0.90-1.10; per repeat: "
+            f"{', '.join(f'{v:.3f}' for v in paired)})"
+        )
 
 
 if __name__ == "__main__":

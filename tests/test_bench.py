@@ -11,22 +11,37 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import exit_code
 from torch import nn
 
 from resgrad.bench import (
-    COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig, OutOfMemoryError, convs_use_tf32, count_flops,
-    is_oom, make_step, matmul_precision_like_convs, run_bench,
+    COLUMNS,
+    MODES,
+    PARTIAL_NAME,
+    STATUS_COLUMNS,
+    BenchConfig,
+    OutOfMemoryError,
+    convs_use_tf32,
+    count_flops,
+    is_oom,
+    make_step,
+    matmul_precision_like_convs,
+    run_bench,
 )
 from resgrad.bench_report import bench_markdown, speedup_table, write_bench
 from resgrad.cli import bench_config, make_parser
 from resgrad.errors import UsageError
 from resgrad.models import FIXED_ARCHS, build_model
 
-from helpers import exit_code
-
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
 TINY = dict(
-    archs=["plain", "residual"], depths=[8], widths=[2], batch_sizes=[2], threads=1, min_run_time=0.01, warmup=1,
+    archs=["plain", "residual"],
+    depths=[8],
+    widths=[2],
+    batch_sizes=[2],
+    threads=1,
+    min_run_time=0.01,
+    warmup=1,
 )
 
 
@@ -158,7 +173,7 @@ def _raise_chain(inner: BaseException, linked_by: str) -> BaseException:
         except BaseException as exc:
             if linked_by == "cause":
                 raise RuntimeError("backend='inductor' raised: see above") from exc
-            raise RuntimeError("an error occurred while handling the one above")
+            raise RuntimeError("an error occurred while handling the one above")  # noqa: B904  (the implicit context is what this case tests)
     except RuntimeError as outer:
         return outer
 
@@ -212,9 +227,12 @@ def test_flop_count_of_a_depth_8_net_equals_hand_count():
 
     per_image = (
         conv(28 * 28, 1, w)  # stem
-        + conv(28 * 28, w, w) + conv(28 * 28, w, w)  # stage 1: one block
-        + conv(14 * 14, w, 2 * w) + conv(14 * 14, 2 * w, 2 * w)  # stage 2, stride 2
-        + conv(7 * 7, 2 * w, 4 * w) + conv(7 * 7, 4 * w, 4 * w)  # stage 3, stride 2
+        + conv(28 * 28, w, w)
+        + conv(28 * 28, w, w)  # stage 1: one block
+        + conv(14 * 14, w, 2 * w)
+        + conv(14 * 14, 2 * w, 2 * w)  # stage 2, stride 2
+        + conv(7 * 7, 2 * w, 4 * w)
+        + conv(7 * 7, 4 * w, 4 * w)  # stage 3, stride 2
         + 2 * 4 * w * 10  # fc
     )
     assert count_flops(make_step(model, x, y, "forward")) == b * per_image
@@ -226,9 +244,31 @@ def test_flop_count_of_a_depth_8_net_equals_hand_count():
 @NO_CUDA
 def test_absent_cuda_is_skipped_with_a_note_when_cpu_runs(tmp_path, caplog):
     out = tmp_path / "b"
-    argv = ["bench", "--devices", "cpu", "cuda", "--archs", "residual", "--depths", "8", "--widths", "2",
-            "--batch-sizes", "2", "--modes", "forward", "--min-run-time", "0.01", "--warmup", "1",
-            "--threads", "1", "--quiet", "--out", str(out)]
+    argv = [
+        "bench",
+        "--devices",
+        "cpu",
+        "cuda",
+        "--archs",
+        "residual",
+        "--depths",
+        "8",
+        "--widths",
+        "2",
+        "--batch-sizes",
+        "2",
+        "--modes",
+        "forward",
+        "--min-run-time",
+        "0.01",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert exit_code(argv) == 0
     assert "cuda" in caplog.text and "absent" in caplog.text
     rows = pd.read_csv(out / "bench.csv")
@@ -270,9 +310,19 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, flags, message
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(modes=["backward"]), dict(dtypes=["float16"]), dict(devices=["tpu"]), dict(depths=[9]),
-        dict(batch_sizes=[-1]), dict(depths=[]), dict(depths=8), dict(widths=[2.0]), dict(threads=True),
-        dict(seed=2**63), dict(min_run_time=math.nan), dict(channels_last="yes"), dict(archs=["resnet"]),
+        dict(modes=["backward"]),
+        dict(dtypes=["float16"]),
+        dict(devices=["tpu"]),
+        dict(depths=[9]),
+        dict(batch_sizes=[-1]),
+        dict(depths=[]),
+        dict(depths=8),
+        dict(widths=[2.0]),
+        dict(threads=True),
+        dict(seed=2**63),
+        dict(min_run_time=math.nan),
+        dict(channels_last="yes"),
+        dict(archs=["resnet"]),
     ],
 )
 def test_library_rejects_bad_config(kw):
@@ -310,8 +360,20 @@ def test_a_fixed_arch_alone_ignores_depths_and_widths():
 # ---------------------------------------------------------------- one declaration per option
 
 BENCH_FLAGS = [  # the flags of `resgrad bench` that set a BenchConfig option, as issue 10 lists them
-    "--devices", "--archs", "--depths", "--widths", "--batch-sizes", "--modes", "--dtype", "--channels-last",
-    "--compile", "--cuda-graphs", "--min-run-time", "--warmup", "--seed", "--threads",
+    "--devices",
+    "--archs",
+    "--depths",
+    "--widths",
+    "--batch-sizes",
+    "--modes",
+    "--dtype",
+    "--channels-last",
+    "--compile",
+    "--cuda-graphs",
+    "--min-run-time",
+    "--warmup",
+    "--seed",
+    "--threads",
 ]
 
 
@@ -334,9 +396,19 @@ def test_every_bench_option_has_exactly_one_flag_and_its_default():
 
 ROUND_TRIP = [  # between them, every option away from its default
     BenchConfig(
-        devices=("cuda", "cpu"), archs=("seed-plain", "residual"), depths=(14, 8, 110), widths=(3, 1), batch_sizes=(5,),
-        modes=("train_step", "forward"), dtypes=("bfloat16", "float32"), channels_last=True, compile=True,
-        threads=7, min_run_time=0.1 + 0.2, warmup=0, seed=2**63 - 1,
+        devices=("cuda", "cpu"),
+        archs=("seed-plain", "residual"),
+        depths=(14, 8, 110),
+        widths=(3, 1),
+        batch_sizes=(5,),
+        modes=("train_step", "forward"),
+        dtypes=("bfloat16", "float32"),
+        channels_last=True,
+        compile=True,
+        threads=7,
+        min_run_time=0.1 + 0.2,
+        warmup=0,
+        seed=2**63 - 1,
     ),
     BenchConfig(cuda_graphs=("on", "off"), min_run_time=1e-3),
     BenchConfig(),

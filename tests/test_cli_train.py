@@ -9,24 +9,62 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import exit_code
 
 from resgrad.cli import main
 
-from helpers import exit_code
-
 SUMMARY_KEYS = {
-    "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps", "wall_seconds",
-    "images_per_s", "params", "python_version", "torch_version", "device_name",
+    "status",
+    "final_test_acc",
+    "final_test_loss",
+    "final_train_loss",
+    "steps",
+    "wall_seconds",
+    "images_per_s",
+    "params",
+    "python_version",
+    "torch_version",
+    "device_name",
 }
 
 
 def test_train_writes_the_documented_run_directory(data_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    code = main(["train", "--arch", "residual", "--depth", "8", "--width", "4", "--steps", "6", "--record-every", "2", "--eval-every", "100",
-                 "--train-subset", "256", "--test-subset", "100", "--threads", "1", "--data-dir", str(data_dir),
-                 "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--arch",
+            "residual",
+            "--depth",
+            "8",
+            "--width",
+            "4",
+            "--steps",
+            "6",
+            "--record-every",
+            "2",
+            "--eval-every",
+            "100",
+            "--train-subset",
+            "256",
+            "--test-subset",
+            "100",
+            "--threads",
+            "1",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "grad_norms.parquet", "metrics.csv", "model.pt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "grad_norms.parquet",
+        "metrics.csv",
+        "model.pt",
+        "summary.json",
+    ]
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns) == ["step", "epoch", "train_loss", "test_loss", "test_acc"]
     assert metrics.step.tolist() == list(range(6)) and metrics.test_acc.notna().tolist() == [False] * 5 + [True]
@@ -65,9 +103,21 @@ def test_bad_input_exits_2_with_one_clear_sentence(tmp_path: Path, capsys, argv:
 
 def test_missing_mnist_exits_2_naming_the_folder(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "resgrad", "train", "--steps", "1", "--data-dir", str(tmp_path / "nowhere"),
-         "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "resgrad",
+            "train",
+            "--steps",
+            "1",
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert f"MNIST is not in {tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in proc.stderr
@@ -85,7 +135,18 @@ def test_asking_for_absent_cuda_exits_2(tmp_path: Path, capsys) -> None:
 
 
 def test_help_explains_the_flags() -> None:
-    proc = subprocess.run([sys.executable, "-m", "resgrad", "train", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "resgrad", "train", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
-    for flag in ("--arch", "--depth", "--record-every", "--eval-every", "--train-subset", "--device", "--threads", "--quiet"):
+    for flag in (
+        "--arch",
+        "--depth",
+        "--record-every",
+        "--eval-every",
+        "--train-subset",
+        "--device",
+        "--threads",
+        "--quiet",
+    ):
         assert flag in proc.stdout

@@ -40,13 +40,43 @@ def test_every_field_is_one_train_flag_and_every_axis_one_sweep_list_flag() -> N
 
 
 def test_train_flags_round_trip_into_the_config() -> None:
-    argv = ["train", "--arch", "plain", "--depth", "14", "--width", "4", "--optimizer", "adam", "--lr", "0.003",
-            "--steps", "7", "--zero-init-residual", "--seed", "5", "--dtype", "bfloat16"]
+    argv = [
+        "train",
+        "--arch",
+        "plain",
+        "--depth",
+        "14",
+        "--width",
+        "4",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--steps",
+        "7",
+        "--zero-init-residual",
+        "--seed",
+        "5",
+        "--dtype",
+        "bfloat16",
+    ]
     args = make_parser().parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     made = TrainConfig(**{k: v for k, v in given.items() if v is not None}).validate()
-    assert made == TrainConfig(arch="plain", depth=14, width=4, optimizer="adam", lr=0.003, steps=7,
-                               zero_init_residual=True, seed=5, dtype="bfloat16").validate()
+    assert (
+        made
+        == TrainConfig(
+            arch="plain",
+            depth=14,
+            width=4,
+            optimizer="adam",
+            lr=0.003,
+            steps=7,
+            zero_init_residual=True,
+            seed=5,
+            dtype="bfloat16",
+        ).validate()
+    )
 
 
 def test_optimizer_is_a_sweep_axis_a_toml_key_and_a_report_facet(tmp_path: Path) -> None:
@@ -68,8 +98,21 @@ def test_the_default_optimizer_keeps_every_run_id() -> None:
 
 def test_adam_run_matches_a_hand_written_adam_loop(data_dir: Path) -> None:
     """train(optimizer="adam") takes the same steps as torch.optim.Adam in a plain loop."""
-    cfg = TrainConfig(arch="residual", depth=8, width=4, optimizer="adam", lr=1e-3, weight_decay=1e-4, steps=4,
-                      batch_size=32, train_subset=256, test_subset=100, seed=3, device="cpu", data_dir=str(data_dir))
+    cfg = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=4,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=1e-4,
+        steps=4,
+        batch_size=32,
+        train_subset=256,
+        test_subset=100,
+        seed=3,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
     result = train(cfg, progress=False)
 
     torch.manual_seed(cfg.seed)
@@ -99,8 +142,10 @@ def test_checks_live_once_and_agree_with_the_models() -> None:
 
 
 def test_reading_configs_and_run_folders_imports_no_torch() -> None:
-    code = ("import sys; import resgrad.config, resgrad.rundir, resgrad.grid, resgrad.sweepdata, resgrad.sweeptables, "
-            "resgrad.report; "
-            "print(sorted(m for m in ('torch', 'resgrad.sweep', 'resgrad.executors', 'tqdm') if m in sys.modules))")
+    code = (
+        "import sys; import resgrad.config, resgrad.rundir, resgrad.grid, resgrad.sweepdata, resgrad.sweeptables, "
+        "resgrad.report; "
+        "print(sorted(m for m in ('torch', 'resgrad.sweep', 'resgrad.executors', 'tqdm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -9,14 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import exit_code
 
 from resgrad.bench import BenchConfig, grid, run_bench
 from resgrad.bench_report import bench_markdown, graphs_table
 from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.errors import UsageError
 from resgrad.train import TrainConfig, train
-
-from helpers import exit_code
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
@@ -45,14 +44,27 @@ def test_graphs_on_without_cuda_exits_2_with_one_sentence_and_writes_nothing(
     argv = [command, "--cuda-graphs", "on", "--steps", "1", "--data-dir", str(data_dir), "--out", str(out), "--quiet"]
     assert exit_code(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"resgrad {command}: error: cuda-graphs 'on' needs a CUDA device, but torch sees no CUDA device "
-                   "here; use --cuda-graphs auto or off.")
+    assert err == (
+        f"resgrad {command}: error: cuda-graphs 'on' needs a CUDA device, but torch sees no CUDA device "
+        "here; use --cuda-graphs auto or off."
+    )
     assert not out.exists()
 
 
 def test_cpu_training_is_the_same_with_graphs_auto_and_off(data_dir: Path) -> None:
-    base = dict(arch="plain", depth=8, width=2, steps=6, record_every=2, train_subset=128, test_subset=50, threads=1,
-                batch_size=32, data_dir=str(data_dir), device="cpu")
+    base = dict(
+        arch="plain",
+        depth=8,
+        width=2,
+        steps=6,
+        record_every=2,
+        train_subset=128,
+        test_subset=50,
+        threads=1,
+        batch_size=32,
+        data_dir=str(data_dir),
+        device="cpu",
+    )
     auto, off = (train(TrainConfig(**base, cuda_graphs=g), progress=False) for g in ("auto", "off"))
     assert auto.summary["cuda_graphs"] is False and off.summary["cuda_graphs"] is False
     pd.testing.assert_frame_equal(auto.metrics, off.metrics)
@@ -93,12 +105,21 @@ def test_a_replayed_record_is_copied_per_step_not_shared() -> None:
 
 
 def test_bench_graphs_axis_applies_to_cuda_points_only() -> None:
-    config = BenchConfig(devices=["cpu", "cuda"], archs=["plain", "residual"], depths=[8], modes=["train_step"],
-                         cuda_graphs=["off", "on"]).validate()
+    config = BenchConfig(
+        devices=["cpu", "cuda"],
+        archs=["plain", "residual"],
+        depths=[8],
+        modes=["train_step"],
+        cuda_graphs=["off", "on"],
+    ).validate()
     points = grid(config, ["cpu", "cuda"])
     assert [(p.device, p.cuda_graphs, p.arch) for p in points] == [
-        ("cpu", False, "plain"), ("cpu", False, "residual"),  # the CPU point once, eager
-        ("cuda", False, "plain"), ("cuda", False, "residual"), ("cuda", True, "plain"), ("cuda", True, "residual"),
+        ("cpu", False, "plain"),
+        ("cpu", False, "residual"),  # the CPU point once, eager
+        ("cuda", False, "plain"),
+        ("cuda", False, "residual"),
+        ("cuda", True, "plain"),
+        ("cuda", True, "residual"),
     ]
     assert "--cuda-graphs off on" in config.command()
     with pytest.raises(UsageError, match="--compile or --cuda-graphs on, not both"):
@@ -109,9 +130,30 @@ def test_bench_graphs_axis_applies_to_cuda_points_only() -> None:
 
 def test_bench_cuda_graphs_flag_alone_means_both_side_by_side(tmp_path: Path, capsys) -> None:
     out = tmp_path / "b"
-    argv = ["bench", "--devices", "cpu", "--archs", "residual", "--depths", "8", "--widths", "2", "--batch-sizes", "2",
-            "--modes", "forward", "--min-run-time", "0.01", "--warmup", "1", "--threads", "1", "--quiet",
-            "--out", str(out)]
+    argv = [
+        "bench",
+        "--devices",
+        "cpu",
+        "--archs",
+        "residual",
+        "--depths",
+        "8",
+        "--widths",
+        "2",
+        "--batch-sizes",
+        "2",
+        "--modes",
+        "forward",
+        "--min-run-time",
+        "0.01",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert exit_code([*argv, "--cuda-graphs"]) == 0
     assert "--cuda-graphs off on" in (out / "bench.md").read_text()
     assert exit_code([*argv, "--cuda-graphs", "maybe"]) == 2
@@ -119,8 +161,16 @@ def test_bench_cuda_graphs_flag_alone_means_both_side_by_side(tmp_path: Path, ca
 
 
 def test_eager_vs_graphed_table_divides_matching_cuda_points(tmp_path: Path) -> None:
-    tiny = dict(archs=["plain", "residual"], depths=[8], widths=[2], batch_sizes=[2], modes=["forward"], threads=1,
-                min_run_time=0.01, warmup=1)
+    tiny = dict(
+        archs=["plain", "residual"],
+        depths=[8],
+        widths=[2],
+        batch_sizes=[2],
+        modes=["forward"],
+        threads=1,
+        min_run_time=0.01,
+        warmup=1,
+    )
     result = run_bench(BenchConfig(devices=["cpu"], cuda_graphs=["off", "on"], **tiny), progress=False)
     rows = result.rows
     assert len(rows) == 2 and "cuda_graphs" in rows.columns and not rows["cuda_graphs"].any()
@@ -157,8 +207,20 @@ def deterministic_cudnn():
 def test_graphed_training_equals_eager_over_100_steps(options: dict, data_dir: Path, deterministic_cudnn) -> None:
     # 1000 images in batches of 64: every 16th step is an epoch's last batch of 40, which runs eagerly;
     # record_every 3 needs both graphs, the recorded one and the other.
-    base = dict(width=8, steps=100, batch_size=64, lr=0.05, momentum=0.9, record_every=3, eval_every=50,
-                train_subset=1000, test_subset=500, device="cuda", data_dir=str(data_dir), **options)
+    base = dict(
+        width=8,
+        steps=100,
+        batch_size=64,
+        lr=0.05,
+        momentum=0.9,
+        record_every=3,
+        eval_every=50,
+        train_subset=1000,
+        test_subset=500,
+        device="cuda",
+        data_dir=str(data_dir),
+        **options,
+    )
     eager = train(TrainConfig(**base, cuda_graphs="off"), progress=False)
     graphed = train(TrainConfig(**base, cuda_graphs="on"), progress=False)
     assert eager.summary["cuda_graphs"] is False and graphed.summary["cuda_graphs"] is True
@@ -185,8 +247,13 @@ def test_graphed_step_replays_and_copies_each_recorded_step(data_dir: Path) -> N
     model = build_model("residual", 8, 4).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     with GradientRecorder(model, schedule=2) as rec:
-        graphed = GraphedTrainStep(lambda x, y, step, epoch: train_step(model, opt, x, y, rec, step, epoch),
-                                   split.images, split.labels, 32, rec)
+        graphed = GraphedTrainStep(
+            lambda x, y, step, epoch: train_step(model, opt, x, y, rec, step, epoch),
+            split.images,
+            split.labels,
+            32,
+            rec,
+        )
         losses = [graphed(torch.arange(32 * i, 32 * (i + 1)) % 256, i, 0).clone() for i in range(10)]
         frame = rec.to_frame()
     assert graphed.replays == 10 - WARMUP_STEPS
@@ -198,8 +265,17 @@ def test_graphed_step_replays_and_copies_each_recorded_step(data_dir: Path) -> N
 
 @CUDA
 def test_bench_times_a_graphed_point_beside_its_eager_twin(tmp_path: Path) -> None:
-    config = BenchConfig(devices=["cuda"], archs=["residual"], depths=[8], widths=[4], batch_sizes=[16],
-                         modes=["forward", "train_step"], cuda_graphs=["off", "on"], min_run_time=0.05, warmup=1)
+    config = BenchConfig(
+        devices=["cuda"],
+        archs=["residual"],
+        depths=[8],
+        widths=[4],
+        batch_sizes=[16],
+        modes=["forward", "train_step"],
+        cuda_graphs=["off", "on"],
+        min_run_time=0.05,
+        warmup=1,
+    )
     result = run_bench(config, progress=False)
     rows = result.rows
     assert len(rows) == 4 and (rows["status"] == "ok").all() and (rows["median_ms"] > 0).all()

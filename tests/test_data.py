@@ -9,7 +9,7 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from resgrad.data import DataError, MNIST_FILES, batches, load_split, resolve_data_dir
+from resgrad.data import MNIST_FILES, DataError, batches, load_split, resolve_data_dir
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -19,8 +19,11 @@ def test_images_equal_totensor_then_normalize(data_dir: Path) -> None:
     assert split.images.shape == (10_000, 1, 28, 28) and split.images.dtype == torch.float32
     assert split.labels.dtype == torch.int64
     assert torch.bincount(split.labels).tolist() == TEST_COUNTS
-    reference = MNIST(str(data_dir), train=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
+    reference = MNIST(
+        str(data_dir),
+        train=False,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]),
+    )
     for i in (0, 1234, 9999):
         image, label = reference[i]
         torch.testing.assert_close(split.images[i], image, rtol=0, atol=1e-6)

@@ -45,9 +45,33 @@ def test_bad_new_options_are_refused(kwargs: dict, message: str) -> None:
 
 def test_train_flags_reach_the_run_config(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = ["train", "--steps", "2", "--depth", "8", "--width", "2", "--train-subset", "64", "--test-subset", "32",
-            "--threads", "1", "--device", "cpu", "--data-dir", str(data_dir), "--quiet", "--out", str(out),
-            "--dtype", "bfloat16", "--channels-last", "--cuda-graphs", "off"]
+    argv = [
+        "train",
+        "--steps",
+        "2",
+        "--depth",
+        "8",
+        "--width",
+        "2",
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--quiet",
+        "--out",
+        str(out),
+        "--dtype",
+        "bfloat16",
+        "--channels-last",
+        "--cuda-graphs",
+        "off",
+    ]
     assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["dtype"], config["channels_last"], config["cuda_graphs"]) == ("bfloat16", True, "off")
@@ -60,9 +84,35 @@ def test_sweep_flags_and_toml_keys_reach_every_run(data_dir: Path, tmp_path: Pat
     out = tmp_path / "sweep"
     (tmp_path / "s.toml").write_text('dtype = "bfloat16"\nchannels_last = true\ncuda_graphs = "auto"\n')
     assert read_config(tmp_path / "s.toml") == {"dtype": "bfloat16", "channels_last": True, "cuda_graphs": "auto"}
-    argv = ["sweep", "--out", str(out), "--config", str(tmp_path / "s.toml"), "--archs", "plain", "residual",
-            "--depths", "8", "--widths", "2", "--steps", "2", "--train-subset", "64", "--test-subset", "32",
-            "--threads", "1", "--device", "cpu", "--data-dir", str(data_dir), "--quiet", "--cuda-graphs", "off"]
+    argv = [
+        "sweep",
+        "--out",
+        str(out),
+        "--config",
+        str(tmp_path / "s.toml"),
+        "--archs",
+        "plain",
+        "residual",
+        "--depths",
+        "8",
+        "--widths",
+        "2",
+        "--steps",
+        "2",
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--quiet",
+        "--cuda-graphs",
+        "off",
+    ]
     assert main(argv) == 0
     configs = [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/config.json"))]
     assert len(configs) == 2
@@ -71,8 +121,17 @@ def test_sweep_flags_and_toml_keys_reach_every_run(data_dir: Path, tmp_path: Pat
 
 
 def test_bfloat16_training_on_cpu_runs_and_learns(data_dir: Path) -> None:
-    config = TrainConfig(arch="residual", norm="batch", steps=40, lr=0.05, momentum=0.9, record_every=5,
-                         dtype="bfloat16", data_dir=str(data_dir), **SMALL)
+    config = TrainConfig(
+        arch="residual",
+        norm="batch",
+        steps=40,
+        lr=0.05,
+        momentum=0.9,
+        record_every=5,
+        dtype="bfloat16",
+        data_dir=str(data_dir),
+        **SMALL,
+    )
     result = train(config, progress=False)
     loss = result.metrics.train_loss.to_numpy()
     assert result.status == "complete" and np.isfinite(loss).all()
@@ -90,6 +149,7 @@ def _gradient_capture(model: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
     def forward_hook(name: str):
         def hook(module, inputs, output):
             output.register_hook(lambda g: grads.__setitem__(name, g.detach().clone()))
+
         return hook
 
     return grads, [named[n].register_forward_hook(forward_hook(n)) for n in blocks(model)]
@@ -129,8 +189,9 @@ def test_channels_last_on_cpu_gives_the_numbers_of_contiguous(data_dir: Path, mo
         model = build_model(*args, **kwargs)
         conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1]  # C > 1: the layouts differ
         conv.register_forward_pre_hook(
-            lambda m, inputs: formats.append(inputs[0].is_contiguous(memory_format=torch.channels_last)
-                                             and not inputs[0].is_contiguous())
+            lambda m, inputs: formats.append(
+                inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous()
+            )
         )
         return model
 

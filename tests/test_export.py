@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 pytest.importorskip("tensorboard")  # `make setup` installs it (the tensorboard extra): these run in CI
+from helpers import ROOT, exit_code  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.plugins.hparams import metadata as hp_metadata  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
@@ -24,11 +25,29 @@ from resgrad.cli import main  # noqa: E402
 from resgrad.files import write_csv, write_parquet  # noqa: E402
 from resgrad.gradients import GradientRecorder  # noqa: E402
 
-from helpers import ROOT, exit_code  # noqa: E402
-
-RUN_FLAGS = ["--arch", "residual", "--depth", "8", "--width", "4", "--steps", "20", "--train-subset", "1000",
-             "--test-subset", "500", "--record-every", "5", "--eval-every", "10", "--threads", "1", "--device", "cpu",
-             "--quiet"]
+RUN_FLAGS = [
+    "--arch",
+    "residual",
+    "--depth",
+    "8",
+    "--width",
+    "4",
+    "--steps",
+    "20",
+    "--train-subset",
+    "1000",
+    "--test-subset",
+    "500",
+    "--record-every",
+    "5",
+    "--eval-every",
+    "10",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 FINAL_TAGS = {"hparam/final_test_acc", "hparam/final_test_loss", "hparam/final_train_loss"}
 
 
@@ -89,8 +108,11 @@ def check_run_events(run_dir: Path, run_tb: Path) -> None:
 def check_hparams(run_dir: Path, run_tb: Path, status: str = "complete") -> None:
     """One HPARAMS session in the run itself, holding the config, with the final metrics as its metrics."""
     content = accumulator(run_tb).PluginTagToContent(hp_metadata.PLUGIN_NAME)
-    assert set(content) == {hp_metadata.EXPERIMENT_TAG, hp_metadata.SESSION_START_INFO_TAG,
-                            hp_metadata.SESSION_END_INFO_TAG}
+    assert set(content) == {
+        hp_metadata.EXPERIMENT_TAG,
+        hp_metadata.SESSION_START_INFO_TAG,
+        hp_metadata.SESSION_END_INFO_TAG,
+    }
     start = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
     config = json.loads((run_dir / "config.json").read_text())
     for name in ("arch", "norm", "activation", "init", "shortcut", "device"):
@@ -108,7 +130,10 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     """A real 20-step run, trained with --tensorboard: (run folder, its TensorBoard run)."""
     base = tmp_path_factory.mktemp("export")
     run_dir, logdir = base / "run", base / "tb-train"
-    assert main(["train", *RUN_FLAGS, "--data-dir", str(data_dir), "--out", str(run_dir), "--tensorboard", str(logdir)]) == 0
+    assert (
+        main(["train", *RUN_FLAGS, "--data-dir", str(data_dir), "--out", str(run_dir), "--tensorboard", str(logdir)])
+        == 0
+    )
     run_id = json.loads((run_dir / "summary.json").read_text())["run_id"]
     assert sorted(p.name for p in logdir.iterdir()) == [run_id]
     return run_dir, logdir / run_id
@@ -159,9 +184,32 @@ def test_sweep_with_tensorboard_writes_each_run_and_export_skips_missing_ones(
     data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sweep = tmp_path / "sweep"
-    flags = ["--archs", "plain", "residual", "--depths", "8", "--widths", "2", "--steps", "6", "--train-subset", "256",
-             "--test-subset", "200", "--record-every", "2", "--threads", "1", "--device", "cpu", "--quiet",
-             "--data-dir", str(data_dir), "--out", str(sweep)]
+    flags = [
+        "--archs",
+        "plain",
+        "residual",
+        "--depths",
+        "8",
+        "--widths",
+        "2",
+        "--steps",
+        "6",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "200",
+        "--record-every",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(sweep),
+    ]
     assert main(["sweep", *flags, "--tensorboard", str(tmp_path / "tb")]) == 0
     run_dirs = sorted((sweep / "runs").iterdir())
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == [d.name for d in run_dirs]
@@ -188,8 +236,14 @@ def test_a_diverged_run_keeps_its_non_finite_loss_and_has_no_final_metrics(
     write_csv(run_dir / "metrics.csv", metrics)
     write_parquet(run_dir / "grad_norms.parquet", pd.read_parquet(run_dir / "grad_norms.parquet").query("step <= 12"))
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary.update(status="diverged", final_test_acc=None, final_test_loss=None, final_train_loss=None, steps=13,
-                   diverged_at_step=12)
+    summary.update(
+        status="diverged",
+        final_test_acc=None,
+        final_test_loss=None,
+        final_train_loss=None,
+        steps=13,
+        diverged_at_step=12,
+    )
     (run_dir / "summary.json").write_text(json.dumps(summary))
     assert main(["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")]) == 0
     run_tb = tmp_path / "tb" / summary["run_id"]
@@ -252,8 +306,20 @@ def test_sweep_refuses_a_log_folder_inside_the_sweep_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     sweep = tmp_path / "sweep"
-    argv = ["sweep", "--archs", "plain", "--depths", "8", "--steps", "1", "--out", str(sweep), "--quiet",
-            "--tensorboard", str(sweep / "tb")]
+    argv = [
+        "sweep",
+        "--archs",
+        "plain",
+        "--depths",
+        "8",
+        "--steps",
+        "1",
+        "--out",
+        str(sweep),
+        "--quiet",
+        "--tensorboard",
+        str(sweep / "tb"),
+    ]
     assert exit_code(argv) == 2
     assert "give a folder outside the runs it exports" in capsys.readouterr().err
     assert not sweep.exists()
@@ -290,8 +356,11 @@ def test_log_to_writes_the_last_recorded_norms_equal_to_autograd(tmp_path: Path)
             rec.end_step()
             if recorded:
                 rec.log_to(writer, step=100 + step)
-                for tag, grad in (("weight_grad/000_0", model[0].weight.grad), ("weight_grad/001_2", model[2].weight.grad),
-                                  ("activation_grad/000_1", hidden.grad)):
+                for tag, grad in (
+                    ("weight_grad/000_0", model[0].weight.grad),
+                    ("weight_grad/001_2", model[2].weight.grad),
+                    ("activation_grad/000_1", hidden.grad),
+                ):
                     reference.setdefault(tag, []).append((100 + step, grad.double().norm().item()))
             opt.step()
     got = scalars(tmp_path / "tb")

@@ -18,9 +18,7 @@ from resgrad.models import Block, build_model
 
 
 def _hook_count(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
-    )
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
 def _reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[str], signal: list[str]):
@@ -71,7 +69,11 @@ def test_layers_come_in_forward_order_with_stem_first_and_classifier_last() -> N
     assert rec.layers[0] == "stem" and rec.layers[-1] == "fc"
     assert "stage2.0.shortcut.0" in rec.layers  # projections are weighted layers
     assert not any("bn" in name for name in rec.layers)  # norm layers are left out by default
-    assert rec.layers.index("stage2.0.conv2") < rec.layers.index("stage2.0.shortcut.0") < rec.layers.index("stage2.1.conv1")
+    assert (
+        rec.layers.index("stage2.0.conv2")
+        < rec.layers.index("stage2.0.shortcut.0")
+        < rec.layers.index("stage2.1.conv1")
+    )
     assert rec.blocks == [n for n, m in model.named_modules() if isinstance(m, Block)]
 
 
@@ -141,7 +143,9 @@ def test_no_gradient_tensor_is_kept_alive() -> None:
         rec.end_step()
     for record in rec._records:
         values = record.values
-        assert values.dim() == 1 and values.dtype == torch.float64 and values.grad_fn is None and not values.requires_grad
+        assert (
+            values.dim() == 1 and values.dtype == torch.float64 and values.grad_fn is None and not values.requires_grad
+        )
 
 
 def test_schedule_picks_the_recorded_steps() -> None:
@@ -203,8 +207,11 @@ def _smallest(dtype: torch.dtype) -> float:
 
 
 # Scales of the gradient elements per dtype: float16 reaches only 6e-8 ... 65504.
-SCALES = {torch.float32: [1e-40, 1e-25, 1e25, 1e35], torch.bfloat16: [1e-40, 1e-25, 1e25, 1e35],
-          torch.float16: [1e-7, 1e-3, 1e3, 1e4]}
+SCALES = {
+    torch.float32: [1e-40, 1e-25, 1e25, 1e35],
+    torch.bfloat16: [1e-40, 1e-25, 1e25, 1e35],
+    torch.float16: [1e-7, 1e-3, 1e3, 1e4],
+}
 CASES = [(dtype, scale) for dtype, scales in SCALES.items() for scale in [*scales, "smallest", "largest"]]
 
 
@@ -214,7 +221,9 @@ def _grad(shape: tuple[int, ...], dtype: torch.dtype, scale: float | str, seed: 
     if scale == "smallest":
         return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(torch.float64).mul(_smallest(dtype)).to(dtype)
     if scale == "largest":
-        return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(torch.float64).mul(torch.finfo(dtype).max).to(dtype)
+        return (
+            (torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(torch.float64).mul(torch.finfo(dtype).max).to(dtype)
+        )
     return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 
 
@@ -516,13 +525,25 @@ def test_act_deriv_matches_a_hand_computation(activation: str, input_scale: floa
         rec.end_step()
     frame = rec.to_frame()
     got = frame[frame.quantity == "act_deriv"].sort_values("layer_index")
-    assert list(got.layer) == rec.activations == [
-        "stem_act", "stage1.0.act1", "stage1.0.act2", "stage2.0.act1", "stage2.0.act2", "stage3.0.act1",
-        "stage3.0.act2"]  # forward order; act2 runs after the residual add
+    assert (
+        list(got.layer)
+        == rec.activations
+        == [
+            "stem_act",
+            "stage1.0.act1",
+            "stage1.0.act2",
+            "stage2.0.act1",
+            "stage2.0.act2",
+            "stage3.0.act1",
+            "stage3.0.act2",
+        ]
+    )  # forward order; act2 runs after the residual add
     inputs: dict[str, torch.Tensor] = {}
     named = dict(model.named_modules())
-    handles = [named[n].register_forward_pre_hook(lambda m, i, n=n: inputs.__setitem__(n, i[0].detach()))
-               for n in rec.activations]
+    handles = [
+        named[n].register_forward_pre_hook(lambda m, i, n=n: inputs.__setitem__(n, i[0].detach()))
+        for n in rec.activations
+    ]
     model(x)
     for h in handles:
         h.remove()

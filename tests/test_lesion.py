@@ -10,14 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import exit_code
 from torch import nn
 
 from resgrad.cli import main
 from resgrad.data import load_split
 from resgrad.lesion import LesionConfig, blocks_deleted, is_downsampling, run_lesion
 from resgrad.models import blocks, build_model
-
-from helpers import exit_code
 
 
 def _randomise_norms(model: nn.Module) -> None:
@@ -92,8 +91,20 @@ def test_a_run_keeps_its_final_weights_in_model_pt_recorded_in_its_summary(data_
 
     from resgrad.train import TrainConfig, load_model, save_run, train
 
-    result = train(TrainConfig(arch="residual", depth=8, width=4, norm="batch", steps=3, train_subset=300,
-                               test_subset=50, device="cpu", data_dir=str(data_dir)), progress=False)
+    result = train(
+        TrainConfig(
+            arch="residual",
+            depth=8,
+            width=4,
+            norm="batch",
+            steps=3,
+            train_subset=300,
+            test_subset=50,
+            device="cpu",
+            data_dir=str(data_dir),
+        ),
+        progress=False,
+    )
     assert all(t.device.type == "cpu" for t in result.model_state.values())
     back = pickle.loads(pickle.dumps(result))  # as sweep workers send it
     assert back.model_state.keys() == result.model_state.keys()
@@ -115,9 +126,35 @@ def sweep_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Plain and residual, depth 14, width 4, batch norm: 20 steps on 1,000 images, tested on 500."""
     out = tmp_path_factory.mktemp("lesion") / "sweep"
     torch.set_num_threads(1)
-    code = main(["sweep", "--out", str(out), "--archs", "plain", "residual", "--depths", "14", "--widths", "4",
-                 "--norms", "batch", "--steps", "20", "--train-subset", "1000", "--test-subset", "500",
-                 "--device", "cpu", "--threads", "1", "--data-dir", str(data_dir), "--quiet"])
+    code = main(
+        [
+            "sweep",
+            "--out",
+            str(out),
+            "--archs",
+            "plain",
+            "residual",
+            "--depths",
+            "14",
+            "--widths",
+            "4",
+            "--norms",
+            "batch",
+            "--steps",
+            "20",
+            "--train-subset",
+            "1000",
+            "--test-subset",
+            "500",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--data-dir",
+            str(data_dir),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return out
 
@@ -154,13 +191,38 @@ def test_single_deletions_score_what_the_hand_built_net_scores(sweep_dir: Path, 
 
 
 def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsampling_block(
-        sweep_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    sweep_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
     outs = []
     for i, seed in enumerate([5, 5]):
         out = tmp_path / f"lesion{i}"
-        assert exit_code(["lesion", str(sweep_dir), "--out", str(out), "--max-deleted", "4", "--draws", "3",
-                           "--seed", str(seed), "--device", "cpu", "--data-dir", str(data_dir), "--quiet"]) == 0
-        assert sorted(p.name for p in out.iterdir()) == ["lesion.csv", "lesion_n_deleted.png", "lesion_single_block.png"]
+        assert (
+            exit_code(
+                [
+                    "lesion",
+                    str(sweep_dir),
+                    "--out",
+                    str(out),
+                    "--max-deleted",
+                    "4",
+                    "--draws",
+                    "3",
+                    "--seed",
+                    str(seed),
+                    "--device",
+                    "cpu",
+                    "--data-dir",
+                    str(data_dir),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        assert sorted(p.name for p in out.iterdir()) == [
+            "lesion.csv",
+            "lesion_n_deleted.png",
+            "lesion_single_block.png",
+        ]
         outs.append(out)
     assert (outs[0] / "lesion.csv").read_bytes() == (outs[1] / "lesion.csv").read_bytes()
     frame = pd.read_csv(outs[0] / "lesion.csv")
@@ -180,12 +242,29 @@ def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsamplin
 # ---------------------------------------------------------------- report and bad input
 
 
-def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(sweep_dir: Path, data_dir: Path,
-                                                                 tmp_path: Path) -> None:
+def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "sweep"
     shutil.copytree(sweep_dir, sweep)
-    assert exit_code(["lesion", str(sweep), "--max-deleted", "2", "--draws", "1", "--device", "cpu",
-                       "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert (
+        exit_code(
+            [
+                "lesion",
+                str(sweep),
+                "--max-deleted",
+                "2",
+                "--draws",
+                "1",
+                "--device",
+                "cpu",
+                "--data-dir",
+                str(data_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert exit_code(["report", str(sweep)]) == 0
     md = (sweep / "report" / "report.md").read_text()
     assert "## Block lesions" in md and "figures/lesion_single_block.png" in md
@@ -203,55 +282,76 @@ def _make_old(sweep: Path) -> None:
         (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
-def test_a_damaged_run_is_left_out_by_name_and_the_others_are_lesioned(sweep_dir: Path, data_dir: Path,
-                                                                       tmp_path: Path,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_a_damaged_run_is_left_out_by_name_and_the_others_are_lesioned(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sweep = tmp_path / "sweep"
     shutil.copytree(sweep_dir, sweep)
     plain = next((sweep / "runs").glob("plain-*"))
     (plain / "model.pt").write_bytes((plain / "model.pt").read_bytes()[:100])  # cut short
     result = run_lesion(sweep, _config(data_dir, max_deleted=2, draws=1), progress=False)
     assert result.frame["arch"].unique().tolist() == ["residual"]
-    assert result.skipped == [f"{plain.name}: damaged: model.pt has 100 bytes, "
-                              f"{json.loads((plain / 'summary.json').read_text())['files']['model.pt']['bytes']} recorded"]
+    assert result.skipped == [
+        f"{plain.name}: damaged: model.pt has 100 bytes, "
+        f"{json.loads((plain / 'summary.json').read_text())['files']['model.pt']['bytes']} recorded"
+    ]
     assert plain.name in caplog.text
 
 
-def test_a_folder_without_weights_exits_2_with_one_sentence(sweep_dir: Path, data_dir: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_folder_without_weights_exits_2_with_one_sentence(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sweep = tmp_path / "old-sweep"
     shutil.copytree(sweep_dir, sweep)
     _make_old(sweep)
     run_dir = next((sweep / "runs").iterdir())
-    for source, message in [(run_dir, "no model.pt (made before resgrad saved weights)"),
-                            (sweep, "holds no complete run with saved weights"),
-                            (tmp_path / "nowhere", "is neither a sweep folder")]:
+    for source, message in [
+        (run_dir, "no model.pt (made before resgrad saved weights)"),
+        (sweep, "holds no complete run with saved weights"),
+        (tmp_path / "nowhere", "is neither a sweep folder"),
+    ]:
         assert exit_code(["lesion", str(source), "--device", "cpu", "--data-dir", str(data_dir)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("resgrad lesion: error:") and message in err and len(err.splitlines()) == 1
         assert not (source / "lesion").exists() and not source.with_name(f"{source.name}-lesion").exists()
 
 
-def test_an_output_folder_holding_other_files_is_refused_before_any_work(sweep_dir: Path, data_dir: Path,
-                                                                        tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_output_folder_holding_other_files_is_refused_before_any_work(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert exit_code(["lesion", str(sweep_dir), "--out", str(out), "--device", "cpu",
-                       "--data-dir", str(data_dir)]) == 2
+    assert exit_code(["lesion", str(sweep_dir), "--out", str(out), "--device", "cpu", "--data-dir", str(data_dir)]) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert exit_code(["lesion", str(sweep_dir), "--draws", "0"]) == 2
 
 
-def test_a_run_folder_is_lesioned_into_a_folder_beside_it_and_left_as_it_was(sweep_dir: Path, data_dir: Path,
-                                                                            tmp_path: Path) -> None:
+def test_a_run_folder_is_lesioned_into_a_folder_beside_it_and_left_as_it_was(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "residual-run"
     shutil.copytree(next((sweep_dir / "runs").glob("residual-*")), run_dir)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    assert exit_code(["lesion", str(run_dir), "--max-deleted", "2", "--draws", "1", "--device", "cpu",
-                       "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert (
+        exit_code(
+            [
+                "lesion",
+                str(run_dir),
+                "--max-deleted",
+                "2",
+                "--draws",
+                "1",
+                "--device",
+                "cpu",
+                "--data-dir",
+                str(data_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     frame = pd.read_csv(tmp_path / "residual-run-lesion" / "lesion.csv")
     assert frame["run_id"].unique().tolist() == ["residual-run"] and len(frame) == 1 + 6 + 1

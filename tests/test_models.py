@@ -8,7 +8,14 @@ from torch import nn
 
 from resgrad.errors import UsageError
 from resgrad.models import (
-    Block, PlainBlock, ResidualBlock, available_archs, blocks, build_model, count_params, register_arch,
+    Block,
+    PlainBlock,
+    ResidualBlock,
+    available_archs,
+    blocks,
+    build_model,
+    count_params,
+    register_arch,
 )
 
 DEPTHS = [8, 14, 20, 32]
@@ -39,7 +46,9 @@ def test_parameter_count_matches_a_hand_count() -> None:
     # depth 8, width 2, no norm: convs carry a bias. n = 1 block per stage.
     w = 2
     conv = lambda cin, cout: cin * cout * 9 + cout  # noqa: E731
-    expected = conv(1, w) + 2 * conv(w, w) + conv(w, 2 * w) + conv(2 * w, 2 * w) + conv(2 * w, 4 * w) + conv(4 * w, 4 * w)
+    expected = (
+        conv(1, w) + 2 * conv(w, w) + conv(w, 2 * w) + conv(2 * w, 2 * w) + conv(2 * w, 4 * w) + conv(4 * w, 4 * w)
+    )
     expected += 4 * w * 10 + 10
     assert count_params(build_model("plain", 8, width=w)) == expected
     # Seed ResNet of the tutorial: 5x5 1->16, 2 x 3x3 16->16, 5x5 16->32, 2 x 3x3 32->32, linear 512->10.
@@ -49,7 +58,13 @@ def test_parameter_count_matches_a_hand_count() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(depth=d, width=w, norm=n, shortcut=s) for d in DEPTHS for w in (2, 16) for n in ("none", "batch") for s in ("A", "B")],
+    [
+        dict(depth=d, width=w, norm=n, shortcut=s)
+        for d in DEPTHS
+        for w in (2, 16)
+        for n in ("none", "batch")
+        for s in ("A", "B")
+    ],
 )
 def test_twins_have_equal_parameter_counts(kwargs: dict) -> None:
     assert count_params(build_model("plain", **kwargs)) == count_params(build_model("residual", **kwargs))

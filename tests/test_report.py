@@ -25,15 +25,30 @@ from resgrad.markdown import markdown_table
 from resgrad.report import acc_by_eval_display, headline_table, load_sweep, summary_display, summary_table
 from resgrad.sweep import SweepSpec, run_sweep
 
-FIGURES = ["weight_grad_by_layer", "activation_grad_by_block", "grad_norm_over_steps", "train_loss",
-           "test_acc_over_steps", "test_error_vs_depth", "block_gain"]  # block_gain: its own section (test_report_gain.py)
+FIGURES = [
+    "weight_grad_by_layer",
+    "activation_grad_by_block",
+    "grad_norm_over_steps",
+    "train_loss",
+    "test_acc_over_steps",
+    "test_error_vs_depth",
+    "block_gain",
+]  # block_gain: its own section (test_report_gain.py)
 TABLES = ["by_arch_depth", "headline", "test_acc_by_eval", "runs", "block_gain"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _fixed(data_dir: Path, **kw: object) -> dict[str, object]:
-    base = dict(steps=30, train_subset=512, test_subset=500, record_every=5, eval_every=5, threads=1,
-                device="cpu", data_dir=str(data_dir))
+    base = dict(
+        steps=30,
+        train_subset=512,
+        test_subset=500,
+        record_every=5,
+        eval_every=5,
+        threads=1,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
     return {**base, **kw}
 
 
@@ -41,8 +56,9 @@ def _fixed(data_dir: Path, **kw: object) -> dict[str, object]:
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """plain and residual, depths 8 and 14, width 4, seeds 0 and 1: 8 real runs of 30 steps."""
     out = tmp_path_factory.mktemp("sweep") / "depth"
-    spec = SweepSpec(grid={"arch": ["plain", "residual"], "depth": [8, 14], "width": [4], "seed": [0, 1]},
-                     fixed=_fixed(data_dir))
+    spec = SweepSpec(
+        grid={"arch": ["plain", "residual"], "depth": [8, 14], "width": [4], "seed": [0, 1]}, fixed=_fixed(data_dir)
+    )
     summary = run_sweep(spec, out, progress=False)
     assert list(summary["status"]) == ["complete"] * 8
     return out
@@ -72,8 +88,11 @@ def _copy(sweep_dir: Path, tmp_path: Path) -> Path:
 def _record_files(run_dir: Path) -> None:
     """Rewrite summary.json's record of files after a test edited them, as if the run had written them so."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    summary["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                        for p in sorted(run_dir.iterdir()) if p.name != "summary.json"}
+    summary["files"] = {
+        p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        for p in sorted(run_dir.iterdir())
+        if p.name != "summary.json"
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -83,8 +102,15 @@ def _make_failed(run_dir: Path, error: str) -> None:
     for name in run_dir.iterdir():
         if name.name != "config.json":
             name.unlink()
-    summary.update(status="failed", error=error, final_test_acc=None, final_test_loss=None, final_train_loss=None,
-                   steps=None, images_per_s=None)
+    summary.update(
+        status="failed",
+        error=error,
+        final_test_acc=None,
+        final_test_loss=None,
+        final_train_loss=None,
+        steps=None,
+        images_per_s=None,
+    )
     summary.pop("files", None)  # a failed run's folder has no record
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
@@ -100,8 +126,14 @@ def _make_diverged(run_dir: Path, at_step: int) -> None:
     g = g[g["step"] <= at_step].copy()
     g.loc[g["step"] == g["step"].max(), "norm"] = math.nan
     g.to_parquet(run_dir / "grad_norms.parquet", index=False)
-    summary.update(status="diverged", diverged_at_step=at_step, steps=at_step + 1, final_test_acc=None,
-                   final_test_loss=None, final_train_loss=None)
+    summary.update(
+        status="diverged",
+        diverged_at_step=at_step,
+        steps=at_step + 1,
+        final_test_acc=None,
+        final_test_loss=None,
+        final_train_loss=None,
+    )
     (run_dir / "summary.json").write_text(json.dumps(summary))
     _record_files(run_dir)
 
@@ -137,13 +169,19 @@ def _hand_runs(sweep: Path) -> pd.DataFrame:
         w = grads[grads["quantity"] == "weight_grad"]
         metrics = pd.read_csv(run_dir / "metrics.csv")
         hit = metrics[metrics["test_acc"] >= 0.9]
-        rows.append({
-            "arch": config["arch"], "depth": config["depth"], "seed": config["seed"], "status": summary["status"],
-            "acc": summary["final_test_acc"], "train_loss": summary["final_train_loss"],
-            "first": _log10_ratio(w[w["step"] == w["step"].min()].set_index("layer_index")["norm"]),
-            "last": _log10_ratio(w[w["step"] == w["step"].max()].set_index("layer_index")["norm"]),
-            "updates_to_90": int(hit["step"].iloc[0]) + 1 if len(hit) else None,
-        })
+        rows.append(
+            {
+                "arch": config["arch"],
+                "depth": config["depth"],
+                "seed": config["seed"],
+                "status": summary["status"],
+                "acc": summary["final_test_acc"],
+                "train_loss": summary["final_train_loss"],
+                "first": _log10_ratio(w[w["step"] == w["step"].min()].set_index("layer_index")["norm"]),
+                "last": _log10_ratio(w[w["step"] == w["step"].max()].set_index("layer_index")["norm"]),
+                "updates_to_90": int(hit["step"].iloc[0]) + 1 if len(hit) else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -180,7 +218,9 @@ def test_html_is_self_contained_with_every_figure_embedded(report: tuple[Path, s
     for chunk, name in zip(images, FIGURES):
         assert base64.b64decode(chunk.split('"', 1)[0]) == (out / "figures" / f"{name}.png").read_bytes()
     assert "http" not in page and "href=" not in page and page.count("src=") == len(FIGURES)
-    assert page.count("<table>") == 5  # headline, per arch and depth, gain per block, test accuracy per evaluation, runs
+    assert (
+        page.count("<table>") == 5
+    )  # headline, per arch and depth, gain per block, test accuracy per evaluation, runs
 
 
 def test_tables_match_a_hand_computation_from_the_run_folders(sweep_dir: Path, report: tuple[Path, str]) -> None:
@@ -192,8 +232,12 @@ def test_tables_match_a_hand_computation_from_the_run_folders(sweep_dir: Path, r
         runs = hand[(hand["arch"] == row["arch"]) & (hand["depth"] == row["depth"])]
         counts = (row["n_runs"], row["n_complete"], row["n_diverged"], row["n_failed"], row["n_missing"])
         assert counts == (2, 2, 0, 0, 0)
-        for col, hand_col in (("final_test_acc", "acc"), ("final_train_loss", "train_loss"),
-                              ("log10_grad_ratio_first", "first"), ("log10_grad_ratio_last", "last")):
+        for col, hand_col in (
+            ("final_test_acc", "acc"),
+            ("final_train_loss", "train_loss"),
+            ("log10_grad_ratio_first", "first"),
+            ("log10_grad_ratio_last", "last"),
+        ):
             values = list(runs[hand_col])
             assert _same(row[f"{col}_mean"], statistics.mean(values)), col
             assert _same(row[f"{col}_std"], statistics.stdev(values)), col
@@ -264,8 +308,9 @@ def test_zero_and_nonfinite_norms_survive_into_tables_and_captions(sweep_dir: Pa
     assert "1 zero (▼" in caption and "1 infinite (▲" in caption and "1 NaN (✕" in caption
 
 
-def test_updates_to_90pct_acc_count_from_the_first_evaluation_at_or_above_90pct(sweep_dir: Path,
-                                                                                 tmp_path: Path) -> None:
+def test_updates_to_90pct_acc_count_from_the_first_evaluation_at_or_above_90pct(
+    sweep_dir: Path, tmp_path: Path
+) -> None:
     sweep = _copy(sweep_dir, tmp_path)
     for arch, seed, nth_eval in (("plain", 0, 2), ("plain", 1, 4), ("residual", 1, 0)):
         path = _run_dir(sweep, arch, 8, seed) / "metrics.csv"
@@ -328,8 +373,12 @@ def test_one_arch_one_seed(sweep_dir: Path, tmp_path: Path) -> None:
     code, stdout = _report([str(sweep)])
     assert code == 0
     headline = pd.read_csv(sweep / "report" / "tables" / "headline.csv")
-    assert list(headline.columns) == ["depth", "residual_test_acc", "residual_log10_grad_ratio_first",
-                                      "residual_log10_grad_ratio_last"]
+    assert list(headline.columns) == [
+        "depth",
+        "residual_test_acc",
+        "residual_log10_grad_ratio_first",
+        "residual_log10_grad_ratio_last",
+    ]
     assert "plain" not in stdout
     runs = pd.read_csv(sweep / "report" / "tables" / "runs.csv")
     assert len(runs) == 2 and set(runs["seed"]) == {0}
@@ -340,9 +389,10 @@ def test_one_arch_one_seed(sweep_dir: Path, tmp_path: Path) -> None:
 
 
 def test_diverged_run_counts_as_finished_without_accuracy(tmp_path: Path, data_dir: Path) -> None:
-    spec = SweepSpec(grid={"arch": ["residual"], "depth": [8], "width": [2], "lr": [1000.0], "seed": [0]},
-                     fixed=_fixed(data_dir, steps=12, train_subset=256, test_subset=200, record_every=2,
-                                  eval_every=4, momentum=0.9))
+    spec = SweepSpec(
+        grid={"arch": ["residual"], "depth": [8], "width": [2], "lr": [1000.0], "seed": [0]},
+        fixed=_fixed(data_dir, steps=12, train_subset=256, test_subset=200, record_every=2, eval_every=4, momentum=0.9),
+    )
     summary = run_sweep(spec, tmp_path / "sweep", progress=False)
     assert list(summary["status"]) == ["diverged"]
     code, _ = _report([str(tmp_path / "sweep")])
@@ -431,8 +481,17 @@ def test_many_evaluations_give_the_csv_and_the_figure_but_no_markdown_table(swee
 
 
 def test_evaluations_at_epoch_ends_are_headed_by_epoch() -> None:
-    table = pd.DataFrame({"arch": ["residual", "residual"], "depth": [8, 8], "step": [3, 7], "epoch": [0, 1],
-                          "test_acc_mean": [0.5, 0.75], "test_acc_std": [0.1, math.nan], "n_runs": [2, 1]})
+    table = pd.DataFrame(
+        {
+            "arch": ["residual", "residual"],
+            "depth": [8, 8],
+            "step": [3, 7],
+            "epoch": [0, 1],
+            "test_acc_mean": [0.5, 0.75],
+            "test_acc_std": [0.1, math.nan],
+            "n_runs": [2, 1],
+        }
+    )
     shown = acc_by_eval_display(table, [], per_epoch=4)
     assert list(shown.columns) == ["arch", "depth", "runs", "epoch 1", "epoch 2"]
     assert shown.iloc[0].tolist() == ["residual", "8", "2", "50.00 ± 10.00", "75.00"]
@@ -441,7 +500,8 @@ def test_evaluations_at_epoch_ends_are_headed_by_epoch() -> None:
 
 
 def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it_was(
-        sweep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sweep = _copy(sweep_dir, tmp_path)
     assert _report([str(sweep)])[0] == 0
     out = sweep / "report"
@@ -466,8 +526,9 @@ def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it
 # ---------------------------------------------------------------- bad input
 
 
-def test_a_folder_that_is_not_a_sweep_exits_2_and_writes_nothing(sweep_dir: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_folder_that_is_not_a_sweep_exits_2_and_writes_nothing(
+    sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = _copy(sweep_dir, tmp_path) / "runs"
     before = sorted(p.name for p in run_dir.iterdir())
     assert main(["report", str(run_dir)]) == 2
@@ -478,8 +539,9 @@ def test_a_folder_that_is_not_a_sweep_exits_2_and_writes_nothing(sweep_dir: Path
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_a_sweep_with_no_finished_run_exits_2_and_writes_nothing(sweep_dir: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_sweep_with_no_finished_run_exits_2_and_writes_nothing(
+    sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sweep = tmp_path / "empty"
     (sweep / "runs").mkdir(parents=True)
     shutil.copy(sweep_dir / "sweep.json", sweep / "sweep.json")
@@ -499,8 +561,9 @@ def test_out_that_is_a_file_exits_2(sweep_dir: Path, tmp_path: Path, capsys: pyt
     assert "is a file" in capsys.readouterr().err and target.read_text() == "x"
 
 
-def test_out_that_holds_something_else_is_refused(sweep_dir: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_that_holds_something_else_is_refused(
+    sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
@@ -511,16 +574,19 @@ def test_out_that_holds_something_else_is_refused(sweep_dir: Path, tmp_path: Pat
 
 def test_headline_table_api(sweep_dir: Path) -> None:
     table = headline_table(load_sweep(sweep_dir))
-    assert list(table.columns) == ["depth", "plain_test_acc", "residual_test_acc",
-                                   "plain_log10_grad_ratio_first", "residual_log10_grad_ratio_first",
-                                   "plain_log10_grad_ratio_last", "residual_log10_grad_ratio_last"]
+    assert list(table.columns) == [
+        "depth",
+        "plain_test_acc",
+        "residual_test_acc",
+        "plain_log10_grad_ratio_first",
+        "residual_log10_grad_ratio_first",
+        "plain_log10_grad_ratio_last",
+        "residual_log10_grad_ratio_last",
+    ]
 
 
 def test_markdown_table_escapes_pipes_and_aligns_numbers_right() -> None:
     frame = pd.DataFrame({"name|x": ["a|b", "two\nlines"], "ms": [1.5, 20.0]})
     text = markdown_table(frame)
-    assert text == ("| name\\|x | ms |\n"
-                    "|:---|---:|\n"
-                    "| a\\|b | 1.5 |\n"
-                    "| two lines | 20.0 |\n")
+    assert text == ("| name\\|x | ms |\n|:---|---:|\n| a\\|b | 1.5 |\n| two lines | 20.0 |\n")
     assert markdown_table(frame, lambda v, c: f"<{c}>").splitlines()[2] == "| <name\\|x> | <ms> |"

@@ -22,19 +22,33 @@ NAN, INF = math.nan, math.inf
 
 def _grads(run_id: str, arch: str, step: int, signal: list[float], acts: dict[str, float]) -> list[dict]:
     """Rows as Sweep.grad_norms has them: blocks s.0, s.1, s.2 and the named activation modules."""
-    rows = [dict(run_id=run_id, arch=arch, step=step, layer_index=i, layer=f"s.{i}", quantity="activation_grad",
-                 grad_norm=v) for i, v in enumerate(signal)]
-    rows += [dict(run_id=run_id, arch=arch, step=step, layer_index=i, layer=name, quantity="act_deriv", grad_norm=v)
-             for i, (name, v) in enumerate(acts.items())]
-    rows.append(dict(run_id=run_id, arch=arch, step=step, layer_index=0, layer="stem", quantity="weight_grad",
-                     grad_norm=123.0))  # another quantity: never mixed in
+    rows = [
+        dict(
+            run_id=run_id, arch=arch, step=step, layer_index=i, layer=f"s.{i}", quantity="activation_grad", grad_norm=v
+        )
+        for i, v in enumerate(signal)
+    ]
+    rows += [
+        dict(run_id=run_id, arch=arch, step=step, layer_index=i, layer=name, quantity="act_deriv", grad_norm=v)
+        for i, (name, v) in enumerate(acts.items())
+    ]
+    rows.append(
+        dict(run_id=run_id, arch=arch, step=step, layer_index=0, layer="stem", quantity="weight_grad", grad_norm=123.0)
+    )  # another quantity: never mixed in
     return rows
 
 
 def _acts(s1: tuple[float, float], s2: tuple[float, float]) -> dict[str, float]:
     # stem_act belongs to no block; s.0's activations have no gain (block 0's input is not recorded)
-    return {"stem_act": 0.99, "s.0.act1": 0.98, "s.0.act2": 0.97, "s.1.act1": s1[0], "s.1.act2": s1[1],
-            "s.2.act1": s2[0], "s.2.act2": s2[1]}
+    return {
+        "stem_act": 0.99,
+        "s.0.act1": 0.98,
+        "s.0.act2": 0.97,
+        "s.1.act1": s1[0],
+        "s.1.act2": s1[1],
+        "s.2.act1": s2[0],
+        "s.2.act2": s2[1],
+    }
 
 
 @pytest.fixture
@@ -47,8 +61,13 @@ def synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
         *_grads("d", "residual", 0, [2.0, 1.0, 1.0], _acts((0.9, 0.9), (0.8, 0.8))),
         *_grads("d", "residual", 3, [1.0, 1.0, 1.0], _acts((0.3, 0.3), (0.3, 0.3))),
     ]
-    runs = pd.DataFrame({"run_id": ["p", "r", "d", "f"], "arch": ["plain", "residual", "residual", "plain"],
-                         "status": ["complete", "complete", "diverged", "failed"]})
+    runs = pd.DataFrame(
+        {
+            "run_id": ["p", "r", "d", "f"],
+            "arch": ["plain", "residual", "residual", "plain"],
+            "status": ["complete", "complete", "diverged", "failed"],
+        }
+    )
     return pd.DataFrame(rows), runs
 
 
@@ -57,11 +76,18 @@ def test_gain_per_block_and_the_blocks_mean_sigma_prime_by_hand(synthetic) -> No
     got = block_gains(grads, ["run_id", "arch"]).set_index(["run_id", "step", "block_index"])
     assert list(got.columns) == ["arch", "block", "gain", "act_deriv"]
     expected = {  # gain_l = ‖∂L/∂h_{l-1}‖ / ‖∂L/∂h_l‖; act_deriv: mean of s.l.act1 and s.l.act2
-        ("p", 0, 1): (1 / 4, 0.25), ("p", 0, 2): (4 / 16, 0.3),
-        ("p", 5, 1): (0 / 2, 0.5), ("p", 5, 2): (INF, 0.0),  # 2 / 0
-        ("r", 0, 1): (3 / 2, 0.7), ("r", 0, 2): (2 / 1, NAN),  # a NaN act_deriv makes the block's mean NaN
-        ("r", 5, 1): (NAN, 0.1), ("r", 5, 2): (1.0, 0.2),
-        ("d", 0, 1): (2.0, 0.9), ("d", 0, 2): (1.0, 0.8), ("d", 3, 1): (1.0, 0.3), ("d", 3, 2): (1.0, 0.3),
+        ("p", 0, 1): (1 / 4, 0.25),
+        ("p", 0, 2): (4 / 16, 0.3),
+        ("p", 5, 1): (0 / 2, 0.5),
+        ("p", 5, 2): (INF, 0.0),  # 2 / 0
+        ("r", 0, 1): (3 / 2, 0.7),
+        ("r", 0, 2): (2 / 1, NAN),  # a NaN act_deriv makes the block's mean NaN
+        ("r", 5, 1): (NAN, 0.1),
+        ("r", 5, 2): (1.0, 0.2),
+        ("d", 0, 1): (2.0, 0.9),
+        ("d", 0, 2): (1.0, 0.8),
+        ("d", 3, 1): (1.0, 0.3),
+        ("d", 3, 2): (1.0, 0.3),
     }
     assert sorted(got.index) == sorted(expected)
     for key, (gain, deriv) in expected.items():
@@ -102,10 +128,18 @@ def test_an_activation_belongs_to_the_block_its_name_lies_in() -> None:
 def report_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """plain and residual, depth 8, sigmoid and relu, width 4, one seed, 5 steps on 1000 images."""
     out = tmp_path_factory.mktemp("gain") / "sweep"
-    spec = SweepSpec(grid={"arch": ["plain", "residual"], "depth": [8], "width": [4], "activation": ["sigmoid", "relu"],
-                           "seed": [0]},
-                     fixed=dict(steps=5, train_subset=1000, test_subset=200, record_every=2, threads=1, device="cpu",
-                                data_dir=str(data_dir)))
+    spec = SweepSpec(
+        grid={
+            "arch": ["plain", "residual"],
+            "depth": [8],
+            "width": [4],
+            "activation": ["sigmoid", "relu"],
+            "seed": [0],
+        },
+        fixed=dict(
+            steps=5, train_subset=1000, test_subset=200, record_every=2, threads=1, device="cpu", data_dir=str(data_dir)
+        ),
+    )
     assert list(run_sweep(spec, out, progress=False)["status"]) == ["complete"] * 4
     make_report(out)
     return out
@@ -120,9 +154,9 @@ def _hand(run_dir: Path, when: str) -> tuple[list[float], list[float]]:
     norms, names = list(signal["norm"]), list(signal["layer"])
     derivs = at[at["quantity"] == "act_deriv"]
     gains, sigmas = [], []
-    for l in range(1, len(norms)):
-        gains.append(norms[l - 1] / norms[l])
-        mine = [v for name, v in zip(derivs["layer"], derivs["norm"]) if name.startswith(names[l] + ".")]
+    for block in range(1, len(norms)):
+        gains.append(norms[block - 1] / norms[block])
+        mine = [v for name, v in zip(derivs["layer"], derivs["norm"]) if name.startswith(names[block] + ".")]
         assert len(mine) == 2  # act1 and act2 of the block
         sigmas.append(sum(mine) / len(mine))
     return gains, sigmas
@@ -131,7 +165,11 @@ def _hand(run_dir: Path, when: str) -> tuple[list[float], list[float]]:
 def test_report_gain_table_matches_a_hand_computation_from_the_run_folders(report_dir: Path) -> None:
     table = pd.read_csv(report_dir / "report" / "tables" / "block_gain.csv")
     assert list(table[["activation", "arch"]].itertuples(index=False, name=None)) == [
-        ("sigmoid", "plain"), ("sigmoid", "residual"), ("relu", "plain"), ("relu", "residual")]
+        ("sigmoid", "plain"),
+        ("sigmoid", "residual"),
+        ("relu", "plain"),
+        ("relu", "residual"),
+    ]
     for run_dir in sorted((report_dir / "runs").iterdir()):
         config = json.loads((run_dir / "config.json").read_text())
         row = table[(table["arch"] == config["arch"]) & (table["activation"] == config["activation"])].iloc[0]

@@ -24,49 +24,105 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import ROOT, exit_code
 
-from resgrad.cli import main
 from resgrad.errors import UsageError
 from resgrad.files import prepare_output, write_json
 from resgrad.report import load_sweep
 from resgrad.sweep import SweepSpec, run_sweep
 from resgrad.train import StepBuffer, TrainConfig, check_run, save_run, train
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "summary.json"}  # and model.pt where weights are kept
 
 
 def tiny_run(data_dir: Path) -> list[str]:
     """`resgrad train` flags for a run of a second or two."""
-    return ["--arch", "residual", "--depth", "8", "--width", "2", "--steps", "3", "--record-every", "1",
-            "--train-subset", "256", "--test-subset", "100", "--threads", "1", "--device", "cpu",
-            "--data-dir", str(data_dir), "--quiet"]
+    return [
+        "--arch",
+        "residual",
+        "--depth",
+        "8",
+        "--width",
+        "2",
+        "--steps",
+        "3",
+        "--record-every",
+        "1",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "100",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--quiet",
+    ]
 
 
 def tiny_grid(data_dir: Path) -> list[str]:
     """`resgrad sweep` flags for a grid of one run of a second or two."""
-    return ["--archs", "residual", "--depths", "8", "--widths", "2", "--steps", "3", "--record-every", "1",
-            "--train-subset", "256", "--test-subset", "100", "--threads", "1", "--device", "cpu",
-            "--data-dir", str(data_dir), "--quiet"]
+    return [
+        "--archs",
+        "residual",
+        "--depths",
+        "8",
+        "--widths",
+        "2",
+        "--steps",
+        "3",
+        "--record-every",
+        "1",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "100",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--quiet",
+    ]
 
 
-TINY_BENCH = ["--devices", "cpu", "--archs", "plain", "--depths", "8", "--widths", "2", "--batch-sizes", "4",
-              "--modes", "forward", "--min-run-time", "0.01", "--warmup", "0", "--threads", "1", "--quiet"]
+TINY_BENCH = [
+    "--devices",
+    "cpu",
+    "--archs",
+    "plain",
+    "--depths",
+    "8",
+    "--widths",
+    "2",
+    "--batch-sizes",
+    "4",
+    "--modes",
+    "forward",
+    "--min-run-time",
+    "0.01",
+    "--warmup",
+    "0",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
     """Exit code and stderr of `resgrad ARGV` run in this process."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse errors
-            code = int(exc.code)
+        code = exit_code(argv)
     return code, err.getvalue()
 
 
-def run_child(argv: list[str], file_size_limit: int | None = None, env: dict[str, str] | None = None,
-              timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_child(
+    argv: list[str], file_size_limit: int | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """`python -m resgrad ARGV` in a child process, optionally with writes capped at ``file_size_limit`` bytes."""
 
     def limit() -> None:  # in the child: a write past the limit fails with EFBIG instead of killing it
@@ -74,8 +130,12 @@ def run_child(argv: list[str], file_size_limit: int | None = None, env: dict[str
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     return subprocess.run(
-        [sys.executable, "-m", "resgrad", *argv], capture_output=True, text=True, timeout=timeout,
-        preexec_fn=limit if file_size_limit is not None else None, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "resgrad", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit if file_size_limit is not None else None,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -88,8 +148,11 @@ def one_sentence(stderr: str, command: str) -> str:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (relative path) -> SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -99,8 +162,10 @@ def leftovers(folder: Path) -> list[str]:
 
 def strict_json(path: Path) -> object:
     """Parse as strict JSON: NaN, Infinity and -Infinity are not JSON."""
+
     def refuse(name: str) -> None:
         raise AssertionError(f"{path} holds {name}, which is not JSON")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
@@ -108,9 +173,19 @@ def strict_json(path: Path) -> object:
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A finished sweep of two tiny runs (depths 8 and 14), made once; tests copy it."""
     out = tmp_path_factory.mktemp("safety") / "sweep"
-    spec = SweepSpec(grid={"arch": ["residual"], "depth": [8, 14], "width": [2]},
-                     fixed={"steps": 4, "record_every": 1, "eval_every": 2, "train_subset": 256, "test_subset": 100,
-                            "threads": 1, "device": "cpu", "data_dir": str(data_dir)})
+    spec = SweepSpec(
+        grid={"arch": ["residual"], "depth": [8, 14], "width": [2]},
+        fixed={
+            "steps": 4,
+            "record_every": 1,
+            "eval_every": 2,
+            "train_subset": 256,
+            "test_subset": 100,
+            "threads": 1,
+            "device": "cpu",
+            "data_dir": str(data_dir),
+        },
+    )
     assert list(run_sweep(spec, out, progress=False)["status"]) == ["complete", "complete"]
     return out
 
@@ -220,8 +295,9 @@ def test_1_train_out_a_folder_with_user_files_is_refused_and_kept(tmp_path: Path
     (mine / "notes.tex").write_text("t\n")
     code, err = run_cli(["train", *tiny_run(data_dir), "--out", str(mine)])
     assert code == 2
-    assert one_sentence(err, "train").endswith(f"{mine} holds files resgrad did not write (notes.tex); "
-                                               "give --out a new or empty folder.")
+    assert one_sentence(err, "train").endswith(
+        f"{mine} holds files resgrad did not write (notes.tex); give --out a new or empty folder."
+    )
     assert sorted(os.listdir(mine)) == ["notes.tex"] and (mine / "notes.tex").read_text() == "t\n"
 
 
@@ -254,8 +330,20 @@ def test_1_an_existing_run_is_replaced_only_with_force_and_never_with_a_user_fil
 
 
 def test_1_save_run_in_python_refuses_a_folder_with_other_files(tmp_path: Path, data_dir: Path) -> None:
-    result = train(TrainConfig(arch="residual", depth=8, width=2, steps=2, train_subset=64, test_subset=50,
-                               threads=1, device="cpu", data_dir=str(data_dir)), progress=False)
+    result = train(
+        TrainConfig(
+            arch="residual",
+            depth=8,
+            width=2,
+            steps=2,
+            train_subset=64,
+            test_subset=50,
+            threads=1,
+            device="cpu",
+            data_dir=str(data_dir),
+        ),
+        progress=False,
+    )
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "data.csv").write_text("1,2\n")
@@ -283,8 +371,9 @@ def test_2_train_out_a_file_is_refused_before_training(tmp_path: Path, data_dir:
     target.write_text("my results\n")
     code, err = run_cli(["train", *tiny_run(data_dir), "--out", str(target)])
     assert code == 2
-    assert one_sentence(err, "train").endswith(f"{target} is a file, not a run folder; give --out a new or empty "
-                                               "folder (the file is left as it is).")
+    assert one_sentence(err, "train").endswith(
+        f"{target} is a file, not a run folder; give --out a new or empty folder (the file is left as it is)."
+    )
     assert sorted(os.listdir(tmp_path)) == ["results.txt"] and target.read_text() == "my results\n"
 
 
@@ -311,8 +400,10 @@ def test_4_a_ray_address_where_nothing_answers_exits_2_before_writing(tmp_path: 
     pytest.importorskip("ray")
     out = tmp_path / "sweep"
     # It used to retry for ever; the timeout only stops a hang from stalling the suite.
-    proc = run_child(["sweep", "--out", str(out), "--executor", "ray", "--ray-address", "127.0.0.1:1",
-                      *tiny_grid(data_dir)], timeout=120)
+    proc = run_child(
+        ["sweep", "--out", str(out), "--executor", "ray", "--ray-address", "127.0.0.1:1", *tiny_grid(data_dir)],
+        timeout=120,
+    )
     assert proc.returncode == 2
     line = one_sentence(proc.stderr, "sweep")
     assert "nothing answers at Ray address 127.0.0.1:1 (Connection refused)" in line
@@ -413,8 +504,9 @@ def test_6_a_path_under_a_file_is_refused_up_front(
     out = tmp_path / "afile" / "sub"
     code, err = run_cli(_commands(data_dir, sweep_dir, out)[command])
     assert code == 2
-    assert one_sentence(err, command).endswith(f"{tmp_path / 'afile'} is a file, so {out} cannot be made inside it; "
-                                               "give --out a path in a folder.")
+    assert one_sentence(err, command).endswith(
+        f"{tmp_path / 'afile'} is a file, so {out} cannot be made inside it; give --out a path in a folder."
+    )
     assert (tmp_path / "afile").read_text() == "x"
 
 
@@ -440,13 +532,17 @@ def test_6_out_dot_never_replaces_or_fills_the_current_folder(
     code, err = run_cli(_commands(data_dir, sweep_dir, Path("."))[command])
     assert code == 2
     line = one_sentence(err, command)
-    assert ("is the current folder or holds it" in line) if command != "bench" else ("holds files resgrad did not "
-                                                                                    "write (notes.txt)" in line)
+    assert (
+        ("is the current folder or holds it" in line)
+        if command != "bench"
+        else ("holds files resgrad did not write (notes.txt)" in line)
+    )
     assert sorted(os.listdir(here)) == ["notes.txt"] and sorted(os.listdir(tmp_path)) == ["work"]
 
 
-def test_6_a_sweep_in_an_empty_current_folder_works(tmp_path: Path, data_dir: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_6_a_sweep_in_an_empty_current_folder_works(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert run_cli(["sweep", *tiny_grid(data_dir), "--out", "."])[0] == 0
     assert {"sweep.json", "summary.csv", "runs"} <= set(os.listdir(tmp_path))
@@ -546,18 +642,22 @@ def test_7_non_finite_sweep_and_bench_options_exit_2(tmp_path: Path, data_dir: P
     code, err = run_cli(["sweep", *tiny_grid(data_dir), "--lrs", "0.1", "nan", "--out", str(tmp_path / "s")])
     assert code == 2 and one_sentence(err, "sweep").endswith("lr must be a finite number, got nan.")
     (tmp_path / "s.toml").write_text("momentum = inf\n")
-    code, err = run_cli(["sweep", *tiny_grid(data_dir), "--config", str(tmp_path / "s.toml"), "--out",
-                         str(tmp_path / "s")])
+    code, err = run_cli(
+        ["sweep", *tiny_grid(data_dir), "--config", str(tmp_path / "s.toml"), "--out", str(tmp_path / "s")]
+    )
     assert code == 2 and one_sentence(err, "sweep").endswith("momentum must be a finite number, got inf.")
     code, err = run_cli(["bench", *TINY_BENCH, "--min-run-time", "inf", "--out", str(tmp_path / "b")])
-    assert code == 2 and one_sentence(err, "bench").endswith("min-run-time must be a finite number of seconds, got inf.")
+    assert code == 2 and one_sentence(err, "bench").endswith(
+        "min-run-time must be a finite number of seconds, got inf."
+    )
     assert sorted(os.listdir(tmp_path)) == ["s.toml"]
 
 
 def test_7_json_files_are_strict_json(sweep_dir: Path, tmp_path: Path) -> None:
     write_json(tmp_path / "x.json", {"loss": math.nan, "ratio": [math.inf, -math.inf, 1.5], "n": 3})
     assert (tmp_path / "x.json").read_text() == (
-        '{\n  "loss": null,\n  "ratio": [\n    null,\n    null,\n    1.5\n  ],\n  "n": 3\n}\n')
+        '{\n  "loss": null,\n  "ratio": [\n    null,\n    null,\n    1.5\n  ],\n  "n": 3\n}\n'
+    )
     for path in sorted(sweep_dir.rglob("*.json")):
         strict_json(path)
 
@@ -583,14 +683,24 @@ def test_8_a_truncated_gz_is_named_with_its_md5(tmp_path: Path, data_dir: Path) 
     found, expected = hashlib.md5(gz.read_bytes()).hexdigest(), dict(MNIST.resources)[gz.name]
     code, err = run_cli(["train", *tiny_run(tmp_path / "data"), "--out", str(tmp_path / "run")])
     assert code == 2
-    assert one_sentence(err, "train").endswith(f"{gz} has MD5 {found}, expected {expected}; replace it with the "
-                                               "official file.")
+    assert one_sentence(err, "train").endswith(
+        f"{gz} has MD5 {found}, expected {expected}; replace it with the official file."
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_8_a_garbage_idx_file_is_named_as_damaged(tmp_path: Path, data_dir: Path) -> None:
-    load = TrainConfig(arch="residual", depth=8, width=2, steps=1, train_subset=64, test_subset=50, threads=1,
-                       device="cpu", data_dir=str(data_dir))
+    load = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=1,
+        train_subset=64,
+        test_subset=50,
+        threads=1,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
     train(load, progress=False)  # torchvision has unpacked the four files beside their .gz
     raw = _mnist_copy(data_dir, tmp_path, gz_only=False)
     (raw / "train-labels-idx1-ubyte").write_bytes(os.urandom(1000))
@@ -598,7 +708,8 @@ def test_8_a_garbage_idx_file_is_named_as_damaged(tmp_path: Path, data_dir: Path
     assert code == 2
     assert one_sentence(err, "train").endswith(
         f"{raw / 'train-labels-idx1-ubyte'} is damaged (its header is not that of MNIST's file); "
-        "delete it to have it unpacked again from its .gz.")
+        "delete it to have it unpacked again from its .gz."
+    )
 
 
 def test_8_the_sweep_preflight_names_a_damaged_training_file_once(tmp_path: Path, data_dir: Path) -> None:
@@ -617,23 +728,49 @@ def test_8_the_sweep_preflight_names_a_damaged_training_file_once(tmp_path: Path
 @pytest.mark.parametrize("seed", ["1180591620717411303424", "-1", str(2**63)])
 def test_9_a_seed_outside_0_to_2_63_is_refused_in_train_and_sweep(seed: str, tmp_path: Path, data_dir: Path) -> None:
     code, err = run_cli(["train", *tiny_run(data_dir), "--seed", seed, "--out", str(tmp_path / "r")])
-    assert code == 2 and one_sentence(err, "train").endswith(f"seed must be a whole number from 0 to 2**63-1, got {seed}.")
+    assert code == 2 and one_sentence(err, "train").endswith(
+        f"seed must be a whole number from 0 to 2**63-1, got {seed}."
+    )
     code, err = run_cli(["sweep", *tiny_grid(data_dir), "--seeds", seed, "--out", str(tmp_path / "s")])
     assert code == 2 and "seed must be a whole number from 0 to 2**63-1" in one_sentence(err, "sweep")
     assert not os.listdir(tmp_path)
 
 
 def test_9_the_largest_seed_trains(data_dir: Path) -> None:
-    config = TrainConfig(arch="residual", depth=8, width=2, steps=1, train_subset=64, test_subset=50, threads=1,
-                         device="cpu", seed=2**63 - 1, data_dir=str(data_dir))
+    config = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=1,
+        train_subset=64,
+        test_subset=50,
+        threads=1,
+        device="cpu",
+        seed=2**63 - 1,
+        data_dir=str(data_dir),
+    )
     assert train(config, progress=False).status == "complete"
 
 
 def test_9_a_huge_step_count_allocates_nothing_up_front(tmp_path: Path, data_dir: Path) -> None:
     # 10**14 steps of float32 losses would be 400 TB; a learning rate of 1e6 ends the run within steps.
     out = tmp_path / "run"
-    code, err = run_cli(["train", *tiny_run(data_dir), "--steps", "99999999999999", "--lr", "1e6", "--momentum",
-                         "0.9", "--width", "4", "--out", str(out)])  # width 2 can die quietly instead
+    code, err = run_cli(
+        [
+            "train",
+            *tiny_run(data_dir),
+            "--steps",
+            "99999999999999",
+            "--lr",
+            "1e6",
+            "--momentum",
+            "0.9",
+            "--width",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )  # width 2 can die quietly instead
     assert code == 0, err
     summary = strict_json(out / "summary.json")
     assert summary["status"] == "diverged" and summary["steps"] < 50
@@ -647,8 +784,13 @@ def test_9_step_buffer_holds_what_a_list_holds() -> None:
     buf = StepBuffer("cpu", torch.float32)
     for step, value in enumerate(values):
         buf[step] = torch.tensor(value)
-    for start, stop in ((0, len(values)), (3, 5), (StepBuffer.CHUNK - 2, StepBuffer.CHUNK + 3), (5, 5),
-                        (2 * StepBuffer.CHUNK, len(values))):
+    for start, stop in (
+        (0, len(values)),
+        (3, 5),
+        (StepBuffer.CHUNK - 2, StepBuffer.CHUNK + 3),
+        (5, 5),
+        (2 * StepBuffer.CHUNK, len(values)),
+    ):
         assert buf[start:stop].tolist() == values[start:stop]
     assert len(buf.chunks) == 3  # memory for the steps seen, a chunk at a time
 
@@ -656,8 +798,19 @@ def test_9_step_buffer_holds_what_a_list_holds() -> None:
 def test_9_a_run_across_many_chunks_records_what_a_run_in_one_chunk_records(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = TrainConfig(arch="residual", depth=8, width=2, steps=10, eval_every=4, train_subset=128, test_subset=50,
-                         batch_size=16, threads=1, device="cpu", data_dir=str(data_dir))
+    config = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=10,
+        eval_every=4,
+        train_subset=128,
+        test_subset=50,
+        batch_size=16,
+        threads=1,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
     one = train(config, progress=False)
     monkeypatch.setattr(StepBuffer, "CHUNK", 3)  # steps 0-2, 3-5, 6-8, 9: every boundary crossed
     many = train(config, progress=False)
@@ -670,8 +823,10 @@ def test_9_a_toml_file_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None:
     (tmp_path / "s.toml").write_bytes(text.encode("latin-1"))
     code, err = run_cli(["sweep", "--config", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o")])
     assert code == 2
-    assert one_sentence(err, "sweep").endswith(f"sweep config {tmp_path / 's.toml'} is not UTF-8 text (byte "
-                                               f"{text.index('é')} cannot be decoded); save it as UTF-8.")
+    assert one_sentence(err, "sweep").endswith(
+        f"sweep config {tmp_path / 's.toml'} is not UTF-8 text (byte "
+        f"{text.index('é')} cannot be decoded); save it as UTF-8."
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -683,8 +838,10 @@ def test_10_a_narrower_grid_keeps_the_earlier_runs_in_sweep_json_summary_and_rep
 ) -> None:
     sweep = copy_sweep(sweep_dir, tmp_path)
     both = pd.read_csv(sweep / "summary.csv")
-    narrow = SweepSpec(grid={"arch": ["residual"], "depth": [8], "width": [2]},
-                       fixed=json.loads((sweep / "sweep.json").read_text())["fixed"])
+    narrow = SweepSpec(
+        grid={"arch": ["residual"], "depth": [8], "width": [2]},
+        fixed=json.loads((sweep / "sweep.json").read_text())["fixed"],
+    )
     result = run_sweep(narrow, sweep, progress=False)
     assert (result.attrs["ran"], result.attrs["skipped"], result.attrs["earlier"]) == (0, 1, 1)
     saved = json.loads((sweep / "sweep.json").read_text())
@@ -693,8 +850,9 @@ def test_10_a_narrower_grid_keeps_the_earlier_runs_in_sweep_json_summary_and_rep
     assert sorted(load_sweep(sweep).runs.run_id) == sorted(both.run_id)
 
     # A third grid: the first grid's extra point stays listed through it.
-    other = SweepSpec(grid={"arch": ["residual"], "depth": [8], "width": [2], "seed": [0]},
-                      fixed={**narrow.fixed, "steps": 2})
+    other = SweepSpec(
+        grid={"arch": ["residual"], "depth": [8], "width": [2], "seed": [0]}, fixed={**narrow.fixed, "steps": 2}
+    )
     run_sweep(other, sweep, progress=False)
     assert set(both.run_id) < set(pd.read_csv(sweep / "summary.csv").run_id)
     assert set(both.run_id) < set(load_sweep(sweep).runs.run_id)

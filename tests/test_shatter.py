@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import exit_code
 
 from resgrad.cli import main
 from resgrad.models import build_model
 from resgrad.shatter import ShatterConfig, correlations, directions, input_gradients, pearson, run_shatter
-
-from helpers import exit_code
 
 
 def _input_gradient(model: torch.nn.Module, x: torch.Tensor, label: int) -> torch.Tensor:
@@ -81,8 +80,19 @@ def test_directions_have_unit_norm_and_depend_on_the_seed_only() -> None:
 
 
 def test_nets_at_init_are_the_nets_train_starts_from(data_dir: Path) -> None:
-    frame = run_shatter(ShatterConfig(archs=["residual"], depths=[8], widths=[4], seeds=[7], images=3,
-                                      distances=[0.5, 2.0], device="cpu", data_dir=str(data_dir)), progress=False)
+    frame = run_shatter(
+        ShatterConfig(
+            archs=["residual"],
+            depths=[8],
+            widths=[4],
+            seeds=[7],
+            images=3,
+            distances=[0.5, 2.0],
+            device="cpu",
+            data_dir=str(data_dir),
+        ),
+        progress=False,
+    )
     torch.manual_seed(7)  # what train() does before build_model
     model = build_model("residual", 8, 4).double().eval()
     from resgrad.data import load_split
@@ -91,8 +101,13 @@ def test_nets_at_init_are_the_nets_train_starts_from(data_dir: Path) -> None:
     x, d = test.images.double(), directions(3, 0)
     want = []
     for t in (0.5, 2.0):
-        r = [pearson(_input_gradient(model, x[i], int(test.labels[i])).flatten(),
-                     _input_gradient(model, x[i] + t * d[i], int(test.labels[i])).flatten()).item() for i in range(3)]
+        r = [
+            pearson(
+                _input_gradient(model, x[i], int(test.labels[i])).flatten(),
+                _input_gradient(model, x[i] + t * d[i], int(test.labels[i])).flatten(),
+            ).item()
+            for i in range(3)
+        ]
         want.append(np.mean(r))
     assert frame["correlation"].tolist() == pytest.approx(want, abs=1e-12)
     assert frame["state"].tolist() == ["init", "init"] and frame["images"].tolist() == [3, 3]
@@ -102,26 +117,82 @@ def test_nets_at_init_are_the_nets_train_starts_from(data_dir: Path) -> None:
 def trained_sweep(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shatter") / "sweep"
     torch.set_num_threads(1)
-    assert main(["sweep", "--out", str(out), "--archs", "residual", "--depths", "8", "--widths", "4", "--norms",
-                 "batch", "--steps", "5", "--train-subset", "500", "--test-subset", "100", "--device", "cpu",
-                 "--threads", "1", "--data-dir", str(data_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--out",
+                str(out),
+                "--archs",
+                "residual",
+                "--depths",
+                "8",
+                "--widths",
+                "4",
+                "--norms",
+                "batch",
+                "--steps",
+                "5",
+                "--train-subset",
+                "500",
+                "--test-subset",
+                "100",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--data-dir",
+                str(data_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def _argv(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["shatter", "--archs", "plain", "residual", "--depths", "8", "14", "--widths", "4", "--seeds", "0", "1",
-            "--images", "3", "--distances", "0.1", "1", "--device", "cpu", "--data-dir", str(data_dir),
-            "--out", str(out), "--quiet", *extra]
+    return [
+        "shatter",
+        "--archs",
+        "plain",
+        "residual",
+        "--depths",
+        "8",
+        "14",
+        "--widths",
+        "4",
+        "--seeds",
+        "0",
+        "1",
+        "--images",
+        "3",
+        "--distances",
+        "0.1",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
-def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(trained_sweep: Path, data_dir: Path,
-                                                                       tmp_path: Path) -> None:
+def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(
+    trained_sweep: Path, data_dir: Path, tmp_path: Path
+) -> None:
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         assert exit_code(_argv(data_dir, out, "--sweep", str(trained_sweep))) == 0
     assert (outs[0] / "shatter.csv").read_bytes() == (outs[1] / "shatter.csv").read_bytes()
     assert sorted(p.name for p in outs[0].iterdir()) == [
-        "shatter.csv", "shatter_correlation_vs_depth.png", "shatter_correlation_vs_distance.png"]
+        "shatter.csv",
+        "shatter_correlation_vs_depth.png",
+        "shatter_correlation_vs_distance.png",
+    ]
     frame = pd.read_csv(outs[0] / "shatter.csv")
     # 2 archs x 2 depths x 2 seeds at init, plus the trained run and its own init (norm batch, not in the grid)
     assert len(frame) == (8 + 2) * 2
@@ -132,16 +203,20 @@ def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(trained_s
     assert len(pd.read_csv(outs[0] / "shatter.csv")) == 2 * 2 * 2
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--depths", "21"], "depth 21 is not of the form 6n+2"),
-    (["--distances"], "distances is an empty list"),
-    (["--distances", "0.1", "nan"], "distances must be finite numbers, got nan"),
-    (["--distances", "inf"], "distances must be finite numbers, got inf"),
-    (["--figure-distance", "3"], "figure distance 3.0 is not one of the distances"),
-    (["--norms", "group"], "unknown norm 'group'"),
-])
-def test_bad_input_exits_2_with_one_sentence(extra: list[str], message: str, data_dir: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--depths", "21"], "depth 21 is not of the form 6n+2"),
+        (["--distances"], "distances is an empty list"),
+        (["--distances", "0.1", "nan"], "distances must be finite numbers, got nan"),
+        (["--distances", "inf"], "distances must be finite numbers, got inf"),
+        (["--figure-distance", "3"], "figure distance 3.0 is not one of the distances"),
+        (["--norms", "group"], "unknown norm 'group'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_sentence(
+    extra: list[str], message: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     assert exit_code(_argv(data_dir, out, *extra)) == 2
     err = capsys.readouterr().err.strip()
@@ -149,9 +224,9 @@ def test_bad_input_exits_2_with_one_sentence(extra: list[str], message: str, dat
     assert not out.exists()
 
 
-def test_a_sweep_without_weights_and_a_foreign_output_folder_exit_2(trained_sweep: Path, data_dir: Path,
-                                                                   tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_sweep_without_weights_and_a_foreign_output_folder_exit_2(
+    trained_sweep: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     old = tmp_path / "old"
     shutil.copytree(trained_sweep, old)
     for run_dir in (old / "runs").iterdir():  # as saved before resgrad kept weights: no model.pt, no record of files

@@ -17,8 +17,9 @@ SMALL = dict(depth=8, width=4, train_subset=1024, test_subset=500, threads=1, ba
 
 
 def test_short_run_on_real_mnist_lowers_the_loss(data_dir: Path) -> None:
-    config = TrainConfig(arch="residual", steps=60, lr=0.05, momentum=0.9, norm="batch", eval_every=20,
-                         data_dir=str(data_dir), **SMALL)
+    config = TrainConfig(
+        arch="residual", steps=60, lr=0.05, momentum=0.9, norm="batch", eval_every=20, data_dir=str(data_dir), **SMALL
+    )
     result = train(config, progress=False)
     loss = result.metrics.train_loss.to_numpy()
     assert result.status == "complete" and len(loss) == 60
@@ -34,7 +35,9 @@ def test_same_config_and_threads_give_the_same_numbers(data_dir: Path) -> None:
     a, b = train(config, progress=False), train(config, progress=False)
     pd.testing.assert_frame_equal(a.metrics, b.metrics)
     pd.testing.assert_frame_equal(a.grad_norms, b.grad_norms)
-    other = train(TrainConfig(arch="plain", steps=12, record_every=3, seed=1, data_dir=str(data_dir), **SMALL), progress=False)
+    other = train(
+        TrainConfig(arch="plain", steps=12, record_every=3, seed=1, data_dir=str(data_dir), **SMALL), progress=False
+    )
     assert not np.allclose(a.metrics.train_loss, other.metrics.train_loss)
 
 
@@ -52,8 +55,18 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_the_record(data_dir: Path,
 
 
 def test_save_and_load_round_trip(data_dir: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(arch="seed-residual", steps=3, record_every=1, data_dir=str(data_dir),
-                               train_subset=256, test_subset=100, threads=1), progress=False)
+    result = train(
+        TrainConfig(
+            arch="seed-residual",
+            steps=3,
+            record_every=1,
+            data_dir=str(data_dir),
+            train_subset=256,
+            test_subset=100,
+            threads=1,
+        ),
+        progress=False,
+    )
     save_run(result, tmp_path / "run")
     back = load_run(tmp_path / "run")
     assert back.config == result.config and back.summary == json.loads(json.dumps(result.summary))
@@ -64,10 +77,15 @@ def test_save_and_load_round_trip(data_dir: Path, tmp_path: Path) -> None:
 
 def test_run_id_is_readable_and_stable() -> None:
     a = TrainConfig(arch="residual", depth=56, width=16, seed=0)
-    assert a.run_id().startswith("residual-d56-w16-s0-") and a.run_id() == TrainConfig(arch="residual", depth=56).run_id()
+    assert (
+        a.run_id().startswith("residual-d56-w16-s0-") and a.run_id() == TrainConfig(arch="residual", depth=56).run_id()
+    )
     assert a.run_id() != TrainConfig(arch="residual", depth=56, lr=0.1).run_id()
     assert a.run_id() == TrainConfig(arch="residual", depth=56, threads=3, data_dir="x").run_id()
-    assert TrainConfig(arch="seed-plain", depth=56).validate().run_id() == TrainConfig(arch="seed-plain").validate().run_id()
+    assert (
+        TrainConfig(arch="seed-plain", depth=56).validate().run_id()
+        == TrainConfig(arch="seed-plain").validate().run_id()
+    )
 
 
 @pytest.mark.parametrize(

@@ -32,12 +32,31 @@ import pandas as pd
 import torch
 
 from resgrad.bench_config import (
-    BENCH_DEVICES, COLUMNS, GRAPH_MODES, MODES, PARTIAL_NAME, PEAK_COLUMNS, STATUS_COLUMNS, BenchConfig,
-    BenchResult, Point, grid,
+    BENCH_DEVICES,
+    COLUMNS,
+    GRAPH_MODES,
+    MODES,
+    PARTIAL_NAME,
+    PEAK_COLUMNS,
+    STATUS_COLUMNS,
+    BenchConfig,
+    BenchResult,
+    Point,
+    grid,
 )
 from resgrad.bench_timing import (
-    DTYPES, PEAK_MATMUL_N, OutOfMemoryError, convs_use_tf32, count_flops, is_oom, make_step,
-    matmul_precision_like_convs, measure_peak, oom_cause, oom_message, time_fn,
+    DTYPES,
+    PEAK_MATMUL_N,
+    OutOfMemoryError,
+    convs_use_tf32,
+    count_flops,
+    is_oom,
+    make_step,
+    matmul_precision_like_convs,
+    measure_peak,
+    oom_cause,
+    oom_message,
+    time_fn,
 )
 from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
@@ -46,10 +65,32 @@ from resgrad.models import build_model, count_params
 from resgrad.train import device_name, progress_enabled
 
 __all__ = [
-    "BENCH_DEVICES", "COLUMNS", "DTYPES", "GRAPH_MODES", "MODES", "PARTIAL_NAME", "PEAK_COLUMNS", "PEAK_MATMUL_N",
-    "STATUS_COLUMNS", "BenchConfig", "BenchResult", "OutOfMemoryError", "Point", "available_devices",
-    "convs_use_tf32", "count_flops", "grid", "is_oom", "make_step", "matmul_precision_like_convs", "measure_peak",
-    "oom_cause", "oom_message", "run_bench", "time_fn", "time_point",
+    "BENCH_DEVICES",
+    "COLUMNS",
+    "DTYPES",
+    "GRAPH_MODES",
+    "MODES",
+    "PARTIAL_NAME",
+    "PEAK_COLUMNS",
+    "PEAK_MATMUL_N",
+    "STATUS_COLUMNS",
+    "BenchConfig",
+    "BenchResult",
+    "OutOfMemoryError",
+    "Point",
+    "available_devices",
+    "convs_use_tf32",
+    "count_flops",
+    "grid",
+    "is_oom",
+    "make_step",
+    "matmul_precision_like_convs",
+    "measure_peak",
+    "oom_cause",
+    "oom_message",
+    "run_bench",
+    "time_fn",
+    "time_point",
 ]
 
 log = logging.getLogger(__name__)
@@ -186,7 +227,8 @@ def run_bench(
     for d in absent:
         log.warning(
             "device %r is listed but absent (torch sees no CUDA device): skipped; timing %s only.",
-            d, ", ".join(present),
+            d,
+            ", ".join(present),
         )
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -213,18 +255,41 @@ def run_bench(
         for p in bar:
             bar.set_postfix_str(p.label(), refresh=False)
             row: dict[str, Any] = {
-                "device": p.device, "device_name": names[p.device], "arch": p.arch, "depth": p.depth,
-                "width": p.width, "batch_size": p.batch_size, "mode": p.mode, "dtype": p.dtype,
-                "channels_last": config.channels_last, "compiled": config.compile, "cuda_graphs": p.cuda_graphs,
+                "device": p.device,
+                "device_name": names[p.device],
+                "arch": p.arch,
+                "depth": p.depth,
+                "width": p.width,
+                "batch_size": p.batch_size,
+                "mode": p.mode,
+                "dtype": p.dtype,
+                "channels_last": config.channels_last,
+                "compiled": config.compile,
+                "cuda_graphs": p.cuda_graphs,
                 "median_ms": math.nan,
-                "iqr_ms": math.nan, "images_per_s": math.nan, "gflop": math.nan, "gflop_per_s": math.nan,
-                "pct_of_peak": math.nan, "params": None, "threads": threads, "torch_version": torch.__version__,
-                "status": "ok", "error": "",
+                "iqr_ms": math.nan,
+                "images_per_s": math.nan,
+                "gflop": math.nan,
+                "gflop_per_s": math.nan,
+                "pct_of_peak": math.nan,
+                "params": None,
+                "threads": threads,
+                "torch_version": torch.__version__,
+                "status": "ok",
+                "error": "",
             }
             try:
-                row.update(time_point(
-                    p, threads, config.min_run_time, config.warmup, config.channels_last, config.compile, config.seed
-                ))
+                row.update(
+                    time_point(
+                        p,
+                        threads,
+                        config.min_run_time,
+                        config.warmup,
+                        config.channels_last,
+                        config.compile,
+                        config.seed,
+                    )
+                )
                 row["pct_of_peak"] = 100 * row["gflop_per_s"] / peaks[p.device, p.dtype]  # provisional until the end
             except Exception as exc:  # OutOfMemoryError, or under compile an exception wrapping one
                 message = oom_message(exc)  # a string: no reference to the exception outlives this block
@@ -245,8 +310,10 @@ def run_bench(
         columns=PEAK_COLUMNS,
     )
     frame = pd.DataFrame(rows, columns=COLUMNS + STATUS_COLUMNS)
-    frame["pct_of_peak"] = 100 * frame["gflop_per_s"] / pd.Series(
-        [peaks[d, dt] for d, dt in zip(frame["device"], frame["dtype"])], index=frame.index, dtype=float
+    frame["pct_of_peak"] = (
+        100
+        * frame["gflop_per_s"]
+        / pd.Series([peaks[d, dt] for d, dt in zip(frame["device"], frame["dtype"])], index=frame.index, dtype=float)
     )
     frame["params"] = frame["params"].astype("Int64")  # None for an out-of-memory point
     return BenchResult(config, frame, peak_frame, absent, _machine(present, threads), time.perf_counter() - t_start)

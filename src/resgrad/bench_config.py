@@ -35,9 +35,26 @@ BENCH_DEVICES = ("cpu", "cuda")
 GRAPH_MODES = ("off", "on")
 # The interface of bench.csv, in this order; STATUS_COLUMNS follow them.
 COLUMNS = [
-    "device", "device_name", "arch", "depth", "width", "batch_size", "mode", "dtype", "channels_last", "compiled",
+    "device",
+    "device_name",
+    "arch",
+    "depth",
+    "width",
+    "batch_size",
+    "mode",
+    "dtype",
+    "channels_last",
+    "compiled",
     "cuda_graphs",
-    "median_ms", "iqr_ms", "images_per_s", "gflop", "gflop_per_s", "pct_of_peak", "params", "threads", "torch_version",
+    "median_ms",
+    "iqr_ms",
+    "images_per_s",
+    "gflop",
+    "gflop_per_s",
+    "pct_of_peak",
+    "params",
+    "threads",
+    "torch_version",
 ]
 STATUS_COLUMNS = ["status", "error"]  # status: ok | oom
 # matmul_precision: float32 | tf32 | bfloat16, what the peak's matmul ran in (see bench_timing.measure_peak)
@@ -89,8 +106,21 @@ def option(
         alone: the values a list flag given with none stands for.
         check: an extra check of one value (raises ``UsageError``).
     """
-    meta = dict(help=help, group=group, each=each, choices=choices, low=low, high=high, positive=positive, unit=unit,
-                shape=shape, flag=flag, metavar=metavar, alone=alone, check=check)
+    meta = dict(
+        help=help,
+        group=group,
+        each=each,
+        choices=choices,
+        low=low,
+        high=high,
+        positive=positive,
+        unit=unit,
+        shape=shape,
+        flag=flag,
+        metavar=metavar,
+        alone=alone,
+        check=check,
+    )
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -98,28 +128,57 @@ def option(
 class BenchConfig:
     """The grid to time, and how long to time each point."""
 
-    devices: Sequence[str] = option(("cpu", "cuda"), "devices to time; an absent one is skipped", each="device",
-                                    choices=BENCH_DEVICES)
+    devices: Sequence[str] = option(
+        ("cpu", "cuda"), "devices to time; an absent one is skipped", each="device", choices=BENCH_DEVICES
+    )
     archs: Sequence[str] = option(("plain", "residual"), "models", each="arch", choices=_archs, metavar="ARCH")
-    depths: Sequence[int] = option((8, 20), "weighted layers, 6n+2 (ignored by the fixed seed archs)", each="depth",
-                                   shape=True, check=check_depth, metavar="DEPTH")
-    widths: Sequence[int] = option((16,), "channels of the first stage (ignored by the fixed seed archs)",
-                                   each="width", shape=True, low=1, metavar="WIDTH")
+    depths: Sequence[int] = option(
+        (8, 20),
+        "weighted layers, 6n+2 (ignored by the fixed seed archs)",
+        each="depth",
+        shape=True,
+        check=check_depth,
+        metavar="DEPTH",
+    )
+    widths: Sequence[int] = option(
+        (16,),
+        "channels of the first stage (ignored by the fixed seed archs)",
+        each="width",
+        shape=True,
+        low=1,
+        metavar="WIDTH",
+    )
     batch_sizes: Sequence[int] = option((128,), "images per step", each="batch size", low=1, metavar="B")
-    modes: Sequence[str] = option(MODES, "forward (no_grad), forward_backward (forward, loss, backward), "
-                                  "train_step (+ SGD step)", each="mode", choices=MODES)
-    dtypes: Sequence[str] = option(("float32",), "bfloat16 runs under torch.autocast", each="dtype",
-                                   choices=DTYPE_NAMES, flag="--dtype")
+    modes: Sequence[str] = option(
+        MODES,
+        "forward (no_grad), forward_backward (forward, loss, backward), train_step (+ SGD step)",
+        each="mode",
+        choices=MODES,
+    )
+    dtypes: Sequence[str] = option(
+        ("float32",), "bfloat16 runs under torch.autocast", each="dtype", choices=DTYPE_NAMES, flag="--dtype"
+    )
     channels_last: bool = option(False, "model and input in channels-last memory format")
     compile: bool = option(False, "torch.compile the model (the optimizer step stays eager)")
     cuda_graphs: Sequence[str] = option(
-        ("off",), "time each CUDA point eagerly (off), as replays of a CUDA graph of the whole step (on), or both side "
-        "by side (off on, or the flag alone); CPU points run eagerly", choices=GRAPH_MODES, metavar="off|on",
-        alone=GRAPH_MODES)
-    threads: int | None = option(None, "torch threads on the CPU (default: torch's choice)", group="timing and output",
-                                 low=1, high=MAX_THREADS)
-    min_run_time: float = option(0.5, "seconds of measurement per point, Timer.blocked_autorange",
-                                 group="timing and output", positive=True, unit="seconds", metavar="SECONDS")
+        ("off",),
+        "time each CUDA point eagerly (off), as replays of a CUDA graph of the whole step (on), or both side "
+        "by side (off on, or the flag alone); CPU points run eagerly",
+        choices=GRAPH_MODES,
+        metavar="off|on",
+        alone=GRAPH_MODES,
+    )
+    threads: int | None = option(
+        None, "torch threads on the CPU (default: torch's choice)", group="timing and output", low=1, high=MAX_THREADS
+    )
+    min_run_time: float = option(
+        0.5,
+        "seconds of measurement per point, Timer.blocked_autorange",
+        group="timing and output",
+        positive=True,
+        unit="seconds",
+        metavar="SECONDS",
+    )
     warmup: int = option(3, "untimed calls before each measurement", group="timing and output", low=0)
     seed: int = option(0, "seeds weights and the random inputs", group="timing and output", low=0, high=MAX_SEED)
 
@@ -198,8 +257,11 @@ def _range_text(name: str) -> str:
     top = "2**63-1" if high == MAX_SEED else f"{high:g}" if high is not None else None
     if low is not None and top:
         return f"a whole number{unit} from {low:g} to {top}"
-    bounds = [b for b in ("> 0" if meta["positive"] else f">= {low:g}" if low is not None else "",
-                          f"<= {top}" if top else "") if b]
+    bounds = [
+        b
+        for b in ("> 0" if meta["positive"] else f">= {low:g}" if low is not None else "", f"<= {top}" if top else "")
+        if b
+    ]
     return " ".join([f"a whole number{unit}", " and ".join(bounds)]) if bounds else f"a whole number{unit}"
 
 
@@ -226,9 +288,14 @@ def check_value(name: str, value: Any) -> Any:
     else:  # a number
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         low, high = meta["low"], meta["high"]
-        if not is_number or (want is int and not isinstance(value, int)) or not math.isfinite(value) \
-                or (meta["positive"] and value <= 0) or (low is not None and value < low) \
-                or (high is not None and value > high):
+        if (
+            not is_number
+            or (want is int and not isinstance(value, int))
+            or not math.isfinite(value)
+            or (meta["positive"] and value <= 0)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
             raise UsageError(f"{what} must be {_range_text(name)}, got {value!r}.")
         value = want(value)
     if meta["check"] is not None:

@@ -92,8 +92,11 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
         "```",
         "",
         f"- machine: {m['cpu']} ({m['cpu_count']} logical CPUs), {m['platform']}"
-        + (f"; GPU {m['gpu']} (CUDA {m['cuda_version']}, cuDNN {m['cudnn_version']}; {m['tf32']})"
-           if "gpu" in m else ""),
+        + (
+            f"; GPU {m['gpu']} (CUDA {m['cuda_version']}, cuDNN {m['cudnn_version']}; {m['tf32']})"
+            if "gpu" in m
+            else ""
+        ),
         f"- torch {m['torch_version']}, Python {m['python_version']}, torch threads: {m['threads']}, {m['date']}",
         f"- {len(rows)} points in {result.wall_seconds:.0f} s"
         + (f"; skipped (absent): {', '.join(result.skipped_devices)}" if result.skipped_devices else ""),
@@ -114,7 +117,18 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
         "",
         markdown_table(result.peaks, _fmt),
     ]
-    shown = ["device", "arch", "depth", "width", "batch_size", "mode", "dtype", "channels_last", "compiled", "cuda_graphs"]
+    shown = [
+        "device",
+        "arch",
+        "depth",
+        "width",
+        "batch_size",
+        "mode",
+        "dtype",
+        "channels_last",
+        "compiled",
+        "cuda_graphs",
+    ]
     varying, fixed = _varying(rows, shown)
     always = ["arch", "depth", "batch_size", "mode"]
     keys = [c for c in shown if c in varying or c in always]
@@ -133,7 +147,12 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
         lines.append(markdown_table(speedups[shown_keys + ["cpu_median_ms", "cuda_median_ms", "speedup"]], _fmt))
     graphed = graphs_table(rows)
     if len(graphed):
-        lines += ["## Eager vs CUDA graphs", "", "speedup = eager median / graphed median, per CUDA point timed both ways.", ""]
+        lines += [
+            "## Eager vs CUDA graphs",
+            "",
+            "speedup = eager median / graphed median, per CUDA point timed both ways.",
+            "",
+        ]
         gv, _ = _varying(graphed, [c for c in KEY_COLUMNS if c != "cuda_graphs"])
         shown_keys = [c for c in KEY_COLUMNS if c in gv or c in always]
         lines.append(markdown_table(graphed[shown_keys + ["eager_median_ms", "graphed_median_ms", "speedup"]], _fmt))
@@ -168,8 +187,19 @@ def bench_plot(rows: pd.DataFrame) -> bytes | None:
     data["panel"] = panel
     order = [m for m in MODES if m in set(data["mode"])]
     g = sns.relplot(
-        data=data, x="depth", y="images_per_s", hue="net", style="batch", col="mode", col_order=order, row="panel",
-        kind="line", markers=True, dashes=True, height=3.2, aspect=1.25,
+        data=data,
+        x="depth",
+        y="images_per_s",
+        hue="net",
+        style="batch",
+        col="mode",
+        col_order=order,
+        row="panel",
+        kind="line",
+        markers=True,
+        dashes=True,
+        height=3.2,
+        aspect=1.25,
         facet_kws={"sharey": "row", "margin_titles": True},
     )
     g.set(yscale="log", xticks=sorted(data["depth"].unique()))

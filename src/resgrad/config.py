@@ -18,8 +18,9 @@ import hashlib
 import json
 import math
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from resgrad.errors import UsageError
 
@@ -88,8 +89,20 @@ def option(
         metavar: the flag's placeholder in ``--help``.
         check: an extra check of a set value (raises ``UsageError``).
     """
-    meta = dict(help=help, group=group, choices=choices, low=low, high=high, positive=positive, axis=axis,
-                grid=grid, facet=facet, in_id=in_id, metavar=metavar, check=check)
+    meta = dict(
+        help=help,
+        group=group,
+        choices=choices,
+        low=low,
+        high=high,
+        positive=positive,
+        axis=axis,
+        grid=grid,
+        facet=facet,
+        in_id=in_id,
+        metavar=metavar,
+        check=check,
+    )
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -103,75 +116,176 @@ class TrainConfig:
     """Everything that defines a run. Steps count from 0."""
 
     # model
-    arch: str = option("residual", "model", group="model", choices=_archs, axis="archs", grid=["plain", "residual"],
-                       metavar="ARCH")
-    depth: int = option(20, "weighted layers, 6n+2: 8, 14, 20, 32, 44, 56, 110, ... (plain/residual only)",
-                        group="model", axis="depths", grid=[8, 14, 20], check=check_depth, metavar="D")
-    width: int = option(16, "channels of the first stage; stages use w, 2w, 4w (plain/residual only)", group="model",
-                        axis="widths", facet=True, check=_check_width, metavar="W")
-    norm: str = option("none", "normalisation after each conv", group="model", choices=NORMS, axis="norms",
-                       facet=True, metavar="NORM")
-    activation: str = option("relu", "activation function", group="model", choices=ACTIVATION_NAMES,
-                             axis="activations", facet=True, metavar="ACT")
-    init: str = option("default", "weight init; default is PyTorch's", group="model", choices=INITS, axis="inits",
-                       facet=True, metavar="INIT")
-    shortcut: str = option("A", "A: parameter-free identity/zero-pad shortcut; B: 1x1 projections where the shape "
-                           "changes", group="model", choices=SHORTCUTS)
+    arch: str = option(
+        "residual", "model", group="model", choices=_archs, axis="archs", grid=["plain", "residual"], metavar="ARCH"
+    )
+    depth: int = option(
+        20,
+        "weighted layers, 6n+2: 8, 14, 20, 32, 44, 56, 110, ... (plain/residual only)",
+        group="model",
+        axis="depths",
+        grid=[8, 14, 20],
+        check=check_depth,
+        metavar="D",
+    )
+    width: int = option(
+        16,
+        "channels of the first stage; stages use w, 2w, 4w (plain/residual only)",
+        group="model",
+        axis="widths",
+        facet=True,
+        check=_check_width,
+        metavar="W",
+    )
+    norm: str = option(
+        "none", "normalisation after each conv", group="model", choices=NORMS, axis="norms", facet=True, metavar="NORM"
+    )
+    activation: str = option(
+        "relu",
+        "activation function",
+        group="model",
+        choices=ACTIVATION_NAMES,
+        axis="activations",
+        facet=True,
+        metavar="ACT",
+    )
+    init: str = option(
+        "default",
+        "weight init; default is PyTorch's",
+        group="model",
+        choices=INITS,
+        axis="inits",
+        facet=True,
+        metavar="INIT",
+    )
+    shortcut: str = option(
+        "A",
+        "A: parameter-free identity/zero-pad shortcut; B: 1x1 projections where the shape changes",
+        group="model",
+        choices=SHORTCUTS,
+    )
     zero_init_residual: bool = option(False, "zero the last layer of every block's branch", group="model")
     # length and optimiser
-    epochs: int | None = option(None, "train for this many epochs (default: 1 epoch)", group="length and optimiser",
-                                positive=True)
-    steps: int | None = option(None, "train for this many steps instead", group="length and optimiser",
-                               positive=True)
+    epochs: int | None = option(
+        None, "train for this many epochs (default: 1 epoch)", group="length and optimiser", positive=True
+    )
+    steps: int | None = option(None, "train for this many steps instead", group="length and optimiser", positive=True)
     batch_size: int = option(128, "images per step", group="length and optimiser", positive=True)
-    optimizer: str = option("sgd", "sgd (with --momentum, --weight-decay) or adam (torch's default betas, "
-                            "--weight-decay as L2)", group="length and optimiser", choices=OPTIMIZERS,
-                            axis="optimizers", facet=True, metavar="OPT")
-    lr: float = option(0.01, "learning rate", group="length and optimiser", positive=True, axis="lrs", facet=True,
-                       metavar="LR")
+    optimizer: str = option(
+        "sgd",
+        "sgd (with --momentum, --weight-decay) or adam (torch's default betas, --weight-decay as L2)",
+        group="length and optimiser",
+        choices=OPTIMIZERS,
+        axis="optimizers",
+        facet=True,
+        metavar="OPT",
+    )
+    lr: float = option(
+        0.01, "learning rate", group="length and optimiser", positive=True, axis="lrs", facet=True, metavar="LR"
+    )
     momentum: float = option(0.5, "SGD momentum", group="length and optimiser", low=0)
     weight_decay: float = option(0.0, "weight decay", group="length and optimiser", low=0)
     # recording and evaluation
-    eval_every: int | None = option(None, "steps between test evaluations (default: once per epoch, and at the end)",
-                                    group="recording and evaluation", positive=True)
-    record_every: int = option(10, "record gradient norms every K steps, and at the last",
-                               group="recording and evaluation", positive=True, metavar="K")
-    record_log: int | None = option(None, "record at about N log-spaced steps instead of every K",
-                                    group="recording and evaluation", positive=True, high=MAX_RECORD_LOG, metavar="N")
-    seed: int = option(0, "seeds the weights and the batch order", group="model", low=0, high=MAX_SEED,
-                       axis="seeds", metavar="S")
+    eval_every: int | None = option(
+        None,
+        "steps between test evaluations (default: once per epoch, and at the end)",
+        group="recording and evaluation",
+        positive=True,
+    )
+    record_every: int = option(
+        10,
+        "record gradient norms every K steps, and at the last",
+        group="recording and evaluation",
+        positive=True,
+        metavar="K",
+    )
+    record_log: int | None = option(
+        None,
+        "record at about N log-spaced steps instead of every K",
+        group="recording and evaluation",
+        positive=True,
+        high=MAX_RECORD_LOG,
+        metavar="N",
+    )
+    seed: int = option(
+        0, "seeds the weights and the batch order", group="model", low=0, high=MAX_SEED, axis="seeds", metavar="S"
+    )
     # data and machine
-    train_subset: int | None = option(None, "train on the first N of the 60,000 training images",
-                                      group="data and machine", positive=True, metavar="N")
-    test_subset: int | None = option(None, "test on the first N test images (default: all 10,000)",
-                                     group="data and machine", positive=True, metavar="N")
+    train_subset: int | None = option(
+        None, "train on the first N of the 60,000 training images", group="data and machine", positive=True, metavar="N"
+    )
+    test_subset: int | None = option(
+        None,
+        "test on the first N test images (default: all 10,000)",
+        group="data and machine",
+        positive=True,
+        metavar="N",
+    )
     device: str = option("auto", "where to train: auto = CUDA if present", group="data and machine", choices=DEVICES)
-    threads: int | None = option(None, "torch threads on the CPU (default: torch's choice)", group="data and machine",
-                                 positive=True, high=MAX_THREADS, in_id=False)
-    data_dir: str | None = option(None, "folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)",
-                                  group="data and machine", in_id=False, metavar="DIR")
-    dtype: str = option("float32", "compute dtype of forward and loss: bfloat16 runs them under torch.autocast on the "
-                        "run's device (weights, their gradients and the recorded norms stay float32)",
-                        group="speed", choices=DTYPES)
-    channels_last: bool = option(False, "model and batches in channels-last memory format (faster convolutions on "
-                                 "recent GPUs)", group="speed")
+    threads: int | None = option(
+        None,
+        "torch threads on the CPU (default: torch's choice)",
+        group="data and machine",
+        positive=True,
+        high=MAX_THREADS,
+        in_id=False,
+    )
+    data_dir: str | None = option(
+        None,
+        "folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)",
+        group="data and machine",
+        in_id=False,
+        metavar="DIR",
+    )
+    dtype: str = option(
+        "float32",
+        "compute dtype of forward and loss: bfloat16 runs them under torch.autocast on the "
+        "run's device (weights, their gradients and the recorded norms stay float32)",
+        group="speed",
+        choices=DTYPES,
+    )
+    channels_last: bool = option(
+        False, "model and batches in channels-last memory format (faster convolutions on recent GPUs)", group="speed"
+    )
     cuda_graphs: str = option(
-        "auto", "capture the whole training step (forward, loss, backward, gradient norms, optimizer update) as CUDA "
+        "auto",
+        "capture the whole training step (forward, loss, backward, gradient norms, optimizer update) as CUDA "
         "graphs and replay them: the same kernels as eager mode with far less launch overhead; auto = on when the "
         "run's device is CUDA, on without CUDA is an error. An epoch's last, smaller batch (when the batch size does "
         "not divide the training images) runs eagerly, so a graphed run trains on the same batches as an eager one",
-        group="speed", choices=CUDA_GRAPH_MODES, in_id=False)
+        group="speed",
+        choices=CUDA_GRAPH_MODES,
+        in_id=False,
+    )
 
     # The fields every run id has hashed since the first release. A field added later
     # enters the hash only when it differs from its default, so that adding an option
     # whose default keeps today's behaviour keeps every existing run id (and folder).
     ID_FIELDS_V1 = (
-        "arch", "depth", "width", "norm", "activation", "init", "shortcut", "zero_init_residual", "epochs",
-        "steps", "batch_size", "lr", "momentum", "weight_decay", "eval_every", "record_every", "record_log",
-        "seed", "train_subset", "test_subset", "device",
+        "arch",
+        "depth",
+        "width",
+        "norm",
+        "activation",
+        "init",
+        "shortcut",
+        "zero_init_residual",
+        "epochs",
+        "steps",
+        "batch_size",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "eval_every",
+        "record_every",
+        "record_log",
+        "seed",
+        "train_subset",
+        "test_subset",
+        "device",
     )
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ``UsageError`` on the first bad value; return the config with ignored fields reset."""
         from resgrad.models import FIXED_ARCHS  # late: the registry lives with the models (torch)
 
@@ -190,7 +304,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """The config a ``config.json`` holds; fields it lacks (older runs) take their defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -282,8 +396,11 @@ def _range_text(name: str) -> str:
     top = "2**63-1" if high == MAX_SEED else f"{high:,}" if high is not None else None
     if low is not None and top:
         return f"{kind} from {low:g} to {top}"
-    bounds = [b for b in ("> 0" if meta["positive"] else f">= {low:g}" if low is not None else "",
-                          f"<= {top}" if top else "") if b]
+    bounds = [
+        b
+        for b in ("> 0" if meta["positive"] else f">= {low:g}" if low is not None else "", f"<= {top}" if top else "")
+        if b
+    ]
     return " ".join([kind, " and ".join(bounds)]) if bounds else kind
 
 
@@ -315,7 +432,11 @@ def check_value(name: str, value: Any) -> Any:
         low, high = meta["low"], meta["high"]
         if not math.isfinite(value):
             raise UsageError(f"{what} must be a finite number, got {value!r}.")
-        if (meta["positive"] and value <= 0) or (low is not None and value < low) or (high is not None and value > high):
+        if (
+            (meta["positive"] and value <= 0)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
             raise UsageError(f"{what} must be {_range_text(name)}, got {value!r}.")
         if float in allowed:
             value = float(value)

@@ -54,7 +54,8 @@ of the GPU's non-deterministic kernels (``tests/test_cudagraph.py``: 1e-5).
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 

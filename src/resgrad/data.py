@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -125,8 +125,10 @@ def _mnist(root: Path, train: bool):  # -> torchvision.datasets.MNIST
     except (RuntimeError, OSError) as exc:  # no network and no files: urllib's URLError is an OSError
         raise _not_found(raw, exc.__class__.__name__) from exc
     except (AssertionError, ValueError, TypeError) as exc:  # files that pass the checks yet do not parse
-        raise DataError(f"MNIST in {raw} cannot be read ({exc.__class__.__name__}: {exc}); "
-                        "replace the four files with the official ones.") from exc
+        raise DataError(
+            f"MNIST in {raw} cannot be read ({exc.__class__.__name__}: {exc}); "
+            "replace the four files with the official ones."
+        ) from exc
 
 
 def load_split(

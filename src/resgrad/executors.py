@@ -126,7 +126,8 @@ def _run_pool(configs: list[TrainConfig], workers: int, threads: int) -> Iterato
         retry = [c for c in unfinished if deaths[c.run_id()] < MAX_WORKER_DEATHS]
         log.warning(
             "a worker process died (killed, or out of memory?) holding %s; %d unfinished run(s) go on in a new pool",
-            ", ".join(sorted(held)) or "no run", len(retry),
+            ", ".join(sorted(held)) or "no run",
+            len(retry),
         )
         for config in unfinished:
             if deaths[config.run_id()] >= MAX_WORKER_DEATHS:
@@ -256,13 +257,17 @@ def check_ray_address(address: str, timeout: float = 10.0) -> None:
         try:
             target = canonicalize_bootstrap_address_or_die("auto")
         except (ConnectionError, ValueError) as exc:
-            raise UsageError(f"--ray-address auto finds no running Ray cluster ({str(exc).splitlines()[0]}); "
-                             "start one with `ray start --head`, or leave --ray-address out.") from None
+            raise UsageError(
+                f"--ray-address auto finds no running Ray cluster ({str(exc).splitlines()[0]}); "
+                "start one with `ray start --head`, or leave --ray-address out."
+            ) from None
     host, sep, port = target.split("://", 1)[-1].rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"Ray address {address!r} is not host:port, ray://host:port or auto.")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise UsageError(f"nothing answers at Ray address {address} ({exc.strerror or exc}); "
-                         "start the cluster there, or fix --ray-address.") from None
+        raise UsageError(
+            f"nothing answers at Ray address {address} ({exc.strerror or exc}); "
+            "start the cluster there, or fix --ray-address."
+        ) from None

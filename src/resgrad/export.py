@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -44,7 +45,7 @@ FINAL_METRICS = {
 EXPORTED = ("complete", "diverged")
 
 
-def require_tensorboard() -> type["SummaryWriter"]:
+def require_tensorboard() -> type[SummaryWriter]:
     """``torch.utils.tensorboard.SummaryWriter``, or ``UsageError`` saying how to install tensorboard."""
     try:
         import tensorboard  # noqa: F401  (torch's writer needs it; its own import error is less clear)
@@ -64,7 +65,7 @@ def grad_tag(quantity: str, index: int, layer: str) -> str:
     return f"{quantity}/{index:03d}_{layer}"
 
 
-def add_grad_scalars(writer: "SummaryWriter", grad_norms: pd.DataFrame, step: int | None = None) -> int:
+def add_grad_scalars(writer: SummaryWriter, grad_norms: pd.DataFrame, step: int | None = None) -> int:
     """Write each row of a ``grad_norms`` frame as one scalar; return how many.
 
     Args:
@@ -75,12 +76,13 @@ def add_grad_scalars(writer: "SummaryWriter", grad_norms: pd.DataFrame, step: in
     rows = grad_norms.sort_values(["step", "quantity", "layer_index"], kind="stable")
     for row in rows.itertuples(index=False):
         # Zero, NaN and inf are written as they are.
-        writer.add_scalar(grad_tag(row.quantity, row.layer_index, row.layer), float(row.norm),
-                          int(row.step) if step is None else step)
+        writer.add_scalar(
+            grad_tag(row.quantity, row.layer_index, row.layer), float(row.norm), int(row.step) if step is None else step
+        )
     return len(rows)
 
 
-def add_metric_scalars(writer: "SummaryWriter", metrics: pd.DataFrame) -> None:
+def add_metric_scalars(writer: SummaryWriter, metrics: pd.DataFrame) -> None:
     """``loss/train`` at every row of ``metrics.csv``; ``loss/test`` and ``accuracy/test`` where a test ran."""
     for step, loss in zip(metrics["step"], metrics["train_loss"]):
         writer.add_scalar("loss/train", float(loss), int(step))
@@ -102,7 +104,7 @@ def run_hparams(result: RunResult) -> tuple[dict[str, Any], dict[str, float | No
     return hparams, metrics
 
 
-def add_run_hparams(writer: "SummaryWriter", result: RunResult) -> None:
+def add_run_hparams(writer: SummaryWriter, result: RunResult) -> None:
     """The run's HPARAMS entry, written into the writer's own run.
 
     ``SummaryWriter.add_hparams`` would write it into a new sub-run named by the time,
@@ -145,9 +147,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_logdir(
-    logdir: str | os.PathLike[str], run_ids: Iterable[str], sources: Sequence[Path] = ()
-) -> Path:
+def check_logdir(logdir: str | os.PathLike[str], run_ids: Iterable[str], sources: Sequence[Path] = ()) -> Path:
     """Refuse a LOGDIR that export could not fill safely, before anything is written.
 
     LOGDIR must be a folder or absent, not inside one of ``sources`` (run folders or a
@@ -209,7 +209,9 @@ class Export:
 def _run_dirs(source: Path) -> tuple[list[Path], list[Path]]:
     """The run folders of a run or sweep folder, and the folders that must not hold LOGDIR."""
     if not source.exists():
-        raise UsageError(f"{source} does not exist; give a run folder (resgrad train) or a sweep folder (resgrad sweep).")
+        raise UsageError(
+            f"{source} does not exist; give a run folder (resgrad train) or a sweep folder (resgrad sweep)."
+        )
     if not source.is_dir():
         raise UsageError(f"{source} is a file; give a run folder (resgrad train) or a sweep folder (resgrad sweep).")
     if (source / "sweep.json").is_file():
@@ -219,9 +221,7 @@ def _run_dirs(source: Path) -> tuple[list[Path], list[Path]]:
         return [runs / c.run_id() for c in load_spec(source).configs()], [source, runs]
     if (source / "config.json").is_file():
         return [source], [source]
-    raise UsageError(
-        f"{source} is neither a run folder (config.json, summary.json) nor a sweep folder (sweep.json)."
-    )
+    raise UsageError(f"{source} is neither a run folder (config.json, summary.json) nor a sweep folder (sweep.json).")
 
 
 def _load_finished(run_dir: Path) -> tuple[RunResult | None, str]:

@@ -9,7 +9,7 @@ drawing helpers in :mod:`resgrad.plotting`.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from resgrad.figures_grad import figure_activation_grads, figure_block_gain, figure_grads_over_steps, figure_weight_grads
+from resgrad.figures_grad import (
+    figure_activation_grads,
+    figure_block_gain,
+    figure_grads_over_steps,
+    figure_weight_grads,
+)
 from resgrad.plotting import (
     Marks,
     arch_colors,
@@ -85,8 +90,10 @@ def figure_train_loss(sweep: Sweep) -> tuple[Figure, str]:
         cut = f" The y axis stops at {LOSS_CEILING:g}: curves that leave through the top went higher."
     legend(fig, "arch", colors, band, marks.kinds, style=arch_style)
     smoothing = f"running mean over {window} steps" if window > 1 else "every step"
-    caption = (f"Training loss per step ({smoothing}, non-finite losses not smoothed); one panel per depth, "
-               f"one line per arch; complete and diverged runs. {seeds}{cut} {marks.sentence('losses')}")
+    caption = (
+        f"Training loss per step ({smoothing}, non-finite losses not smoothed); one panel per depth, "
+        f"one line per arch; complete and diverged runs. {seeds}{cut} {marks.sentence('losses')}"
+    )
     return fig, caption
 
 
@@ -113,9 +120,19 @@ def figure_test_acc(sweep: Sweep) -> tuple[Figure, str]:
             for arch, color in reversed(colors.items()):  # the first arch (plain, dashed) on top
                 part = data[data["arch"] == arch]
                 if len(part):
-                    sns.lineplot(data=part, x="updates", y="test_acc_pct", ax=ax, color=color, estimator="mean",
-                                 errorbar=("pi", 100) if band else None, legend=False, linewidth=1.4,
-                                 markersize=4, **style(arch))
+                    sns.lineplot(
+                        data=part,
+                        x="updates",
+                        y="test_acc_pct",
+                        ax=ax,
+                        color=color,
+                        estimator="mean",
+                        errorbar=("pi", 100) if band else None,
+                        legend=False,
+                        linewidth=1.4,
+                        markersize=4,
+                        **style(arch),
+                    )
             ax.set_xlim(left=0)
             ax.set_xlabel("updates (optimizer steps)" if i == len(combos) - 1 else "")
             ax.set_ylabel("test accuracy (%)" if j == 0 else "")
@@ -126,10 +143,12 @@ def figure_test_acc(sweep: Sweep) -> tuple[Figure, str]:
     if axes[0, 0].get_ylim()[1] > 100:  # shared y, autoscaled so that 98 and 99 % stay apart; none above 100
         axes[0, 0].set_ylim(top=100)
     legend(fig, "arch", colors, band, style=style)
-    caption = (f"Test accuracy (%) at every evaluation ({n_points} per run) against updates (step + 1); "
-               f"one panel per depth, one line per arch; complete runs only. {seeds} "
-               f"Not drawn: {not_drawn(sweep, ('diverged', 'failed', 'missing'))} runs. "
-               "Numbers: `tables/test_acc_by_eval.csv`.")
+    caption = (
+        f"Test accuracy (%) at every evaluation ({n_points} per run) against updates (step + 1); "
+        f"one panel per depth, one line per arch; complete runs only. {seeds} "
+        f"Not drawn: {not_drawn(sweep, ('diverged', 'failed', 'missing'))} runs. "
+        "Numbers: `tables/test_acc_by_eval.csv`."
+    )
     return fig, caption
 
 
@@ -148,28 +167,50 @@ def figure_test_error(sweep: Sweep) -> tuple[Figure, str]:
         for arch, color in reversed(colors.items()):  # the first arch (plain, dashed) on top
             part = done[done["arch"] == arch]
             if len(part):
-                sns.lineplot(data=part, x="depth", y="test_error_pct", ax=ax, color=color, estimator="mean",
-                             errorbar="sd", err_style="bars", legend=False, err_kws={"capsize": 3},
-                             **arch_marked(arch))
+                sns.lineplot(
+                    data=part,
+                    x="depth",
+                    y="test_error_pct",
+                    ax=ax,
+                    color=color,
+                    estimator="mean",
+                    errorbar="sd",
+                    err_style="bars",
+                    legend=False,
+                    err_kws={"capsize": 3},
+                    **arch_marked(arch),
+                )
         diverged = data[data["status"] == "diverged"]
         n_div += len(diverged)
         if len(diverged):
-            ax.scatter(diverged["depth"].to_numpy(dtype="float64"), np.ones(len(diverged)), marker="X", s=60,
-                       c=[colors[a] for a in diverged["arch"]], edgecolors="black", linewidths=0.6,
-                       transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+            ax.scatter(
+                diverged["depth"].to_numpy(dtype="float64"),
+                np.ones(len(diverged)),
+                marker="X",
+                s=60,
+                c=[colors[a] for a in diverged["arch"]],
+                edgecolors="black",
+                linewidths=0.6,
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+                zorder=5,
+            )
         ax.set_xticks(sweep.depths)
         ax.set_title(label or "all runs", fontsize=9)
         ax.set_xlabel("depth (weighted layers)")
         ax.set_ylabel("final test error (%)" if j == 0 else "")
     axes[0, 0].set_ylim(bottom=0)  # after drawing: the axes share y, and set_ylim ends autoscaling
-    diverged_mark = Line2D([], [], ls="", marker="X", markersize=8, color="0.6", markeredgecolor="black",
-                           label="diverged")
+    diverged_mark = Line2D(
+        [], [], ls="", marker="X", markersize=8, color="0.6", markeredgecolor="black", label="diverged"
+    )
     legend(fig, "arch", colors, band=False, style=arch_marked, extra=[diverged_mark] if n_div else [])
     counts = {s: int((sweep.runs["status"] == s).sum()) for s in ("diverged", "failed", "missing")}
     spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed per point"
-    caption = (f"Test error (1 − accuracy) at the end of training against depth, {spread}, complete runs only "
-               f"(cf. He et al. 2016, Fig. 6). Not drawn: {counts['diverged']} diverged runs (✕ at the top edge, "
-               f"no test error), {counts['failed']} failed, {counts['missing']} missing.")
+    caption = (
+        f"Test error (1 − accuracy) at the end of training against depth, {spread}, complete runs only "
+        f"(cf. He et al. 2016, Fig. 6). Not drawn: {counts['diverged']} diverged runs (✕ at the top edge, "
+        f"no test error), {counts['failed']} failed, {counts['missing']} missing."
+    )
     return fig, caption
 
 
@@ -185,11 +226,16 @@ FIGURES: list[tuple[str, str, Callable[[Sweep], tuple[Figure, str]]]] = [
 
 # drawn in the report's own section on the gain (resgrad.gain)
 GAIN_FIGURE: tuple[str, str, Callable[[Sweep], tuple[Figure, str]]] = (
-    "block_gain", "Backward gain per block", figure_block_gain)
+    "block_gain",
+    "Backward gain per block",
+    figure_block_gain,
+)
 
 
-def render_figures(sweep: Sweep, figures: Sequence[tuple[str, str, Callable[[Sweep], tuple[Figure, str]]]] | None = None,
-                   ) -> list[tuple[str, str, bytes, str]]:
+def render_figures(
+    sweep: Sweep,
+    figures: Sequence[tuple[str, str, Callable[[Sweep], tuple[Figure, str]]]] | None = None,
+) -> list[tuple[str, str, bytes, str]]:
     """Every figure of ``figures`` (default :data:`FIGURES`) as ``(name, heading, png_bytes, caption)``."""
     out = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.75):

@@ -13,9 +13,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -261,30 +262,39 @@ def prepare_output(path: str | os.PathLike[str], kind: str, force: bool = False)
     what = f"{kind} folder"
     where, cwd = path.resolve(), Path.cwd().resolve()
     if kind in REPLACED_WHOLE and (where == cwd or where in cwd.parents):
-        raise UsageError(f"{path} is the current folder or holds it, and a {what} is replaced whole; "
-                         f"give --out a new folder, such as {path / kind}.")
+        raise UsageError(
+            f"{path} is the current folder or holds it, and a {what} is replaced whole; "
+            f"give --out a new folder, such as {path / kind}."
+        )
     for parent in path.parents:  # nearest first
         if parent.exists():  # only the nearest existing one can be a file
             if not parent.is_dir():
-                raise UsageError(f"{parent} is a file, so {path} cannot be made inside it; give --out a path in a folder.")
+                raise UsageError(
+                    f"{parent} is a file, so {path} cannot be made inside it; give --out a path in a folder."
+                )
             break
     if path.is_symlink() and kind in REPLACED_WHOLE:
         raise UsageError(f"{path} is a symbolic link, which a {what} would replace; give --out the folder itself.")
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{path} is a file, not a {what}; give --out a new or empty folder (the file is left as it is).")
+        raise UsageError(
+            f"{path} is a file, not a {what}; give --out a new or empty folder (the file is left as it is)."
+        )
     existing = path.is_dir()
     entries = _entries(path) if existing else []
     if entries:
         found = folder_kind(path)
         if found is None:
-            raise UsageError(f"{path} holds files resgrad did not write ({_some(entries)}); "
-                             "give --out a new or empty folder.")
+            raise UsageError(
+                f"{path} holds files resgrad did not write ({_some(entries)}); give --out a new or empty folder."
+            )
         if found != kind:
             raise UsageError(f"{path} is a resgrad {found} folder, not a {what}; give --out another folder.")
         foreign = [n for n in entries if not _owned(path, kind, n)] if kind in REPLACED_WHOLE else []
         if foreign:
-            raise UsageError(f"{path} also holds files resgrad did not write ({_some(foreign)}), which replacing "
-                             f"the {what} would delete; move them away or give --out another folder.")
+            raise UsageError(
+                f"{path} also holds files resgrad did not write ({_some(foreign)}), which replacing "
+                f"the {what} would delete; move them away or give --out another folder."
+            )
         if kind == "run" and not force:
             raise UsageError(f"{path} already holds a run; add --force to replace it, or give --out another folder.")
     if existing:

@@ -14,7 +14,8 @@ Zero, infinite and NaN norms give what IEEE division makes of them (0/0 is NaN).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -119,8 +120,12 @@ def gain_table(gains: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str]) -> 
             row[f"median_act_deriv_{when}"] = _median(part["act_deriv"])
             row[f"n_blocks_{when}"] = len(part)
         rows.append(row)
-    columns = [*keys, "n_runs", "n_complete",
-               *[f"{c}_{w}" for w in WHEN for c in ("median_block_gain", "median_act_deriv", "n_blocks")]]
+    columns = [
+        *keys,
+        "n_runs",
+        "n_complete",
+        *[f"{c}_{w}" for w in WHEN for c in ("median_block_gain", "median_act_deriv", "n_blocks")],
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

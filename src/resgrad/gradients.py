@@ -23,9 +23,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -130,8 +129,10 @@ def _as_schedule(schedule: int | Schedule | Iterable[int]) -> Schedule:
         if not bad:
             return frozenset(int(s) for s in steps).__contains__
         raise UsageError(f"a schedule's steps must be whole numbers >= 0, got {bad[0]!r}.")
-    raise UsageError(f"schedule must be a whole number k >= 1 (every k steps), an iterable of steps or a "
-                     f"callable step -> bool, got {schedule!r}.")
+    raise UsageError(
+        f"schedule must be a whole number k >= 1 (every k steps), an iterable of steps or a "
+        f"callable step -> bool, got {schedule!r}."
+    )
 
 
 @dataclass
@@ -199,15 +200,18 @@ class GradientRecorder:
         from resgrad.models import blocks  # late import: models pulls in nothing from here
 
         if isinstance(modules, (str, bytes)):
-            raise UsageError(f"modules must be a list of module names, got the string {modules!r}; "
-                             f"write modules=[{modules!r}].")
+            raise UsageError(
+                f"modules must be a list of module names, got the string {modules!r}; write modules=[{modules!r}]."
+            )
         self.model = model
         self.schedule = _as_schedule(schedule)
         named = dict(model.named_modules())
         names = blocks(model) if modules is None else list(modules)
         missing = [n for n in names if n not in named]
         if missing:
-            raise UsageError(f"no module named {', '.join(map(repr, missing))} in the model; names come from model.named_modules().")
+            raise UsageError(
+                f"no module named {', '.join(map(repr, missing))} in the model; names come from model.named_modules()."
+            )
         self._signal_modules = [(n, named[n]) for n in names]
         self._weight_candidates = [
             (n, m)
@@ -237,14 +241,16 @@ class GradientRecorder:
 
     # -- context manager ------------------------------------------------------
 
-    def __enter__(self) -> "GradientRecorder":
+    def __enter__(self) -> GradientRecorder:
         for name, module in self._weight_candidates:
             if name not in self._layer_set:
                 self._order_handles[name] = module.register_forward_hook(self._order_hook(name))
         for i, (_, module) in enumerate(self._signal_modules):
             self._handles.append(module.register_forward_hook(self._signal_hook(i)))
         for name, module in self._act_modules:
-            self._handles.append(module.register_forward_hook(self._act_hook(name, ACTIVATION_DERIVATIVES[type(module)])))
+            self._handles.append(
+                module.register_forward_hook(self._act_hook(name, ACTIVATION_DERIVATIVES[type(module)]))
+            )
         self._hooked = True
         return self
 
@@ -310,8 +316,10 @@ class GradientRecorder:
 
     def _check_hooked(self, what: str) -> None:
         if not self._hooked:
-            raise RuntimeError(f"{what}() needs the recorder's hooks: call it inside `with GradientRecorder(model) "
-                               "as rec:` (hooks are registered on entering the block and removed on leaving it).")
+            raise RuntimeError(
+                f"{what}() needs the recorder's hooks: call it inside `with GradientRecorder(model) "
+                "as rec:` (hooks are registered on entering the block and removed on leaving it)."
+            )
 
     def begin_step(self, step: int, epoch: int = 0) -> bool:
         """Call before the forward pass; returns whether this step is recorded."""
@@ -343,11 +351,13 @@ class GradientRecorder:
         nan = torch.full((), math.nan, dtype=F64, device=device)  # "not measured"
         values = [next(norms) if w.grad is not None else nan for w in weights]
         values += [s if s is not None else nan for s in self._signal]
-        values += [self._act_sum[i] / self._act_count[i] if i in self._act_sum else nan
-                   for i in range(len(self.activations))]
+        values += [
+            self._act_sum[i] / self._act_count[i] if i in self._act_sum else nan for i in range(len(self.activations))
+        ]
         if values:
-            self._records.append(_Record(self._step, self._epoch, len(weights), len(self.activations),
-                                         torch.stack(values)))
+            self._records.append(
+                _Record(self._step, self._epoch, len(weights), len(self.activations), torch.stack(values))
+            )
         self._signal, self._act_sum, self._act_count = [], {}, {}
 
     # -- replayed steps (used by resgrad.cudagraph only) ---------------------------
@@ -373,7 +383,7 @@ class GradientRecorder:
 
     # -- results ------------------------------------------------------------------
 
-    def log_to(self, writer: "torch.utils.tensorboard.SummaryWriter", step: int | None = None) -> None:
+    def log_to(self, writer: torch.utils.tensorboard.SummaryWriter, step: int | None = None) -> None:
         """Write the last recorded step's norms to a TensorBoard ``SummaryWriter``.
 
         Tags as ``resgrad export`` names them (``weight_grad/<index>_<layer>``, ...), at that
@@ -398,7 +408,12 @@ class GradientRecorder:
         """
         records = [r for r in self._records if until_step is None or r.step <= until_step]
         if not records:
-            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(COLUMNS, ["int64", "int64", "int64", "object", "object", "float64"])})
+            return pd.DataFrame(
+                {
+                    c: pd.Series(dtype=t)
+                    for c, t in zip(COLUMNS, ["int64", "int64", "int64", "object", "object", "float64"])
+                }
+            )
         values = torch.cat([r.values for r in records]).cpu().numpy()  # the one host transfer
         n_blocks = len(self.blocks)
         shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}

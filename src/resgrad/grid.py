@@ -50,7 +50,7 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     fixed: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> "SweepSpec":
+    def validate(self) -> SweepSpec:
         """Return the spec with every grid option filled in and values type-checked; raise ``UsageError``."""
         unknown = sorted(set(self.grid) - set(GRID_OPTIONS))
         if unknown:
@@ -88,7 +88,7 @@ class SweepSpec:
         return {"grid": {k: list(v) for k, v in self.grid.items()}, "fixed": dict(self.fixed)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SweepSpec":
+    def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
         """Read ``{"grid": ..., "fixed": ...}``; other keys (metadata) are ignored."""
         if not isinstance(d, dict) or not isinstance(d.get("grid"), dict) or not isinstance(d.get("fixed", {}), dict):
             raise UsageError("a sweep spec must be a mapping with a 'grid' mapping and an optional 'fixed' mapping.")
@@ -118,8 +118,9 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"cannot read sweep config {path}: {exc.strerror or exc}.") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"sweep config {path} is not UTF-8 text (byte {exc.start} cannot be decoded); "
-                         "save it as UTF-8.") from None
+        raise UsageError(
+            f"sweep config {path} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"sweep config {path} is not valid TOML: {exc}.") from None
     out: dict[str, Any] = {}
@@ -151,8 +152,9 @@ def earlier_specs(out_dir: Path, spec: SweepSpec) -> list[SweepSpec]:
         old = json.loads(path.read_text())
         found = [SweepSpec.from_dict(d) for d in [*old.get("earlier", []), old]]
     except (OSError, ValueError, AttributeError, TypeError) as exc:  # UsageError is a ValueError
-        log.warning("%s cannot be read (%s): runs of earlier grids not in this one are left out of summary.csv",
-                    path, exc)
+        log.warning(
+            "%s cannot be read (%s): runs of earlier grids not in this one are left out of summary.csv", path, exc
+        )
         return []
     ids = {c.run_id() for c in spec.configs()}
     kept: list[SweepSpec] = []

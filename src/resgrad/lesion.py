@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.ticker import MaxNLocator
 from torch import nn
 
 from resgrad.data import Split, load_split
 from resgrad.errors import UsageError, check_positive
-from matplotlib.ticker import MaxNLocator
-
 from resgrad.experiments import SavedRun, arch_colors, arch_legend, mean_band, new_figure, png, saved_runs
 from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
 from resgrad.models import Block, blocks
@@ -37,8 +36,22 @@ from resgrad.train import evaluate, load_model, resolve_device
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "run_id", "arch", "depth", "width", "norm", "seed", "kind", "n_deleted", "draw", "block", "block_index",
-    "downsampling", "test_acc", "intact_test_acc", "recorded_test_acc", "test_images",
+    "run_id",
+    "arch",
+    "depth",
+    "width",
+    "norm",
+    "seed",
+    "kind",
+    "n_deleted",
+    "draw",
+    "block",
+    "block_index",
+    "downsampling",
+    "test_acc",
+    "intact_test_acc",
+    "recorded_test_acc",
+    "test_images",
 ]
 KINDS = ("intact", "single", "random")
 # Test images per forward pass: a GPU wants large batches; on a CPU small ones stay in cache and run faster.
@@ -108,7 +121,7 @@ class LesionConfig:
     data_dir: str | None = None  # folder holding MNIST/raw (default: $RESGRAD_DATA or ./data)
     threads: int | None = None  # torch threads on the CPU (default: torch's choice)
 
-    def validate(self) -> "LesionConfig":
+    def validate(self) -> LesionConfig:
         for name in ("max_deleted", "draws"):
             check_positive(name.replace("_", "-"), getattr(self, name))
         check_positive("batch-size", self.batch_size, allow_none=True)
@@ -136,11 +149,15 @@ def _eligible(runs: list[SavedRun], path: Path, is_sweep: bool) -> tuple[list[Sa
             usable.append(run)
     if not usable:
         if not is_sweep and runs:
-            raise UsageError(f"run folder {path} cannot be lesioned: {runs[0].unusable()}; "
-                             "only complete runs with their model.pt are (rerun it with `resgrad train --force`).")
+            raise UsageError(
+                f"run folder {path} cannot be lesioned: {runs[0].unusable()}; "
+                "only complete runs with their model.pt are (rerun it with `resgrad train --force`)."
+            )
         reasons = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
-        raise UsageError(f"sweep folder {path} holds no complete run with saved weights (model.pt) "
-                         f"({reasons or 'no run folders'}); rerun it with `resgrad sweep ... --force`.")
+        raise UsageError(
+            f"sweep folder {path} holds no complete run with saved weights (model.pt) "
+            f"({reasons or 'no run folders'}); rerun it with `resgrad sweep ... --force`."
+        )
     return usable, skipped
 
 
@@ -159,26 +176,46 @@ def lesion_model(model: nn.Module, test: Split, config: LesionConfig) -> list[di
                 cache[deleted] = evaluate(model, test, batch_size)[1]
         return cache[deleted]
 
-    rows: list[dict[str, object]] = [dict(kind="intact", n_deleted=0, draw=None, block="", block_index=None,
-                                          downsampling=None, test_acc=acc(()))]
+    rows: list[dict[str, object]] = [
+        dict(kind="intact", n_deleted=0, draw=None, block="", block_index=None, downsampling=None, test_acc=acc(()))
+    ]
     for i, name in enumerate(names):
-        rows.append(dict(kind="single", n_deleted=1, draw=None, block=name, block_index=i,
-                         downsampling=down[name], test_acc=acc((name,))))
+        rows.append(
+            dict(
+                kind="single",
+                n_deleted=1,
+                draw=None,
+                block=name,
+                block_index=i,
+                downsampling=down[name],
+                test_acc=acc((name,)),
+            )
+        )
     pool = [i for i, n in enumerate(names) if not down[n]]
     rng = np.random.default_rng(config.seed)  # one stream per model: twins of one depth draw the same sets
     for k in range(2, min(config.max_deleted, len(pool)) + 1):
         for d in range(config.draws):
             chosen = sorted(int(i) for i in rng.choice(pool, size=k, replace=False))
-            rows.append(dict(kind="random", n_deleted=k, draw=d, block=";".join(names[i] for i in chosen),
-                             block_index=None, downsampling=False, test_acc=acc(tuple(names[i] for i in chosen))))
+            rows.append(
+                dict(
+                    kind="random",
+                    n_deleted=k,
+                    draw=d,
+                    block=";".join(names[i] for i in chosen),
+                    block_index=None,
+                    downsampling=False,
+                    test_acc=acc(tuple(names[i] for i in chosen)),
+                )
+            )
     intact = rows[0]["test_acc"]
     for row in rows:
         row["intact_test_acc"] = intact
     return rows
 
 
-def run_lesion(path: str | os.PathLike[str], config: LesionConfig | None = None,
-               progress: bool | None = None) -> LesionResult:
+def run_lesion(
+    path: str | os.PathLike[str], config: LesionConfig | None = None, progress: bool | None = None
+) -> LesionResult:
     """Lesion every complete run with saved weights in a sweep folder, or the one run folder ``path``.
 
     Raises:
@@ -208,7 +245,9 @@ def run_lesion(path: str | os.PathLike[str], config: LesionConfig | None = None,
         tail = dict(recorded_test_acc=(run.summary or {}).get("final_test_acc"), test_images=len(test))
         model = load_model(run.path, device)
         rows += [{**head, **row, **tail} for row in lesion_model(model, test, config)]
-    frame = pd.DataFrame(rows, columns=COLUMNS).astype({"draw": "Int64", "block_index": "Int64", "downsampling": "boolean"})
+    frame = pd.DataFrame(rows, columns=COLUMNS).astype(
+        {"draw": "Int64", "block_index": "Int64", "downsampling": "boolean"}
+    )
     return LesionResult(frame, skipped)
 
 
@@ -281,7 +320,9 @@ def lesion_figures(frame: pd.DataFrame) -> dict[str, tuple[str, bytes, str]]:
                     if single.empty:
                         continue
                     mean_band(ax, single, "block_index", "test_acc_pct", color, arch)
-                    ax.axhline(_select(part, arch=arch, kind="intact")["test_acc_pct"].mean(), color=color, lw=0.8, ls=":")
+                    ax.axhline(
+                        _select(part, arch=arch, kind="intact")["test_acc_pct"].mean(), color=color, lw=0.8, ls=":"
+                    )
                 for b in sorted(set(part.loc[part["downsampling"].eq(True), "block_index"])):
                     ax.axvline(b, color="0.55", lw=0.8, ls="-.")
                 ax.axhline(10, color="0.3", lw=0.6)
@@ -293,10 +334,12 @@ def lesion_figures(frame: pd.DataFrame) -> dict[str, tuple[str, bytes, str]]:
         arch_legend(fig, colors, "min–max over seeds" if n_seeds > 1 else None)
         seeds = f"mean over {n_seeds} seeds, band: min–max" if n_seeds > 1 else "one seed"
         out["lesion_single_block"] = (
-            FIGURES["lesion_single_block"], png(fig),
+            FIGURES["lesion_single_block"],
+            png(fig),
             f"Test accuracy with one block replaced by its shortcut, against the block's index ({seeds}). Dotted: "
             "the intact net; dash-dotted verticals: downsampling blocks (their shortcut subsamples and widens); "
-            "grey line: chance (10 %). Cf. Veit et al. (2016), Fig. 3.")
+            "grey line: chance (10 %). Cf. Veit et al. (2016), Fig. 3.",
+        )
 
         fig, axes = new_figure(len(combos), len(depths), FIGURES["lesion_n_deleted"])
         for i, (label, combo) in enumerate(combos):
@@ -317,10 +360,12 @@ def lesion_figures(frame: pd.DataFrame) -> dict[str, tuple[str, bytes, str]]:
         axes[0, 0].set_ylim(0, 100)
         arch_legend(fig, colors, "min–max over sets and seeds")
         out["lesion_n_deleted"] = (
-            FIGURES["lesion_n_deleted"], png(fig),
+            FIGURES["lesion_n_deleted"],
+            png(fig),
             "Test accuracy with k non-downsampling blocks deleted: k = 0 the intact net, k = 1 each single block, "
             "k ≥ 2 random sets (the same sets for both twins). Lines: mean over sets and seeds; band: min–max. "
-            "Grey line: chance (10 %). Cf. Veit et al. (2016), Fig. 5a.")
+            "Grey line: chance (10 %). Cf. Veit et al. (2016), Fig. 5a.",
+        )
     return out
 
 
@@ -334,21 +379,24 @@ def lesion_table(frame: pd.DataFrame) -> pd.DataFrame:
         down = single[single["downsampling"].eq(True)]
         rand = g[g["kind"] == "random"]
         k = int(rand["n_deleted"].max()) if len(rand) else None
-        rows.append({
-            **dict(zip(["norm", "width", "depth", "arch"], keys)),
-            "seeds": g["seed"].nunique(),
-            "intact": 100 * g.loc[g["kind"] == "intact", "test_acc"].mean(),
-            "one block deleted, mean": 100 * plain_single["test_acc"].mean(),
-            "one block deleted, worst": 100 * plain_single.groupby("seed")["test_acc"].min().mean(),
-            "downsampling block deleted, mean": 100 * down["test_acc"].mean(),
-            "most deleted (k)": k,
-            "k deleted, mean": 100 * rand.loc[rand["n_deleted"] == k, "test_acc"].mean() if k else np.nan,
-        })
+        rows.append(
+            {
+                **dict(zip(["norm", "width", "depth", "arch"], keys)),
+                "seeds": g["seed"].nunique(),
+                "intact": 100 * g.loc[g["kind"] == "intact", "test_acc"].mean(),
+                "one block deleted, mean": 100 * plain_single["test_acc"].mean(),
+                "one block deleted, worst": 100 * plain_single.groupby("seed")["test_acc"].min().mean(),
+                "downsampling block deleted, mean": 100 * down["test_acc"].mean(),
+                "most deleted (k)": k,
+                "k deleted, mean": 100 * rand.loc[rand["n_deleted"] == k, "test_acc"].mean() if k else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def lesion_display(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`lesion_table` as text: accuracies with two decimals, missing values empty."""
+
     def cell(v: object) -> str:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return ""

@@ -7,7 +7,7 @@ have the same initial weights and parameter count. ``PlainBlock`` and
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -9,8 +9,9 @@ caption, never dropped silently. Colours: one per depth (viridis) or per arch
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,8 +55,10 @@ class Marks:
 
     def sentence(self, what: str) -> str:
         counts = ", ".join(f"{getattr(self, k)} {_BAD[k][2]}" for k in _BAD)
-        return (f"{what.capitalize()} a log axis cannot show are marked per run at the axis edge and left out of "
-                f"the mean line: {counts}.")
+        return (
+            f"{what.capitalize()} a log axis cannot show are marked per run at the axis edge and left out of "
+            f"the mean line: {counts}."
+        )
 
 
 def _bad_kind(values: np.ndarray) -> np.ndarray:
@@ -63,8 +66,17 @@ def _bad_kind(values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), "nan", np.where(values > 0, "inf", "zero"))
 
 
-def draw(ax: Any, data: pd.DataFrame, x: str, y: str, hue: str, colors: dict[Any, Any], marks: Marks,
-          band: bool, style: Callable[[Any], dict[str, str]] | None = None) -> None:
+def draw(
+    ax: Any,
+    data: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str,
+    colors: dict[Any, Any],
+    marks: Marks,
+    band: bool,
+    style: Callable[[Any], dict[str, str]] | None = None,
+) -> None:
     """Mean line over seeds per hue level (band: min–max), on a log y axis; edge markers for the rest.
 
     ``style``: extra line properties per hue level (e.g. :func:`arch_style`); the first level is then drawn last,
@@ -77,9 +89,18 @@ def draw(ax: Any, data: pd.DataFrame, x: str, y: str, hue: str, colors: dict[Any
     for level, color in reversed(colors.items()) if style else colors.items():
         part = good[good[hue] == level]
         if len(part):
-            sns.lineplot(data=part, x=x, y=y, ax=ax, color=color, estimator="mean",
-                         errorbar=("pi", 100) if band else None, legend=False, linewidth=1.4,
-                         **(style(level) if style else {}))
+            sns.lineplot(
+                data=part,
+                x=x,
+                y=y,
+                ax=ax,
+                color=color,
+                estimator="mean",
+                errorbar=("pi", 100) if band else None,
+                legend=False,
+                linewidth=1.4,
+                **(style(level) if style else {}),
+            )
     ax.set_yscale("log")
     bad = data[~ok]
     if len(bad):
@@ -88,13 +109,29 @@ def draw(ax: Any, data: pd.DataFrame, x: str, y: str, hue: str, colors: dict[Any
             sel = bad[kinds == kind]
             if len(sel):
                 marks.add(kind, len(sel))
-                ax.scatter(sel[x].to_numpy(dtype="float64"), np.full(len(sel), edge), marker=marker, s=42,
-                           c=[colors[h] for h in sel[hue]], edgecolors="black", linewidths=0.6,
-                           transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+                ax.scatter(
+                    sel[x].to_numpy(dtype="float64"),
+                    np.full(len(sel), edge),
+                    marker=marker,
+                    s=42,
+                    c=[colors[h] for h in sel[hue]],
+                    edgecolors="black",
+                    linewidths=0.6,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                    zorder=5,
+                )
 
 
-def legend(fig: Figure, title: str, colors: dict[Any, Any], band: bool, kinds: Sequence[str] = (),
-            style: Callable[[Any], dict[str, str]] | None = None, extra: Sequence[Any] = ()) -> None:
+def legend(
+    fig: Figure,
+    title: str,
+    colors: dict[Any, Any],
+    band: bool,
+    kinds: Sequence[str] = (),
+    style: Callable[[Any], dict[str, str]] | None = None,
+    extra: Sequence[Any] = (),
+) -> None:
     """One legend for the whole figure: a line per hue level (drawn with ``style``), the band, the edge markers
     used, and ``extra`` handles."""
     handles: list[Any] = [
@@ -104,8 +141,18 @@ def legend(fig: Figure, title: str, colors: dict[Any, Any], band: bool, kinds: S
     if band:
         handles.append(Patch(facecolor="0.5", alpha=0.3, label="min–max over seeds"))
     for kind in kinds:
-        handles.append(Line2D([], [], ls="", marker=_BAD[kind][0], markersize=7, color="0.6",
-                              markeredgecolor="black", label=_BAD_LEGEND[kind]))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker=_BAD[kind][0],
+                markersize=7,
+                color="0.6",
+                markeredgecolor="black",
+                label=_BAD_LEGEND[kind],
+            )
+        )
     handles.extend(extra)
     fig.legend(handles=handles, title=title, loc="outside right upper", frameon=False)
 

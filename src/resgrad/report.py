@@ -38,9 +38,23 @@ from resgrad.sweeptables import (
 )
 
 __all__ = [
-    "FACET_OPTIONS", "FINISHED", "MAX_EVALS_SHOWN", "NOTES", "STATUSES", "TARGET_ACC", "Report", "Sweep",
-    "acc_by_eval_display", "acc_by_eval_table", "headline_display", "headline_markdown", "headline_table",
-    "load_sweep", "make_report", "summary_display", "summary_table",
+    "FACET_OPTIONS",
+    "FINISHED",
+    "MAX_EVALS_SHOWN",
+    "NOTES",
+    "STATUSES",
+    "TARGET_ACC",
+    "Report",
+    "Sweep",
+    "acc_by_eval_display",
+    "acc_by_eval_table",
+    "headline_display",
+    "headline_markdown",
+    "headline_table",
+    "load_sweep",
+    "make_report",
+    "summary_display",
+    "summary_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,8 +166,10 @@ class _Page:
     def figure(self, name: str, heading: str, png: bytes, caption: str) -> None:
         self.md.extend([f"![{heading}](figures/{name}.png)", "", f"*{caption}*", ""])
         data = base64.b64encode(png).decode("ascii")
-        self.html.append(f"<figure><img alt=\"{html.escape(heading)}\" src=\"data:image/png;base64,{data}\">"
-                         f"<figcaption>{_inline_html(caption)}</figcaption></figure>")
+        self.html.append(
+            f'<figure><img alt="{html.escape(heading)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_inline_html(caption)}</figcaption></figure>"
+        )
 
     def bullets(self, items: list[str]) -> None:
         self.md.extend([*(f"- {n}" for n in items), ""])
@@ -163,9 +179,12 @@ class _Page:
         return "\n".join(self.md)
 
     def page(self) -> str:
-        return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>\n"
-                + "\n".join(self.html) + "\n</body></html>\n")
+        return (
+            f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(self.html)
+            + "\n</body></html>\n"
+        )
 
 
 def _check_out(out: Path) -> None:
@@ -179,16 +198,21 @@ def _test_acc_section(page: _Page, sweep: Sweep, table: pd.DataFrame) -> None:
     if table.empty:
         page.paragraph("No complete run: no test accuracy to show. CSV: `tables/test_acc_by_eval.csv`")
     elif evals > MAX_EVALS_SHOWN:
-        page.paragraph(f"{evals} evaluations per run, too many for a table here: see figure 5 and "
-                       "`tables/test_acc_by_eval.csv` (mean, std and count of complete runs at every evaluation).")
+        page.paragraph(
+            f"{evals} evaluations per run, too many for a table here: see figure 5 and "
+            "`tables/test_acc_by_eval.csv` (mean, std and count of complete runs at every evaluation)."
+        )
     else:
-        page.paragraph("Test accuracy (%) of the complete runs at each evaluation, mean ± std over seeds; "
-                       "columns: the evaluation after that many updates (or at the end of that epoch).")
+        page.paragraph(
+            "Test accuracy (%) of the complete runs at each evaluation, mean ± std over seeds; "
+            "columns: the evaluation after that many updates (or at the end of that epoch)."
+        )
         page.table(acc_by_eval_display(table, sweep.facets, sweep.steps_per_epoch), "test_acc_by_eval")
 
 
-def _lesion_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
-                    first: int) -> list[tuple[str, str, bytes, str]]:
+def _lesion_section(
+    page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame], first: int
+) -> list[tuple[str, str, bytes, str]]:
     """The block-lesion section when ``SWEEP_DIR/lesion/lesion.csv`` exists (``resgrad lesion``); its figures."""
     from resgrad.lesion import lesion_display, lesion_figures, lesion_table, read_lesion
 
@@ -203,10 +227,12 @@ def _lesion_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
         return []
     table = lesion_table(frame)
     tables["lesion"] = table
-    page.paragraph(f"Test accuracy (%) of {frame['run_id'].nunique()} trained runs with blocks deleted at test time, "
-                   "each replaced by its shortcut (Veit et al. 2016), from `lesion/lesion.csv` (`resgrad lesion`); "
-                   "means over seeds. One block deleted: over the blocks whose shortcut is the identity (mean, and the "
-                   "worst block), and over the downsampling blocks; k deleted: random sets of k such blocks.")
+    page.paragraph(
+        f"Test accuracy (%) of {frame['run_id'].nunique()} trained runs with blocks deleted at test time, "
+        "each replaced by its shortcut (Veit et al. 2016), from `lesion/lesion.csv` (`resgrad lesion`); "
+        "means over seeds. One block deleted: over the blocks whose shortcut is the identity (mean, and the "
+        "worst block), and over the downsampling blocks; k deleted: random sets of k such blocks."
+    )
     page.table(lesion_display(table), "lesion")
     figures = [(name, heading, png, caption) for name, (heading, png, caption) in lesion_figures(frame).items()]
     for i, (name, heading, png, caption) in enumerate(figures, first):
@@ -215,8 +241,9 @@ def _lesion_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
     return figures
 
 
-def _gain_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
-                  first: int) -> list[tuple[str, str, bytes, str]]:
+def _gain_section(
+    page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame], first: int
+) -> list[tuple[str, str, bytes, str]]:
     """The backward gain per block next to the activations' mean σ′ (:mod:`resgrad.gain`); its figure."""
     from resgrad.figures import GAIN_FIGURE
     from resgrad.gain import gain_display, sweep_gain_table, table_keys
@@ -224,13 +251,15 @@ def _gain_section(page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame],
     table = sweep_gain_table(sweep)
     tables["block_gain"] = table
     page.heading(2, "Backward gain per block")
-    page.paragraph("The vanishing-gradient argument: going back through a layer multiplies the backward signal by "
-                   "about σ′(z)·w, and σ′ ≤ 1/4 for a sigmoid (≤ 1 for tanh; 0 or 1 for ReLU). Measured here: the "
-                   "**gain** of block l, ‖∂L/∂hₗ₋₁‖ / ‖∂L/∂hₗ‖ from the recorded backward signal (below 1: the "
-                   "signal shrinks through the block; block 0's input is not recorded), and the mean σ′ over the "
-                   "input elements of the block's activation modules (`act_deriv`). Table: medians over every "
-                   "block l ≥ 1 of every run, at each run's first recorded step (complete and diverged runs) and "
-                   "at its last (complete runs only).")
+    page.paragraph(
+        "The vanishing-gradient argument: going back through a layer multiplies the backward signal by "
+        "about σ′(z)·w, and σ′ ≤ 1/4 for a sigmoid (≤ 1 for tanh; 0 or 1 for ReLU). Measured here: the "
+        "**gain** of block l, ‖∂L/∂hₗ₋₁‖ / ‖∂L/∂hₗ‖ from the recorded backward signal (below 1: the "
+        "signal shrinks through the block; block 0's input is not recorded), and the mean σ′ over the "
+        "input elements of the block's activation modules (`act_deriv`). Table: medians over every "
+        "block l ≥ 1 of every run, at each run's first recorded step (complete and diverged runs) and "
+        "at its last (complete runs only)."
+    )
     figures = render_figures(sweep, [GAIN_FIGURE])
     for i, (name, heading, png, caption) in enumerate(figures, first):
         page.heading(3, f"{i}. {heading}")
@@ -260,9 +289,7 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     sweep = load_sweep(sweep_dir)
     if sweep.finished.empty:
         counts = ", ".join(f"{int((sweep.runs['status'] == s).sum())} {s}" for s in STATUSES if s not in FINISHED)
-        raise UsageError(
-            f"sweep folder {sweep_dir} holds no finished run ({counts}); run `resgrad sweep` on it first."
-        )
+        raise UsageError(f"sweep folder {sweep_dir} holds no finished run ({counts}); run `resgrad sweep` on it first.")
     out = Path(out_dir) if out_dir is not None else sweep.path / "report"
     _check_out(out)
 
@@ -276,8 +303,10 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     for text in _sweep_paragraphs(sweep):
         page.paragraph(text)
     page.heading(2, "Headline: plain vs residual")
-    page.paragraph("Mean over seeds of the final test accuracy and of log10(first-layer / last-layer weight-gradient "
-                   "norm) at the first and the last recorded step.")
+    page.paragraph(
+        "Mean over seeds of the final test accuracy and of log10(first-layer / last-layer weight-gradient "
+        "norm) at the first and the last recorded step."
+    )
     page.table(headline_display(headline), "headline")
     page.heading(2, "Figures")
     for i, (name, heading, png, caption) in enumerate(figures, 1):
@@ -304,7 +333,9 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         (tmp / "report.html").write_text(page.page(), encoding="utf-8")
     log.info("report written to %s", out)
     return Report(
-        out, out / "report.md", out / "report.html",
+        out,
+        out / "report.md",
+        out / "report.html",
         [out / "figures" / f"{name}.png" for name, _, _, _ in figures],
         [out / "tables" / f"{name}.csv" for name in tables],
         headline,

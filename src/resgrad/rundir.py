@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from resgrad.config import TrainConfig
-from resgrad.files import atomic_dir, atomic_write, check_record, file_record, prepare_output, write_csv, write_json, write_parquet
+from resgrad.files import (
+    atomic_dir,
+    atomic_write,
+    check_record,
+    file_record,
+    prepare_output,
+    write_csv,
+    write_json,
+    write_parquet,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -31,9 +40,26 @@ DONE = ("complete", "diverged")  # runs that trained: a sweep rerun skips them, 
 METRIC_COLUMNS = ["step", "epoch", "train_loss", "test_loss", "test_acc"]
 # The keys of summary.json, in the order train() writes them.
 SUMMARY_KEYS = (
-    "run_id", "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps", "epochs",
-    "diverged_at_step", "wall_seconds", "train_seconds", "images_per_s", "params", "device", "device_name",
-    "cuda_graphs", "threads", "python_version", "torch_version", "resgrad_version", "error",
+    "run_id",
+    "status",
+    "final_test_acc",
+    "final_test_loss",
+    "final_train_loss",
+    "steps",
+    "epochs",
+    "diverged_at_step",
+    "wall_seconds",
+    "train_seconds",
+    "images_per_s",
+    "params",
+    "device",
+    "device_name",
+    "cuda_graphs",
+    "threads",
+    "python_version",
+    "torch_version",
+    "resgrad_version",
+    "error",
 )
 
 
@@ -136,7 +162,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     summary = json.loads((run_dir / "summary.json").read_text())
     summary.pop("files", None)
-    return RunResult(config, summary, pd.read_csv(run_dir / "metrics.csv"), pd.read_parquet(run_dir / "grad_norms.parquet"))
+    return RunResult(
+        config, summary, pd.read_csv(run_dir / "metrics.csv"), pd.read_parquet(run_dir / "grad_norms.parquet")
+    )
 
 
 def _first_line(exc: BaseException) -> str:

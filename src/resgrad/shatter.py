@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -42,8 +42,21 @@ DISTANCES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # Points per forward/backward: a GPU wants large batches; on a CPU small ones stay in cache and run faster.
 POINT_BATCH = {"cpu": 64, "cuda": 4096}
-COLUMNS = ["arch", "depth", "width", "norm", "activation", "init", "seed", "state", "run_id", "distance",
-           "correlation", "correlation_std", "images"]
+COLUMNS = [
+    "arch",
+    "depth",
+    "width",
+    "norm",
+    "activation",
+    "init",
+    "seed",
+    "state",
+    "run_id",
+    "distance",
+    "correlation",
+    "correlation_std",
+    "images",
+]
 FIGURES = {
     "shatter_correlation_vs_distance": "Gradient correlation vs distance",
     "shatter_correlation_vs_depth": "Gradient correlation vs depth",
@@ -63,7 +76,9 @@ class ShatterConfig:
     sweep: str | None = None  # also the complete runs of this sweep (or run) folder, trained and at init
     images: int = 32  # the first N test images
     distances: list[float] = field(default_factory=lambda: list(DISTANCES))  # t, in units of ||d|| = 1
-    figure_distance: float | None = None  # the distance of the correlation-vs-depth figure (default: 1, else the middle one)
+    figure_distance: float | None = (
+        None  # the distance of the correlation-vs-depth figure (default: 1, else the middle one)
+    )
     direction_seed: int = 0  # seeds the directions d (the same for every net)
     device: str = "auto"
     dtype: str = "float64"
@@ -71,7 +86,7 @@ class ShatterConfig:
     data_dir: str | None = None
     threads: int | None = None  # torch threads on the CPU (default: torch's choice)
 
-    def validate(self) -> "ShatterConfig":
+    def validate(self) -> ShatterConfig:
         for name in ("archs", "depths", "widths", "norms", "inits", "seeds", "distances"):
             if not getattr(self, name):
                 raise UsageError(f"{name} is an empty list; give at least one value.")
@@ -116,6 +131,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Each vector is first divided by its largest magnitude, so that gradients of any scale
     (1e-45 or 1e30) give the same correlation; a constant vector gives NaN.
     """
+
     def unit(v: torch.Tensor) -> torch.Tensor:
         v = v.double()
         v = v / v.abs().amax(dim=-1, keepdim=True)
@@ -145,8 +161,14 @@ def input_gradients(model: nn.Module, points: torch.Tensor, labels: torch.Tensor
     return torch.cat(out)
 
 
-def correlations(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, d: torch.Tensor,
-                 distances: list[float], batch_size: int) -> torch.Tensor:
+def correlations(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    d: torch.Tensor,
+    distances: list[float],
+    batch_size: int,
+) -> torch.Tensor:
     """(n_images, n_distances): correlation of the gradient at x with that at x + t·d for each t."""
     model.eval()
     n = len(images)
@@ -169,16 +191,24 @@ class _Net:
         else:
             c = self.config
             torch.manual_seed(c.seed)  # exactly as train() builds its model
-            model = build_model(c.arch, c.depth, c.width, c.norm, c.activation, c.init, c.shortcut, c.zero_init_residual)
+            model = build_model(
+                c.arch, c.depth, c.width, c.norm, c.activation, c.init, c.shortcut, c.zero_init_residual
+            )
         return model.to(device=device, dtype=dtype).eval()
 
 
 def _nets(config: ShatterConfig) -> Iterator[_Net]:
     """The grid's nets at init; with a sweep, each complete run trained and at its own init (each net once)."""
     seen = set()
-    grid = [TrainConfig(arch=a, depth=d, width=w, norm=n, init=i, seed=s)
-            for a in config.archs for d in config.depths for w in config.widths for n in config.norms
-            for i in config.inits for s in config.seeds]
+    grid = [
+        TrainConfig(arch=a, depth=d, width=w, norm=n, init=i, seed=s)
+        for a in config.archs
+        for d in config.depths
+        for w in config.widths
+        for n in config.norms
+        for i in config.inits
+        for s in config.seeds
+    ]
     nets = [_Net(c, "init") for c in grid]
     if config.sweep is not None:
         runs, _ = saved_runs(config.sweep)
@@ -187,14 +217,27 @@ def _nets(config: ShatterConfig) -> Iterator[_Net]:
                 log.warning("shatter: left out %s: %s", run.path.name, run.unusable())
         usable = [r for r in runs if not r.unusable() and not r.config.arch.startswith("seed-")]
         if not usable:
-            raise UsageError(f"{config.sweep} holds no complete plain/residual run with saved weights (model.pt); "
-                             "runs made before resgrad saved weights have none: rerun them.")
+            raise UsageError(
+                f"{config.sweep} holds no complete plain/residual run with saved weights (model.pt); "
+                "runs made before resgrad saved weights have none: rerun them."
+            )
         for run in usable:
             nets += [_Net(run.config, "init"), _Net(run.config, "trained", run.path)]
     for net in nets:
         c = net.config
-        key = (c.arch, c.depth, c.width, c.norm, c.activation, c.init, c.shortcut, c.zero_init_residual, c.seed,
-               net.state, str(net.run_dir))
+        key = (
+            c.arch,
+            c.depth,
+            c.width,
+            c.norm,
+            c.activation,
+            c.init,
+            c.shortcut,
+            c.zero_init_residual,
+            c.seed,
+            net.state,
+            str(net.run_dir),
+        )
         if key not in seen:
             seen.add(key)
             yield net
@@ -223,12 +266,23 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
         c = net.config
         for j, t in enumerate(config.distances):
             finite = r[:, j][np.isfinite(r[:, j])]
-            rows.append(dict(
-                arch=c.arch, depth=c.depth, width=c.width, norm=c.norm, activation=c.activation, init=c.init,
-                seed=c.seed, state=net.state, run_id=net.run_dir.name if net.run_dir else "", distance=t,
-                correlation=finite.mean() if len(finite) else math.nan,
-                correlation_std=finite.std(ddof=1) if len(finite) > 1 else math.nan, images=len(finite),
-            ))
+            rows.append(
+                dict(
+                    arch=c.arch,
+                    depth=c.depth,
+                    width=c.width,
+                    norm=c.norm,
+                    activation=c.activation,
+                    init=c.init,
+                    seed=c.seed,
+                    state=net.state,
+                    run_id=net.run_dir.name if net.run_dir else "",
+                    distance=t,
+                    correlation=finite.mean() if len(finite) else math.nan,
+                    correlation_std=finite.std(ddof=1) if len(finite) > 1 else math.nan,
+                    images=len(finite),
+                )
+            )
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame.attrs["at_distance"] = config.at_distance
     return frame
@@ -307,11 +361,13 @@ def shatter_figures(frame: pd.DataFrame, at_distance: float | None = None) -> di
         handles = [Line2D([], [], color=c, lw=1.5, label=str(d)) for d, c in depth_colors.items()]
         fig.legend(handles=handles, title="depth", loc="outside right upper", frameon=False)
         out["shatter_correlation_vs_distance"] = (
-            FIGURES["shatter_correlation_vs_distance"], png(fig),
+            FIGURES["shatter_correlation_vs_distance"],
+            png(fig),
             "Pearson correlation over pixels between the input gradient of the true class's logit at a test "
             "image x and at x + t·d (d a random unit direction), mean over images; lines: mean over seeds, "
             "band: min–max over seeds. 1: the gradient does not change; 0: unrelated (shattered). "
-            "Cf. Balduzzi et al. (2017), Fig. 1.")
+            "Cf. Balduzzi et al. (2017), Fig. 1.",
+        )
 
         fig, axes = new_figure(1, len(panels), f"{FIGURES['shatter_correlation_vs_depth']} (t = {at:g})")
         colors = arch_colors(archs)
@@ -330,8 +386,9 @@ def shatter_figures(frame: pd.DataFrame, at_distance: float | None = None) -> di
         axes[0, 0].set_ylim(-0.1, 1.02)
         arch_legend(fig, colors, "min–max over seeds")
         out["shatter_correlation_vs_depth"] = (
-            FIGURES["shatter_correlation_vs_depth"], png(fig),
+            FIGURES["shatter_correlation_vs_depth"],
+            png(fig),
             f"Correlation between the input gradients at x and at x + t·d for t = {at:g}, against depth; "
-            "mean over seeds (each a mean over images), band: min–max over seeds.")
+            "mean over seeds (each a mean over images), band: min–max over seeds.",
+        )
     return out
-

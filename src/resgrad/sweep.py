@@ -32,12 +32,26 @@ from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.data import check_mnist, load_split, resolve_data_dir
 from resgrad.errors import OutputError, UsageError
 from resgrad.executors import (  # noqa: F401  (MAX_WORKER_DEATHS, RunFailure: part of the sweep API)
-    MAX_WORKER_DEATHS, Outcome, RunFailure, check_executor, check_ray_address, run_all,
+    MAX_WORKER_DEATHS,
+    Outcome,
+    RunFailure,
+    check_executor,
+    check_ray_address,
+    run_all,
 )
 from resgrad.files import OLD_PREFIX, TMP_PREFIX, atomic_dir, prepare_output, write_csv, write_json
 from resgrad.grid import (  # noqa: F401  (the grid API, also reachable from here)
-    CONFIG_KEYS, DEFAULT_GRID, GRID_OPTIONS, LIST_FLAGS, RUN_KEYS, SweepSpec, earlier_specs, load_earlier, load_spec,
-    read_config, sweep_points,
+    CONFIG_KEYS,
+    DEFAULT_GRID,
+    GRID_OPTIONS,
+    LIST_FLAGS,
+    RUN_KEYS,
+    SweepSpec,
+    earlier_specs,
+    load_earlier,
+    load_spec,
+    read_config,
+    sweep_points,
 )
 from resgrad.rundir import DONE, STATUSES, SUMMARY_KEYS, RunResult, check_run, read_summary, save_run
 from resgrad.train import progress_enabled, resolve_device
@@ -50,8 +64,16 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = [
-    "run_id", *GRID_OPTIONS, "status", "final_test_acc", "final_test_loss", "final_train_loss",
-    "steps", "wall_seconds", "images_per_s", "error",
+    "run_id",
+    *GRID_OPTIONS,
+    "status",
+    "final_test_acc",
+    "final_test_loss",
+    "final_train_loss",
+    "steps",
+    "wall_seconds",
+    "images_per_s",
+    "error",
 ]
 # ---------------------------------------------------------------- the sweep folder
 
@@ -74,9 +96,14 @@ def _summary_frame(configs: list[TrainConfig], rows: dict[str, dict[str, Any]]) 
 def _failure_summary(failure: RunFailure) -> dict[str, Any]:
     summary: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
     summary.update(
-        run_id=failure.config.run_id(), status="failed", error=failure.error, wall_seconds=failure.wall_seconds,
-        threads=failure.config.threads, python_version=platform.python_version(),
-        torch_version=torch.__version__, resgrad_version=__version__,
+        run_id=failure.config.run_id(),
+        status="failed",
+        error=failure.error,
+        wall_seconds=failure.wall_seconds,
+        threads=failure.config.threads,
+        python_version=platform.python_version(),
+        torch_version=torch.__version__,
+        resgrad_version=__version__,
     )
     return summary
 
@@ -116,7 +143,7 @@ def _clean_stale(folder: Path) -> None:
                 entry.unlink()
         elif entry.name.startswith(OLD_PREFIX) and entry.is_dir() and not entry.is_symlink():
             # Killed between the two renames of atomic_dir: the old folder was whole; put it back.
-            pid, _, name = entry.name[len(OLD_PREFIX):].partition("-")
+            pid, _, name = entry.name[len(OLD_PREFIX) :].partition("-")
             if not pid.isdigit() or not name:
                 continue
             original = folder / name
@@ -210,7 +237,11 @@ def _warn_if_oversubscribed(workers: int, threads: int) -> None:
         log.warning(
             "workers=%d x threads=%d = %d torch threads on %d CPU cores: the runs will slow each other down; "
             "give --workers and --threads so that workers x threads <= %d",
-            workers, threads, workers * threads, cores, cores,
+            workers,
+            threads,
+            workers * threads,
+            cores,
+            cores,
         )
 
 
@@ -279,10 +310,18 @@ def run_sweep(
         listed = sweep_points(out_dir, spec, earlier)
         rows = {  # finished runs kept from before
             c.run_id(): summary_row(c, read_summary(runs_dir / c.run_id()) or {})
-            for c in listed if c.run_id() not in todo_ids
+            for c in listed
+            if c.run_id() not in todo_ids
         }
-        write_json(out_dir / "sweep.json", {**spec.to_dict(), "earlier": [e.to_dict() for e in earlier],
-                                            "runs": len(configs), "resgrad_version": __version__})
+        write_json(
+            out_dir / "sweep.json",
+            {
+                **spec.to_dict(),
+                "earlier": [e.to_dict() for e in earlier],
+                "runs": len(configs),
+                "resgrad_version": __version__,
+            },
+        )
         write_csv(out_dir / "summary.csv", _summary_frame(listed, rows))
         skipped = len(configs) - len(todo)
         if skipped:
@@ -311,8 +350,9 @@ def run_sweep(
                 bar.update()
 
     result = _summary_frame(listed, rows)
-    result.attrs.update(ran=len(todo), skipped=skipped, earlier=len(listed) - len(configs),
-                        wall_seconds=time.perf_counter() - t0)
+    result.attrs.update(
+        ran=len(todo), skipped=skipped, earlier=len(listed) - len(configs), wall_seconds=time.perf_counter() - t0
+    )
     return result
 
 

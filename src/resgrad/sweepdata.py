@@ -42,16 +42,43 @@ FINISHED = DONE  # runs that trained and left metrics and gradient norms
 FACET_OPTIONS = facet_options()  # declared with the TrainConfig fields (resgrad.config)
 TARGET_ACC = 0.9
 RUN_COLUMNS = [
-    "run_id", *GRID_OPTIONS, "status",
-    "final_test_acc", "final_test_loss", "final_train_loss", "steps", "diverged_at_step",
-    "first_recorded_step", "last_recorded_step", "log10_grad_ratio_first", "log10_grad_ratio_last",
-    "updates_to_90pct_acc", "wall_seconds", "images_per_s", "params",
-    "device_name", "torch_version", "resgrad_version", "error",
+    "run_id",
+    *GRID_OPTIONS,
+    "status",
+    "final_test_acc",
+    "final_test_loss",
+    "final_train_loss",
+    "steps",
+    "diverged_at_step",
+    "first_recorded_step",
+    "last_recorded_step",
+    "log10_grad_ratio_first",
+    "log10_grad_ratio_last",
+    "updates_to_90pct_acc",
+    "wall_seconds",
+    "images_per_s",
+    "params",
+    "device_name",
+    "torch_version",
+    "resgrad_version",
+    "error",
 ]
 _SUMMARY_KEYS = tuple(k for k in SUMMARY_KEYS if k in RUN_COLUMNS and k not in ("run_id", "status"))
-_NUMERIC = ["final_test_acc", "final_test_loss", "final_train_loss", "steps", "diverged_at_step",
-            "first_recorded_step", "last_recorded_step", "log10_grad_ratio_first", "log10_grad_ratio_last",
-            "updates_to_90pct_acc", "wall_seconds", "images_per_s", "params"]
+_NUMERIC = [
+    "final_test_acc",
+    "final_test_loss",
+    "final_train_loss",
+    "steps",
+    "diverged_at_step",
+    "first_recorded_step",
+    "last_recorded_step",
+    "log10_grad_ratio_first",
+    "log10_grad_ratio_last",
+    "updates_to_90pct_acc",
+    "wall_seconds",
+    "images_per_s",
+    "params",
+]
 _COUNTS = ("steps", "diverged_at_step", "first_recorded_step", "last_recorded_step", "updates_to_90pct_acc", "params")
 
 
@@ -173,9 +200,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     """
     path = Path(path)
     if not path.is_dir():
-        raise UsageError(
-            f"{path} is not a folder; give a sweep folder made by `resgrad sweep` (it holds sweep.json)."
-        )
+        raise UsageError(f"{path} is not a folder; give a sweep folder made by `resgrad sweep` (it holds sweep.json).")
     spec = load_spec(path)
     rows, metrics, grads = [], [], []
     for config in sweep_points(path, spec):  # the grid's points, then finished runs of earlier grids

@@ -8,7 +8,8 @@ Statistics keep NaN and inf (see :mod:`resgrad.sweepdata` for the conventions).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,6 @@ import pandas as pd
 from resgrad.grid import GRID_OPTIONS
 from resgrad.markdown import markdown_table
 from resgrad.sweepdata import FINISHED, STATUSES, Sweep, option_text
-
 
 # ---------------------------------------------------------------- tables
 
@@ -60,8 +60,10 @@ def summary_table(sweep: Sweep) -> pd.DataFrame:
         for status in STATUSES:
             row[f"n_{status}"] = int((g["status"] == status).sum())
         for col, sub in (
-            ("final_test_acc", done), ("final_train_loss", done),
-            ("log10_grad_ratio_first", finished), ("log10_grad_ratio_last", done),
+            ("final_test_acc", done),
+            ("final_train_loss", done),
+            ("log10_grad_ratio_first", finished),
+            ("log10_grad_ratio_last", done),
         ):
             row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(sub[col])
         reached = done["updates_to_90pct_acc"].dropna()  # NaN here means "not reached", counted below
@@ -136,7 +138,6 @@ def _pm(mean: float, std: float, n: int, digits: int, scale: float = 1.0) -> str
     return f"{_num(mean * scale, digits)} ± {_num(std * scale, digits)}"
 
 
-
 def summary_display(table: pd.DataFrame, facets: list[str]) -> pd.DataFrame:
     """The summary table as strings for Markdown/HTML: ``mean ± std``, accuracy in %, "not reached"."""
     rows = []
@@ -147,7 +148,7 @@ def summary_display(table: pd.DataFrame, facets: list[str]) -> pd.DataFrame:
         n_fin = n_done + int(r["n_diverged"])
 
         def pm(col: str, n: int, digits: int, scale: float = 1.0) -> str:
-            return _pm(r[f"{col}_mean"], r[f"{col}_std"], n, digits, scale)
+            return _pm(r[f"{col}_mean"], r[f"{col}_std"], n, digits, scale)  # noqa: B023  (used within this iteration)
 
         row["test acc (%)"] = pm("final_test_acc", n_done, 2, 100.0)
         row["train loss"] = pm("final_train_loss", n_done, 4)
@@ -246,4 +247,3 @@ def runs_display(sweep: Sweep) -> pd.DataFrame:
         row["note"] = _run_note(r)
         rows.append(row)
     return pd.DataFrame(rows)
-

@@ -17,8 +17,9 @@ import pickle
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -31,10 +32,17 @@ from resgrad.cudagraph import GraphedTrainStep, resolve_cuda_graphs
 from resgrad.data import Split, endless_batches, load_split
 from resgrad.errors import UsageError, check_choice
 from resgrad.gradients import GradientRecorder, every, log_spaced
-from resgrad.rundir import (  # noqa: F401  (the run-folder API, also reachable from here)
-    METRIC_COLUMNS, SUMMARY_KEYS, RunResult, _first_line, check_run, load_run, read_summary, save_run,
-)
 from resgrad.models import build_model, count_params
+from resgrad.rundir import (  # noqa: F401  (the run-folder API, also reachable from here)
+    METRIC_COLUMNS,
+    SUMMARY_KEYS,
+    RunResult,
+    _first_line,
+    check_run,
+    load_run,
+    read_summary,
+    save_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +164,17 @@ class StepBuffer:
 
     def __getitem__(self, index: slice) -> torch.Tensor:
         start, stop, _ = index.indices(len(self.chunks) * self.CHUNK)
-        parts = [c[max(start - i * self.CHUNK, 0) : stop - i * self.CHUNK]
-                 for i, c in enumerate(self.chunks) if i * self.CHUNK < stop and (i + 1) * self.CHUNK > start]
+        parts = [
+            c[max(start - i * self.CHUNK, 0) : stop - i * self.CHUNK]
+            for i, c in enumerate(self.chunks)
+            if i * self.CHUNK < stop and (i + 1) * self.CHUNK > start
+        ]
         return torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype, device=self.device)
 
 
-def make_optimizer(config: TrainConfig, params: Iterable[nn.Parameter], capturable: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    config: TrainConfig, params: Iterable[nn.Parameter], capturable: bool = False
+) -> torch.optim.Optimizer:
     """The run's optimizer: SGD (momentum, weight decay) or Adam (torch's default betas, weight decay as L2).
 
     ``capturable`` keeps Adam's step counts on the device, as CUDA-graph capture needs.
@@ -195,8 +208,14 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
 
     torch.manual_seed(config.seed)
     model = build_model(
-        config.arch, config.depth, config.width, config.norm, config.activation,
-        config.init, config.shortcut, config.zero_init_residual,
+        config.arch,
+        config.depth,
+        config.width,
+        config.norm,
+        config.activation,
+        config.init,
+        config.shortcut,
+        config.zero_init_residual,
     ).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -217,15 +236,22 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     train_seconds, images_seen = 0.0, 0
     batches = endless_batches(len(train_set), config.batch_size, config.seed)
     model.train()
-    with GradientRecorder(model, schedule) as rec, tqdm(
-        total=total, desc=config.run_id(), unit="step", disable=not progress_enabled(progress), leave=False
-    ) as bar:
+    with (
+        GradientRecorder(model, schedule) as rec,
+        tqdm(
+            total=total, desc=config.run_id(), unit="step", disable=not progress_enabled(progress), leave=False
+        ) as bar,
+    ):
         graphed = None
         if graphs:  # the capture logic lives apart; the CPU path never enters it
             graphed = GraphedTrainStep(
-                functools.partial(train_step, model, opt, recorder=rec, dtype=config.dtype,
-                                  channels_last=config.channels_last),
-                train_set.images, train_set.labels, config.batch_size, rec,
+                functools.partial(
+                    train_step, model, opt, recorder=rec, dtype=config.dtype, channels_last=config.channels_last
+                ),
+                train_set.images,
+                train_set.labels,
+                config.batch_size,
+                rec,
             )
         t_loop = time.perf_counter()
         for step in range(total):
@@ -253,7 +279,9 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
                 bar.set_postfix(loss=f"{chunk[-1].item():.4f}", refresh=False)
             if do_eval:
                 train_seconds += time.perf_counter() - t_loop
-                test_loss, test_acc = evaluate(model, test_set, EVAL_BATCH[device.type], config.dtype, config.channels_last)
+                test_loss, test_acc = evaluate(
+                    model, test_set, EVAL_BATCH[device.type], config.dtype, config.channels_last
+                )
                 evals.append((step, test_loss, test_acc))
                 t_loop = time.perf_counter()
         train_seconds += time.perf_counter() - t_loop
@@ -263,7 +291,11 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     last = total - 1 if diverged_at is None else diverged_at
     n_steps = last + 1
     metrics = pd.DataFrame(
-        {"step": range(n_steps), "epoch": epochs[:n_steps].numpy(), "train_loss": losses[:n_steps].cpu().double().numpy()}
+        {
+            "step": range(n_steps),
+            "epoch": epochs[:n_steps].numpy(),
+            "train_loss": losses[:n_steps].cpu().double().numpy(),
+        }
     )
     eval_frame = pd.DataFrame(evals, columns=["step", "test_loss", "test_acc"])
     metrics = metrics.merge(eval_frame, on="step", how="left")[METRIC_COLUMNS]
@@ -319,11 +351,19 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
             "kept them); rerun it, e.g. with `resgrad sweep ... --force`, to get them."
         )
     model = build_model(
-        config.arch, config.depth, config.width, config.norm, config.activation,
-        config.init, config.shortcut, config.zero_init_residual,
+        config.arch,
+        config.depth,
+        config.width,
+        config.norm,
+        config.activation,
+        config.init,
+        config.shortcut,
+        config.zero_init_residual,
     )
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
-        raise UsageError(f"{weights} cannot be loaded into the model its config.json describes ({_first_line(exc)}).") from None
+        raise UsageError(
+            f"{weights} cannot be loaded into the model its config.json describes ({_first_line(exc)})."
+        ) from None
     return model.to(device).eval()

@@ -13,12 +13,12 @@ import errno
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from resgrad import __version__
 from resgrad.cli.analysis import add_export, add_lesion, add_report, add_shatter
 from resgrad.cli.bench import add_bench, bench_config  # noqa: F401  (bench_config: used by tests and scripts)
-from resgrad.cli.runs import add_sweep, add_train, add_config_flags  # noqa: F401
+from resgrad.cli.runs import add_config_flags, add_sweep, add_train  # noqa: F401
 from resgrad.errors import OutputError, UsageError
 
 # ---------------------------------------------------------------- main
@@ -31,8 +31,9 @@ def make_parser() -> argparse.ArgumentParser:
         "train plain/residual twins on MNIST, record per-layer gradient norms, sweep depths, report, benchmark.",
     )
     parser.add_argument("--version", action="version", version=f"resgrad {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="on an error, show the Python traceback too (also: RESGRAD_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the Python traceback too (also: RESGRAD_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -41,7 +42,15 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_train, add_bench, add_sweep, add_report, add_export, add_lesion, add_shatter]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_train,
+    add_bench,
+    add_sweep,
+    add_report,
+    add_export,
+    add_lesion,
+    add_shatter,
+]
 
 
 def _describe(exc: OSError) -> str:

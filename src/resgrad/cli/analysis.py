@@ -32,14 +32,20 @@ Prints the path of report.html and the headline table.
 
 def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="tables, figures and an HTML report from a sweep folder",
+        "report",
+        help="tables, figures and an HTML report from a sweep folder",
         description="Summarise a sweep folder made by `resgrad sweep`: gradient-norm figures, "
         "tables over seeds, report.md and a self-contained report.html.",
-        epilog=EPILOG_REPORT, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_REPORT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a sweep folder (holds sweep.json and runs/)")
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="report folder: new, empty or an earlier report (default: SWEEP_DIR/report)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="report folder: new, empty or an earlier report (default: SWEEP_DIR/report)",
+    )
     p.set_defaults(func=cmd_report)
 
 
@@ -70,13 +76,20 @@ left alone. Failed and missing runs are skipped with a note. Needs tensorboard
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="write runs or a sweep as TensorBoard event files",
+        "export",
+        help="write runs or a sweep as TensorBoard event files",
         description="Export a run folder or every finished run of a sweep folder to TensorBoard.",
-        epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXPORT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", type=Path, metavar="SWEEP_OR_RUN_DIR", help="a run folder or a sweep folder")
-    p.add_argument("--tensorboard", type=Path, metavar="LOGDIR", required=True,
-                   help="TensorBoard log folder; each run goes to LOGDIR/<run_id>")
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="LOGDIR",
+        required=True,
+        help="TensorBoard log folder; each run goes to LOGDIR/<run_id>",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -122,37 +135,76 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
 
     d = LesionConfig()
     p = sub.add_parser(
-        "lesion", help="delete blocks of trained nets at test time (Veit et al. 2016)",
+        "lesion",
+        help="delete blocks of trained nets at test time (Veit et al. 2016)",
         description="Block lesions: test accuracy of trained nets with single blocks and random sets of blocks "
         "replaced by their shortcuts, plain vs residual.",
-        epilog=EPILOG_LESION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_LESION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", type=Path, metavar="SWEEP_OR_RUN_DIR", help="a sweep folder or a run folder")
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="lesion folder (default: SWEEP_DIR/lesion, or RUN_DIR-lesion beside a run folder)")
-    p.add_argument("--max-deleted", type=positive_int, default=d.max_deleted, metavar="K",
-                   help=f"random sets of up to K blocks, capped at the non-downsampling blocks there are (default: {d.max_deleted})")
-    p.add_argument("--draws", type=positive_int, default=d.draws, metavar="N", help=f"random sets per size (default: {d.draws})")
-    p.add_argument("--test-subset", type=positive_int, metavar="N", help="the first N test images (default: each run's own)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="lesion folder (default: SWEEP_DIR/lesion, or RUN_DIR-lesion beside a run folder)",
+    )
+    p.add_argument(
+        "--max-deleted",
+        type=positive_int,
+        default=d.max_deleted,
+        metavar="K",
+        help=f"random sets of up to K blocks, capped at the non-downsampling blocks there are (default: {d.max_deleted})",
+    )
+    p.add_argument(
+        "--draws", type=positive_int, default=d.draws, metavar="N", help=f"random sets per size (default: {d.draws})"
+    )
+    p.add_argument(
+        "--test-subset", type=positive_int, metavar="N", help="the first N test images (default: each run's own)"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help=f"seeds the random sets (default: {d.seed})")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
-                   help="test images per forward pass (default: 100 on the CPU, 4000 on CUDA)")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default=d.device, help="(default: auto = CUDA if present)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=d.batch_size,
+        help="test images per forward pass (default: 100 on the CPU, 4000 on CUDA)",
+    )
+    p.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], default=d.device, help="(default: auto = CUDA if present)"
+    )
     p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
-    p.add_argument("--threads", type=positive_int,
-                   help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
-                   "since oversubscribed threads spin)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
+        "since oversubscribed threads spin)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.set_defaults(func=cmd_lesion)
 
 
 def cmd_lesion(args: argparse.Namespace) -> int:
-    from resgrad.lesion import LesionConfig, check_out, default_out, lesion_display, lesion_table, run_lesion, write_lesion
+    from resgrad.lesion import (
+        LesionConfig,
+        check_out,
+        default_out,
+        lesion_display,
+        lesion_table,
+        run_lesion,
+        write_lesion,
+    )
     from resgrad.markdown import markdown_table
 
-    config = LesionConfig(max_deleted=args.max_deleted, draws=args.draws, test_subset=args.test_subset,
-                          seed=args.seed, device=args.device, batch_size=args.batch_size, data_dir=args.data_dir,
-                          threads=args.threads)
+    config = LesionConfig(
+        max_deleted=args.max_deleted,
+        draws=args.draws,
+        test_subset=args.test_subset,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        threads=args.threads,
+    )
     out = args.out or default_out(args.source)
     check_out(out)  # before the work, not after it
     result = run_lesion(args.source, config, progress=False if args.quiet else None)
@@ -195,36 +247,82 @@ def add_shatter(sub: argparse._SubParsersAction) -> None:
 
     d = ShatterConfig()
     p = sub.add_parser(
-        "shatter", help="correlation of input gradients at nearby inputs (Balduzzi et al. 2017)",
+        "shatter",
+        help="correlation of input gradients at nearby inputs (Balduzzi et al. 2017)",
         description="Shattered gradients: how the gradient of a net's output with respect to its input "
         "decorrelates along a line through a test image, plain vs residual, at init and trained.",
-        epilog=EPILOG_SHATTER, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_SHATTER,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("the nets at init (each flag takes one or more values)")
-    g.add_argument("--archs", nargs="+", default=d.archs, metavar="ARCH", help="plain, residual (default: plain residual)")
-    g.add_argument("--depths", nargs="+", type=int, default=d.depths, metavar="D",
-                   help="weighted layers, 6n+2 each (default: 8 20 56)")
-    g.add_argument("--widths", nargs="+", type=int, default=d.widths, metavar="W", help="channels of the first stage (default: 16)")
+    g.add_argument(
+        "--archs", nargs="+", default=d.archs, metavar="ARCH", help="plain, residual (default: plain residual)"
+    )
+    g.add_argument(
+        "--depths",
+        nargs="+",
+        type=int,
+        default=d.depths,
+        metavar="D",
+        help="weighted layers, 6n+2 each (default: 8 20 56)",
+    )
+    g.add_argument(
+        "--widths", nargs="+", type=int, default=d.widths, metavar="W", help="channels of the first stage (default: 16)"
+    )
     g.add_argument("--norms", nargs="+", default=d.norms, metavar="NORM", help=f"{', '.join(NORMS)} (default: none)")
-    g.add_argument("--inits", nargs="+", default=d.inits, metavar="INIT",
-                   help=f"{', '.join(INITS)}; kaiming is He et al.'s, as in Balduzzi et al. (default: default)")
-    g.add_argument("--seeds", nargs="+", type=int, default=d.seeds, metavar="S", help="seeds of the initial weights (default: 0)")
-    g.add_argument("--sweep", metavar="DIR", help="also every complete run of this sweep (or run) folder, trained and at init")
+    g.add_argument(
+        "--inits",
+        nargs="+",
+        default=d.inits,
+        metavar="INIT",
+        help=f"{', '.join(INITS)}; kaiming is He et al.'s, as in Balduzzi et al. (default: default)",
+    )
+    g.add_argument(
+        "--seeds", nargs="+", type=int, default=d.seeds, metavar="S", help="seeds of the initial weights (default: 0)"
+    )
+    g.add_argument(
+        "--sweep", metavar="DIR", help="also every complete run of this sweep (or run) folder, trained and at init"
+    )
     g = p.add_argument_group("the measurement")
-    g.add_argument("--images", type=positive_int, default=d.images, metavar="N", help=f"the first N test images (default: {d.images})")
-    g.add_argument("--distances", nargs="*", type=float, default=d.distances, metavar="T",
-                   help=f"distances t along the unit direction (default: {' '.join(f'{t:g}' for t in d.distances)})")
-    g.add_argument("--figure-distance", type=float, metavar="T",
-                   help="the distance of the correlation-vs-depth figure, one of --distances (default: 1, else the middle one)")
+    g.add_argument(
+        "--images",
+        type=positive_int,
+        default=d.images,
+        metavar="N",
+        help=f"the first N test images (default: {d.images})",
+    )
+    g.add_argument(
+        "--distances",
+        nargs="*",
+        type=float,
+        default=d.distances,
+        metavar="T",
+        help=f"distances t along the unit direction (default: {' '.join(f'{t:g}' for t in d.distances)})",
+    )
+    g.add_argument(
+        "--figure-distance",
+        type=float,
+        metavar="T",
+        help="the distance of the correlation-vs-depth figure, one of --distances (default: 1, else the middle one)",
+    )
     g.add_argument("--direction-seed", type=int, default=d.direction_seed, help="seeds the directions d (default: 0)")
     g.add_argument("--dtype", choices=tuple(DTYPES), default=d.dtype, help="(default: float64)")
-    g.add_argument("--batch-size", type=positive_int, default=d.batch_size,
-                   help="points per forward/backward pass (default: 64 on the CPU, 4096 on CUDA)")
-    g.add_argument("--device", choices=["cpu", "cuda", "auto"], default=d.device, help="(default: auto = CUDA if present)")
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=d.batch_size,
+        help="points per forward/backward pass (default: 64 on the CPU, 4096 on CUDA)",
+    )
+    g.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], default=d.device, help="(default: auto = CUDA if present)"
+    )
     g.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
-    g.add_argument("--threads", type=positive_int,
-                   help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
-                   "since oversubscribed threads spin)")
+    g.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
+        "since oversubscribed threads spin)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.add_argument("--out", type=Path, metavar="DIR", required=True, help="the shatter folder to write")
     p.set_defaults(func=cmd_shatter)
@@ -235,10 +333,22 @@ def cmd_shatter(args: argparse.Namespace) -> int:
     from resgrad.shatter import ShatterConfig, check_out, run_shatter, write_shatter
 
     config = ShatterConfig(
-        archs=args.archs, depths=args.depths, widths=args.widths, norms=args.norms, inits=args.inits, seeds=args.seeds,
-        sweep=args.sweep, images=args.images, distances=args.distances, figure_distance=args.figure_distance,
-        direction_seed=args.direction_seed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-        data_dir=args.data_dir, threads=args.threads,
+        archs=args.archs,
+        depths=args.depths,
+        widths=args.widths,
+        norms=args.norms,
+        inits=args.inits,
+        seeds=args.seeds,
+        sweep=args.sweep,
+        images=args.images,
+        distances=args.distances,
+        figure_distance=args.figure_distance,
+        direction_seed=args.direction_seed,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        threads=args.threads,
     ).validate()
     check_out(args.out)  # before the work, not after it
     frame = run_shatter(config, progress=False if args.quiet else None)
@@ -247,8 +357,9 @@ def cmd_shatter(args: argparse.Namespace) -> int:
     print(f"shatter: {nets} nets x {frame['distance'].nunique()} distances -> {paths[0]} and {len(paths) - 1} figures")
     if not args.quiet:
         at = frame[frame["distance"] == config.at_distance]
-        table = at.pivot_table(index=["state", "norm", "width", "init", "depth"], columns="arch",
-                               values="correlation", aggfunc="mean").reset_index()
+        table = at.pivot_table(
+            index=["state", "norm", "width", "init", "depth"], columns="arch", values="correlation", aggfunc="mean"
+        ).reset_index()
         table.columns.name = None
         print(f"mean correlation at t = {config.at_distance:g}:")
         print(markdown_table(table, lambda v, c: f"{v:.3f}" if isinstance(v, float) else str(v)))

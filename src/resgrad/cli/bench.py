@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 if TYPE_CHECKING:
     from resgrad.bench_config import BenchConfig
 
@@ -39,11 +38,13 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     from resgrad.bench_config import FIELDS, flag
 
     p = sub.add_parser(
-        "bench", help="time forward, backward and training steps per device, arch, depth and batch size",
+        "bench",
+        help="time forward, backward and training steps per device, arch, depth and batch size",
         description="Time plain and residual nets with torch.utils.benchmark: forward, forward+backward and the "
         "full training step, per device, arch, depth, width, batch size and dtype; FLOPs per step and % of a "
         "dense-matmul peak measured in the same run.",
-        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_BENCH,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f in FIELDS.items():  # one flag per BenchConfig field, all from its declaration
@@ -53,8 +54,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         group.add_argument(flag(name), **_bench_argument(name))
     g = groups["timing and output"]
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    g.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR",
-                   help="folder to write (default: runs/bench)")
+    g.add_argument(
+        "--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="folder to write (default: runs/bench)"
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -74,8 +76,9 @@ def _bench_argument(name: str) -> dict[str, object]:
     if default is not None:
         shown = " ".join(map(str, default)) if is_list(name) else format(default, "g")
         help += f" (default: {shown})"
-    kw: dict[str, object] = dict(dest=name, type=kind(name), default=default, choices=allowed, metavar=meta["metavar"],
-                                 help=help)
+    kw: dict[str, object] = dict(
+        dest=name, type=kind(name), default=default, choices=allowed, metavar=meta["metavar"], help=help
+    )
     if is_list(name):
         kw["nargs"] = "*" if meta["alone"] is not None else "+"
     return kw

@@ -47,8 +47,9 @@ def add_config_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
             default = (meta["grid"] or [f.default]) if axis else f.default
             help_text = SWEEP_HELP.get(f.name) if sweep else None
             shown = " ".join(map(str, default)) if axis else None if default is None or default is False else default
-            help_text = help_text or meta["help"] + ("" if shown is None or "(default" in meta["help"]
-                                                     else f" (default: {shown})")
+            help_text = help_text or meta["help"] + (
+                "" if shown is None or "(default" in meta["help"] else f" (default: {shown})"
+            )
             kw: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
             if isinstance(f.default, bool):
                 kw["action"] = "store_true"
@@ -72,17 +73,29 @@ def add_config_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train one model on MNIST and record its gradient norms",
+        "train",
+        help="train one model on MNIST and record its gradient norms",
         description="Train one plain or residual net on MNIST, recording per-layer gradient norms.",
-        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p)
-    p.add_argument("--out", type=Path, help="run directory to write: new, empty, or an earlier run with --force "
-                   "(default: runs/<run_id>)")
-    p.add_argument("--force", action="store_true",
-                   help="replace the run folder already at --out (a folder holding other files is never replaced)")
-    p.add_argument("--tensorboard", type=Path, metavar="LOGDIR",
-                   help="also write the run's TensorBoard events to LOGDIR/<run_id> when it ends (as resgrad export)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="run directory to write: new, empty, or an earlier run with --force (default: runs/<run_id>)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the run folder already at --out (a folder holding other files is never replaced)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="LOGDIR",
+        help="also write the run's TensorBoard events to LOGDIR/<run_id> when it ends (as resgrad export)",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -141,22 +154,33 @@ Exit code: 0 when no run failed, 1 when some run failed (rerun to retry), 2 on b
 
 def add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "sweep", help="run a resumable grid of training runs (archs x depths x seeds x ...)",
+        "sweep",
+        help="run a resumable grid of training runs (archs x depths x seeds x ...)",
         description="Train every point of a grid of runs, locally in parallel processes or on Ray; "
         "a rerun completes what is missing. The list flags (--archs, --depths, ...) take one or more values.",
-        epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_SWEEP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p, sweep=True)  # no defaults here: a flag left out can come from --config
     g = p.add_argument_group("the sweep")
     g.add_argument("--out", type=Path, metavar="DIR", help="the sweep folder (created, or resumed when it is one)")
     g.add_argument("--config", type=Path, metavar="FILE", help="a sweep TOML file, e.g. sweeps/example.toml")
     g.add_argument("--executor", choices=["local", "ray"], help="local processes or Ray tasks (default: local)")
-    g.add_argument("--workers", type=positive_int,
-                   help="runs at a time; local: processes, 1 = in this process (default: 1); ray: CPUs of a local Ray")
-    g.add_argument("--ray-address", metavar="ADDR", help="a Ray cluster (e.g. auto, ray://host:10001); default: start a local Ray")
+    g.add_argument(
+        "--workers",
+        type=positive_int,
+        help="runs at a time; local: processes, 1 = in this process (default: 1); ray: CPUs of a local Ray",
+    )
+    g.add_argument(
+        "--ray-address", metavar="ADDR", help="a Ray cluster (e.g. auto, ray://host:10001); default: start a local Ray"
+    )
     g.add_argument("--force", action="store_true", help="rerun points already complete or diverged")
-    g.add_argument("--tensorboard", type=Path, metavar="LOGDIR",
-                   help="also write each finished run's TensorBoard events to LOGDIR/<run_id> (as resgrad export)")
+    g.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="LOGDIR",
+        help="also write each finished run's TensorBoard events to LOGDIR/<run_id> (as resgrad export)",
+    )
     p.set_defaults(func=cmd_sweep)
 
 
@@ -170,15 +194,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         opts.pop("epochs", None)
     opts.update(given)
     if "out" not in opts:
-        raise UsageError("give the sweep folder with --out DIR (or out = \"DIR\" in the --config file).")
+        raise UsageError('give the sweep folder with --out DIR (or out = "DIR" in the --config file).')
     spec = SweepSpec(
         grid={option: opts[flag] for flag, option in LIST_FLAGS.items() if flag in opts},
         fixed={k: opts[k] for k in RUN_KEYS if k in opts},
     )
     out = Path(opts["out"])
     summary = run_sweep(
-        spec, out, executor=opts.get("executor", "local"), workers=opts.get("workers", 1), force=args.force,
-        ray_address=opts.get("ray_address"), progress=False if args.quiet else None, tensorboard=args.tensorboard,
+        spec,
+        out,
+        executor=opts.get("executor", "local"),
+        workers=opts.get("workers", 1),
+        force=args.force,
+        ray_address=opts.get("ray_address"),
+        progress=False if args.quiet else None,
+        tensorboard=args.tensorboard,
     )
     counts = count_statuses(summary)
     line = (
