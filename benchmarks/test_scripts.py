@@ -21,6 +21,7 @@ from tutorial_vs_resgrad import compare_bench, compare_training
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_sweep_scaling_script_runs(benchmark, data_dir: Path) -> None:
     """`python benchmarks/sweep_scaling.py`: one grid with 1 and 2 local workers, same numbers from both."""
     row = benchmark.pedantic(

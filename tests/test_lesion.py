@@ -163,6 +163,7 @@ def _config(data_dir: Path, **kw: object) -> LesionConfig:
     return LesionConfig(device="cpu", data_dir=str(data_dir), **kw)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_a_lesion_with_no_deletion_reproduces_the_recorded_test_accuracy(sweep_dir: Path, data_dir: Path) -> None:
     frame = run_lesion(sweep_dir, _config(data_dir, max_deleted=3, draws=2), progress=False).frame
     assert sorted(frame["arch"].unique()) == ["plain", "residual"]
@@ -174,6 +175,7 @@ def test_a_lesion_with_no_deletion_reproduces_the_recorded_test_accuracy(sweep_d
         assert (frame.loc[frame["run_id"] == run_dir.name, "test_images"] == 500).all()
 
 
+@pytest.mark.slow
 def test_single_deletions_score_what_the_hand_built_net_scores(sweep_dir: Path, data_dir: Path) -> None:
     frame = run_lesion(sweep_dir, _config(data_dir, max_deleted=2, draws=1), progress=False).frame
     test = load_split(False, str(data_dir), 500)
@@ -190,6 +192,7 @@ def test_single_deletions_score_what_the_hand_built_net_scores(sweep_dir: Path, 
         assert row["downsampling"].item() == (name == "stage2.0")
 
 
+@pytest.mark.slow
 def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsampling_block(
     sweep_dir: Path, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -242,6 +245,7 @@ def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsamplin
 # ---------------------------------------------------------------- report and bad input
 
 
+@pytest.mark.slow
 def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(
     sweep_dir: Path, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -282,6 +286,7 @@ def _make_old(sweep: Path) -> None:
         (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
+@pytest.mark.slow
 def test_a_damaged_run_is_left_out_by_name_and_the_others_are_lesioned(
     sweep_dir: Path, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -298,6 +303,7 @@ def test_a_damaged_run_is_left_out_by_name_and_the_others_are_lesioned(
     assert plain.name in caplog.text
 
 
+@pytest.mark.slow
 def test_a_folder_without_weights_exits_2_with_one_sentence(
     sweep_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -316,6 +322,7 @@ def test_a_folder_without_weights_exits_2_with_one_sentence(
         assert not (source / "lesion").exists() and not source.with_name(f"{source.name}-lesion").exists()
 
 
+@pytest.mark.slow
 def test_an_output_folder_holding_other_files_is_refused_before_any_work(
     sweep_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -328,6 +335,7 @@ def test_an_output_folder_holding_other_files_is_refused_before_any_work(
     assert exit_code(["lesion", str(sweep_dir), "--draws", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_a_run_folder_is_lesioned_into_a_folder_beside_it_and_left_as_it_was(
     sweep_dir: Path, data_dir: Path, tmp_path: Path
 ) -> None:

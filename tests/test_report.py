@@ -194,6 +194,7 @@ def _same(actual: float, expected: float) -> bool:
 # ---------------------------------------------------------------- the report
 
 
+@pytest.mark.slow
 def test_report_writes_every_figure_and_table(report: tuple[Path, str]) -> None:
     out, stdout = report
     for name in FIGURES:
@@ -210,6 +211,7 @@ def test_report_writes_every_figure_and_table(report: tuple[Path, str]) -> None:
     assert "| depth | plain test acc (%) | residual test acc (%) |" in stdout
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_with_every_figure_embedded(report: tuple[Path, str]) -> None:
     out, _ = report
     page = (out / "report.html").read_text()
@@ -223,6 +225,7 @@ def test_html_is_self_contained_with_every_figure_embedded(report: tuple[Path, s
     )  # headline, per arch and depth, gain per block, test accuracy per evaluation, runs
 
 
+@pytest.mark.slow
 def test_tables_match_a_hand_computation_from_the_run_folders(sweep_dir: Path, report: tuple[Path, str]) -> None:
     out, _ = report
     hand = _hand_runs(sweep_dir)
@@ -253,6 +256,7 @@ def test_tables_match_a_hand_computation_from_the_run_folders(sweep_dir: Path, r
             assert _same(row[f"{arch}_log10_grad_ratio_last"], statistics.mean(runs["last"]))
 
 
+@pytest.mark.slow
 def test_load_sweep_gives_one_row_per_grid_point_and_tidy_frames(sweep_dir: Path) -> None:
     sweep = load_sweep(sweep_dir)
     assert len(sweep.runs) == 8 and set(sweep.runs["status"]) == {"complete"}
@@ -266,6 +270,7 @@ def test_load_sweep_gives_one_row_per_grid_point_and_tidy_frames(sweep_dir: Path
     assert list(metrics["train_loss"]) == list(pd.read_csv(run_dir / "metrics.csv")["train_loss"])
 
 
+@pytest.mark.slow
 def test_zero_and_nonfinite_norms_survive_into_tables_and_captions(sweep_dir: Path, tmp_path: Path) -> None:
     sweep = _copy(sweep_dir, tmp_path)
     plain = _run_dir(sweep, "plain", 8, 0)
@@ -308,6 +313,7 @@ def test_zero_and_nonfinite_norms_survive_into_tables_and_captions(sweep_dir: Pa
     assert "1 zero (▼" in caption and "1 infinite (▲" in caption and "1 NaN (✕" in caption
 
 
+@pytest.mark.slow
 def test_updates_to_90pct_acc_count_from_the_first_evaluation_at_or_above_90pct(
     sweep_dir: Path, tmp_path: Path
 ) -> None:
@@ -335,6 +341,7 @@ def test_updates_to_90pct_acc_count_from_the_first_evaluation_at_or_above_90pct(
     assert shown[("plain", "14")] == "not reached"
 
 
+@pytest.mark.slow
 def test_partial_sweep_lists_missing_and_failed_runs(sweep_dir: Path, tmp_path: Path) -> None:
     sweep = _copy(sweep_dir, tmp_path)
     missing = _run_dir(sweep, "residual", 14, 1)
@@ -365,6 +372,7 @@ def test_partial_sweep_lists_missing_and_failed_runs(sweep_dir: Path, tmp_path: 
         assert (out / "figures" / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
 
 
+@pytest.mark.slow
 def test_one_arch_one_seed(sweep_dir: Path, tmp_path: Path) -> None:
     sweep = _copy(sweep_dir, tmp_path)
     spec = json.loads((sweep / "sweep.json").read_text())
@@ -403,6 +411,7 @@ def test_diverged_run_counts_as_finished_without_accuracy(tmp_path: Path, data_d
     assert "diverged at step" in md and "1 diverged runs" in md
 
 
+@pytest.mark.slow
 def test_a_diverged_seed_leaves_last_step_numbers_to_the_complete_runs(sweep_dir: Path, tmp_path: Path) -> None:
     sweep = _copy(sweep_dir, tmp_path)
     _make_diverged(_run_dir(sweep, "plain", 8, 1), at_step=12)
@@ -441,6 +450,7 @@ def _hand_test_acc(sweep: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+@pytest.mark.slow
 def test_test_accuracy_per_evaluation_matches_the_metrics_files(sweep_dir: Path, report: tuple[Path, str]) -> None:
     out, _ = report
     table = pd.read_csv(out / "tables" / "test_acc_by_eval.csv")
@@ -463,6 +473,7 @@ def test_test_accuracy_per_evaluation_matches_the_metrics_files(sweep_dir: Path,
     assert row.endswith(f"| {expected} |")
 
 
+@pytest.mark.slow
 def test_many_evaluations_give_the_csv_and_the_figure_but_no_markdown_table(sweep_dir: Path, tmp_path: Path) -> None:
     sweep = _copy(sweep_dir, tmp_path)
     for metrics in (sweep / "runs").glob("*/metrics.csv"):
@@ -499,6 +510,7 @@ def test_evaluations_at_epoch_ends_are_headed_by_epoch() -> None:
     assert list(mid.columns)[3:] == ["4 updates", "6 updates"]
 
 
+@pytest.mark.slow
 def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it_was(
     sweep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -526,6 +538,7 @@ def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it
 # ---------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_a_sweep_exits_2_and_writes_nothing(
     sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -539,6 +552,7 @@ def test_a_folder_that_is_not_a_sweep_exits_2_and_writes_nothing(
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_with_no_finished_run_exits_2_and_writes_nothing(
     sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -554,6 +568,7 @@ def test_a_sweep_with_no_finished_run_exits_2_and_writes_nothing(
     assert sorted(p.name for p in sweep.iterdir()) == ["runs", "sweep.json"]
 
 
+@pytest.mark.slow
 def test_out_that_is_a_file_exits_2(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "file"
     target.write_text("x")
@@ -561,6 +576,7 @@ def test_out_that_is_a_file_exits_2(sweep_dir: Path, tmp_path: Path, capsys: pyt
     assert "is a file" in capsys.readouterr().err and target.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_out_that_holds_something_else_is_refused(
     sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -572,6 +588,7 @@ def test_out_that_holds_something_else_is_refused(
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_headline_table_api(sweep_dir: Path) -> None:
     table = headline_table(load_sweep(sweep_dir))
     assert list(table.columns) == [

@@ -162,6 +162,7 @@ def _hand(run_dir: Path, when: str) -> tuple[list[float], list[float]]:
     return gains, sigmas
 
 
+@pytest.mark.slow
 def test_report_gain_table_matches_a_hand_computation_from_the_run_folders(report_dir: Path) -> None:
     table = pd.read_csv(report_dir / "report" / "tables" / "block_gain.csv")
     assert list(table[["activation", "arch"]].itertuples(index=False, name=None)) == [
@@ -182,6 +183,7 @@ def test_report_gain_table_matches_a_hand_computation_from_the_run_folders(repor
     assert (sigmoid["median_act_deriv_first"] <= 0.25).all()  # σ′ never exceeds 1/4
 
 
+@pytest.mark.slow
 def test_report_has_the_gain_section_with_its_figure_and_table(report_dir: Path) -> None:
     out = report_dir / "report"
     assert (out / "figures" / "block_gain.png").read_bytes().startswith(PNG_MAGIC)
@@ -194,6 +196,7 @@ def test_report_has_the_gain_section_with_its_figure_and_table(report_dir: Path)
     assert "<h2>Backward gain per block</h2>" in html and f'src="data:image/png;base64,{png}"' in html
 
 
+@pytest.mark.slow
 def test_runs_recorded_before_act_deriv_get_gains_and_no_sigma_prime(report_dir: Path) -> None:
     """Sweeps made before act_deriv existed: the gains are there, σ′ is NaN and its panels say so."""
     from resgrad.figures import figure_block_gain

@@ -561,6 +561,7 @@ def test_6_a_full_disk_in_train_is_one_sentence_and_keeps_the_earlier_run(small_
     assert sorted(os.listdir(small_disk)) == ["filler", "run"]
 
 
+@pytest.mark.slow
 def test_6_a_full_disk_in_sweep_report_and_bench_is_one_sentence(
     small_disk: Path, data_dir: Path, sweep_dir: Path
 ) -> None:
@@ -606,6 +607,7 @@ def test_6_a_swap_that_fails_between_its_two_renames_puts_the_earlier_folder_bac
     assert (folder / "report.md").read_text() == "earlier\n" and sorted(os.listdir(tmp_path)) == ["report"]
 
 
+@pytest.mark.slow
 def test_6_a_write_past_the_file_size_limit_is_one_sentence_and_debug_shows_the_traceback(
     tmp_path: Path, data_dir: Path
 ) -> None:

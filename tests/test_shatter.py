@@ -181,6 +181,7 @@ def _argv(data_dir: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(
     trained_sweep: Path, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -224,6 +225,7 @@ def test_bad_input_exits_2_with_one_sentence(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_without_weights_and_a_foreign_output_folder_exit_2(
     trained_sweep: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

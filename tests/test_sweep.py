@@ -223,6 +223,7 @@ def test_flags_override_the_toml_file(tmp_path: Path, data_dir: Path) -> None:
 # ---------------------------------------------------------------- the sweep folder, resume, faults
 
 
+@pytest.mark.slow
 def test_sigkill_mid_sweep_loses_no_finished_run_and_a_rerun_completes(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "sweep"
     argv = [
@@ -288,6 +289,7 @@ def test_a_run_folder_caught_between_two_renames_is_put_back(
     assert snapshot(run) == files and not half.exists()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_recorded_and_the_others_complete(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "sweep"
     argv = [
@@ -361,6 +363,7 @@ def test_a_pool_worker_that_dies_does_not_stop_the_sweep(tmp_path: Path, data_di
     assert snapshot(first) == files  # finished before the death: kept, not rerun
 
 
+@pytest.mark.slow
 @needs_proc
 def test_a_run_whose_worker_dies_twice_is_recorded_as_failed(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "sweep"
