@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ROOT
 
 from resgrad.errors import UsageError
 from resgrad.train import METRIC_COLUMNS, TrainConfig, load_run, save_run, train
@@ -113,7 +114,7 @@ def test_summary_has_the_documented_keys_in_order(data_dir: Path) -> None:
 
 def test_committed_run_folders_keep_their_ids():
     """Every committed run folder's config.json still maps to its folder name."""
-    root = Path(__file__).resolve().parents[1] / "results"
+    root = ROOT / "results"
     configs = sorted(root.glob("*/runs/*/config.json"))
     assert configs, "no committed run folders found under results/"
     for path in configs:
