@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from resgrad import gradients
 from resgrad.errors import UsageError
 from resgrad.gradients import COLUMNS, GradientRecorder, every, log_spaced, norm64
 from resgrad.models import Block, build_model
@@ -592,28 +591,3 @@ def test_an_evaluation_without_autograd_inside_a_recorded_step_changes_nothing()
         model.zero_grad(set_to_none=True)
         frames.append(rec.to_frame())
     pd.testing.assert_frame_equal(frames[0], frames[1])
-
-
-@pytest.mark.skipif(not gradients._OPENMP, reason="one-thread sections need OpenMP")
-def test_reductions_run_on_one_thread_and_the_thread_count_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Many small parallel regions cost a time slice each where cores are shared: the recorder's run serially."""
-    seen: list[int] = []
-
-    def relu_deriv(inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        seen.append(torch.get_num_threads())
-        if len(seen) == 3:
-            raise RuntimeError("boom")
-        return (output > 0).sum()
-
-    monkeypatch.setitem(gradients.ACTIVATION_DERIVATIVES, nn.ReLU, relu_deriv)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        model = build_model("plain", 8, width=2)
-        with GradientRecorder(model) as rec, pytest.raises(RuntimeError, match="boom"):
-            rec.begin_step(0)
-            model(torch.randn(2, 1, 28, 28))
-        assert torch.get_num_threads() == 2  # restored, also after an exception
-    finally:
-        torch.set_num_threads(before)
-    assert seen == [1, 1, 1]

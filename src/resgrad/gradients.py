@@ -20,11 +20,10 @@ float64 tensor per recorded step; nothing is copied to the host until
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,30 +40,6 @@ QUANTITIES = ("weight_grad", "activation_grad", "act_deriv")
 F64 = torch.float64
 
 
-_OPENMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device | str) -> Iterator[None]:
-    """Run the recorder's reductions on one CPU thread.
-
-    Every parallel region waits for all threads of the team; where the cores are shared with
-    another process, that wait can last a scheduler time slice (milliseconds), and the recorder
-    would open some 80 regions per step of a depth-56 net (measured: 9 % of a 2-thread step
-    under load, 2.7 % on one thread). Under OpenMP, torch.set_num_threads is a cheap setting
-    (about 1 µs), so it is lowered for the call and restored; other backends are left alone.
-    """
-    threads = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or threads == 1 or not _OPENMP:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 _ROW = 4096  # float32 sums of this many squares stay within ~1e-8 of float64
 _SAFE = 2.0**-30  # a float32 norm at least this large lost < 1e-7 to squares below float32's normal range
 
@@ -75,13 +50,11 @@ def norm64(t: torch.Tensor) -> torch.Tensor:
     On the CPU a float32 tensor takes a fast path that reads it once: float32 norms of rows of
     :data:`_ROW` elements, combined in float64, kept when the result shows that no square overflowed
     and none that underflowed mattered; otherwise (and on other devices) the norm is formed in float64.
-    On the CPU it runs on one thread (see :func:`_one_thread`).
     """
     t = t.detach()
-    with _one_thread(t.device):
-        if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() < _ROW:
-            return torch.linalg.vector_norm(t, dtype=F64)
-        return _norm64_cpu(t)
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() < _ROW:
+        return torch.linalg.vector_norm(t, dtype=F64)
+    return _norm64_cpu(t)
 
 
 def _norm64_cpu(t: torch.Tensor) -> torch.Tensor:
@@ -270,6 +243,7 @@ class GradientRecorder:
         self._act_sum: dict[int, torch.Tensor] = {}
         self._act_count: dict[int, int] = {}
         self._records: list[_Record] = []
+        self._nans: dict[torch.device, torch.Tensor] = {}  # one "not measured" constant per device
 
     # -- context manager ------------------------------------------------------
 
@@ -338,8 +312,7 @@ class GradientRecorder:
                 self.activations.append(name)
             if not (self._active and isinstance(output, torch.Tensor) and output.requires_grad):
                 return
-            with _one_thread(output.device):
-                total = deriv(inputs[0], output).to(F64)
+            total = deriv(inputs[0], output)  # int64 count (ReLU) or float64 sum; made float64 in end_step
             self._act_sum[i] = total if i not in self._act_sum else self._act_sum[i] + total
             self._act_count[i] = self._act_count.get(i, 0) + output.numel()
 
@@ -378,22 +351,35 @@ class GradientRecorder:
         self._active = False
         self._generation += 1
         weights = [m.weight for m in self._layer_modules]
-        device = weights[0].device if weights else next((s.device for s in self._signal if s is not None), "cpu")
-        with _one_thread(device):
-            grads = [w.grad.detach() for w in weights if w.grad is not None]
+        device = torch.device(weights[0].device if weights else next(
+            (s.device for s in self._signal if s is not None), "cpu"))
+        # Few torch calls: between a step's big kernels each small op costs tens of µs on the CPU.
+        with torch.no_grad():
+            nan = self._nans.get(device)
+            if nan is None:
+                nan = self._nans[device] = torch.full((), math.nan, dtype=F64, device=device)
+            grads = [w.grad for w in weights if w.grad is not None]
             norms = iter(torch._foreach_norm(grads, 2, dtype=F64) if grads else [])
-            nan = torch.full((), math.nan, dtype=F64, device=device)  # "not measured"
-            values = [next(norms) if w.grad is not None else nan for w in weights]
-            values += [s if s is not None else nan for s in self._signal]
-            values += [
-                self._act_sum[i] / self._act_count[i] if i in self._act_sum else nan
-                for i in range(len(self.activations))
-            ]
-            if values:
+            parts = [torch.stack([next(norms) if w.grad is not None else nan for w in weights])] if weights else []
+            if self._signal:
+                parts.append(torch.stack([s if s is not None else nan for s in self._signal]))
+            if self.activations:
+                parts.append(self._act_means(device, nan))
+            if parts:
                 self._records.append(
-                    _Record(self._step, self._epoch, len(weights), len(self.activations), torch.stack(values))
+                    _Record(self._step, self._epoch, len(weights), len(self.activations), torch.cat(parts))
                 )
         self._signal, self._act_sum, self._act_count = [], {}, {}
+
+    def _act_means(self, device: torch.device, nan: torch.Tensor) -> torch.Tensor:
+        """act_deriv of this step: each activation's derivative sum over its element count (NaN: not run)."""
+        n = len(self.activations)
+        sums = [self._act_sum.get(i) for i in range(n)]
+        if device.type == "cpu" and None not in sums and len({s.dtype for s in sums}) == 1:  # type: ignore[union-attr]
+            counts = torch.tensor([self._act_count[i] for i in range(n)], dtype=F64)
+            return torch.stack(sums).to(F64) / counts  # type: ignore[arg-type]
+        # Elsewhere one division per module by a Python number: no host-to-device copy (CUDA graphs capture this).
+        return torch.stack([s.to(F64) / self._act_count[i] if s is not None else nan for i, s in enumerate(sums)])
 
     # -- replayed steps (used by resgrad.cudagraph only) ---------------------------
     # Under a CUDA graph a step's Python runs once, at capture: the record end_step()
