@@ -351,8 +351,9 @@ class GradientRecorder:
         self._active = False
         self._generation += 1
         weights = [m.weight for m in self._layer_modules]
-        device = torch.device(weights[0].device if weights else next(
-            (s.device for s in self._signal if s is not None), "cpu"))
+        device = torch.device(
+            weights[0].device if weights else next((s.device for s in self._signal if s is not None), "cpu")
+        )
         # Few torch calls: between a step's big kernels each small op costs tens of µs on the CPU.
         with torch.no_grad():
             nan = self._nans.get(device)
