@@ -45,8 +45,9 @@ def test_training_step_with_recorder(benchmark, device: str, recording: str) -> 
 
 def test_recorder_overhead_script_runs(data_dir: Path) -> None:
     """`python benchmarks/recorder_overhead.py` at a toy size, so that it cannot rot."""
-    r = measure(depth=8, width=2, batch_size=8, rounds=1, min_run_time=0.01, data_dir=str(data_dir))
+    r = measure(depth=8, width=2, batch_size=8, rounds=2, steps_per_round=1, data_dir=str(data_dir))
     assert r["off_ms"] > 0 and r["on_ms"] > 0 and r["recorded_steps"] > 0
+    assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -57,8 +58,8 @@ def test_recorder_overhead_script_runs_under_cuda_graphs(data_dir: Path) -> None
         width=2,
         batch_size=8,
         device="cuda",
-        rounds=1,
-        min_run_time=0.01,
+        rounds=2,
+        steps_per_round=1,
         data_dir=str(data_dir),
         cuda_graphs=True,
     )
