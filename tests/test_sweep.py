@@ -270,6 +270,57 @@ def test_sigkill_mid_sweep_loses_no_finished_run_and_a_rerun_completes(tmp_path:
         assert snapshot(out / "runs" / name) == files
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_a_pool_sweep_at_once_and_a_rerun_completes(tmp_path: Path, data_dir: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: driver and workers."""
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--out", str(out), "--archs", "plain", "residual", "--depths", "8", "14", "--workers", "2"]
+    argv += tiny(data_dir, steps=200)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resgrad", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the workers have started
+        time.sleep(4)  # the workers are training
+        assert proc.poll() is None, proc.stderr.read().decode()
+        workers = children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=30)
+        err = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert "worker process died" not in err  # no new pool was started for the interrupted runs
+    time.sleep(1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]
+    assert main(argv) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4 and (summary.status == "complete").all()
+
+
+def children(pid: int) -> list[int]:
+    """The ids of a process's children (Linux /proc)."""
+    tasks = Path(f"/proc/{pid}/task")
+    found = []
+    for task in tasks.iterdir() if tasks.exists() else []:
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def test_a_run_folder_caught_between_two_renames_is_put_back(
     tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:

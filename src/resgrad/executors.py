@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -76,6 +77,9 @@ def _init_worker(threads: int, parent_pid: int, announce: Any) -> None:
     """Pool worker set-up: torch threads, the start queue, and exit when the driver is gone (e.g. SIGKILLed)."""
     global _announce
     _announce = announce
+    # Ctrl-C in a terminal reaches the whole process group: only the driver acts on it (it stops the
+    # workers). A worker dying of it would read as a crash, and the driver would start a new pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     # tqdm's default lock holds a multiprocessing semaphore; a killed worker would leave it to the
     # resource tracker, which then warns of "leaked semaphore objects". Workers show no bar anyway.
