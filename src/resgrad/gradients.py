@@ -140,6 +140,16 @@ def _as_schedule(schedule: int | Schedule | Iterable[int]) -> Schedule:
     )
 
 
+def _buffer(buf: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
+    """``buf`` if it is on ``device`` and long enough, else a float64 buffer of zeros there, holding ``buf``'s values."""
+    if buf is not None and len(buf) >= size and buf.device == device:
+        return buf
+    grown = torch.zeros(max(size, 2 * len(buf) if buf is not None else size), dtype=F64, device=device)
+    if buf is not None:
+        grown[: len(buf)] = buf.to(device)
+    return grown
+
+
 @dataclass
 class _Record:
     """One recorded step: weight norms of the first ``n_layers`` layers, the block norms, ``n_acts`` act_deriv."""
@@ -239,11 +249,14 @@ class GradientRecorder:
         self._generation = 0  # tells a late tensor hook (retained graph) from one of the current step
         self._step = 0
         self._epoch = 0
-        self._signal: list[torch.Tensor | None] = []
-        self._act_sum: dict[int, torch.Tensor] = {}
-        self._act_count: dict[int, int] = {}
+        # This step's sums, in float64 buffers kept from step to step and written in place: the
+        # hooks allocate nothing that outlives them (small tensors that live through a step's big
+        # ones fragment the CPU heap, and the allocator then pays in page faults).
+        self._sig_buf: torch.Tensor | None = None  # per watched module: the norm so far (hypot)
+        self._sig_seen: list[bool] = []
+        self._act_buf: torch.Tensor | None = None  # per activation module: the sum of σ′ so far
+        self._act_count: dict[int, int] = {}  # per activation module run this step: its element count
         self._records: list[_Record] = []
-        self._nans: dict[torch.device, torch.Tensor] = {}  # one "not measured" constant per device
 
     # -- context manager ------------------------------------------------------
 
@@ -295,10 +308,11 @@ class GradientRecorder:
                 def store(grad: torch.Tensor) -> None:
                     if generation != self._generation:
                         return
-                    norm = norm64(grad)
-                    before = self._signal[index]
+                    buf = self._sig_buf = _buffer(self._sig_buf, len(self._signal_modules), grad.device)
+                    slot = buf[index]
                     # hypot: the root of the sum of squares over several outputs, without over/underflow
-                    self._signal[index] = norm if before is None else torch.hypot(before, norm)
+                    torch.hypot(slot, norm64(grad).to(buf.device), out=slot)
+                    self._sig_seen[index] = True
 
                 output.register_hook(store)
 
@@ -312,8 +326,8 @@ class GradientRecorder:
                 self.activations.append(name)
             if not (self._active and isinstance(output, torch.Tensor) and output.requires_grad):
                 return
-            total = deriv(inputs[0], output)  # int64 count (ReLU) or float64 sum; made float64 in end_step
-            self._act_sum[i] = total if i not in self._act_sum else self._act_sum[i] + total
+            buf = self._act_buf = _buffer(self._act_buf, i + 1, output.device)
+            buf[i].add_(deriv(inputs[0], output).to(buf.device))  # an int64 count (ReLU) or a float64 sum
             self._act_count[i] = self._act_count.get(i, 0) + output.numel()
 
         return hook
@@ -334,8 +348,11 @@ class GradientRecorder:
         self._active = bool(self.schedule(step))
         self._generation += 1
         if self._active:
-            self._signal = [None] * len(self._signal_modules)
-            self._act_sum, self._act_count = {}, {}
+            self._sig_seen = [False] * len(self._signal_modules)
+            self._act_count = {}
+            for buf in (self._sig_buf, self._act_buf):
+                if buf is not None:
+                    buf.zero_()
         return self._active
 
     def end_step(self) -> None:
@@ -351,36 +368,59 @@ class GradientRecorder:
         self._active = False
         self._generation += 1
         weights = [m.weight for m in self._layer_modules]
-        device = torch.device(
-            weights[0].device if weights else next((s.device for s in self._signal if s is not None), "cpu")
-        )
-        # Few torch calls: between a step's big kernels each small op costs tens of µs on the CPU.
-        with torch.no_grad():
-            nan = self._nans.get(device)
-            if nan is None:
-                nan = self._nans[device] = torch.full((), math.nan, dtype=F64, device=device)
-            grads = [w.grad for w in weights if w.grad is not None]
-            norms = iter(torch._foreach_norm(grads, 2, dtype=F64) if grads else [])
-            parts = [torch.stack([next(norms) if w.grad is not None else nan for w in weights])] if weights else []
-            if self._signal:
-                parts.append(torch.stack([s if s is not None else nan for s in self._signal]))
-            if self.activations:
-                parts.append(self._act_means(device, nan))
-            if parts:
-                self._records.append(
-                    _Record(self._step, self._epoch, len(weights), len(self.activations), torch.cat(parts))
-                )
-        self._signal, self._act_sum, self._act_count = [], {}, {}
+        n_w, n_s, n_a = len(weights), len(self._signal_modules), len(self.activations)
+        buffers = [b for b in (self._sig_buf, self._act_buf) if b is not None]
+        device = weights[0].device if weights else buffers[0].device if buffers else torch.device("cpu")
+        if n_w + n_s + n_a:
+            # Few torch calls, written into one new tensor: between a step's big kernels each small op
+            # costs tens of µs on the CPU.
+            with torch.no_grad():
+                values = torch.empty(n_w + n_s + n_a, dtype=F64, device=device)
+                self._weight_norms(weights, values[:n_w])
+                self._signal_norms(values[n_w : n_w + n_s])
+                self._act_means(values[n_w + n_s :])
+            self._records.append(_Record(self._step, self._epoch, n_w, n_a, values))
+        self._act_count = {}
 
-    def _act_means(self, device: torch.device, nan: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _weight_norms(weights: list[torch.Tensor], out: torch.Tensor) -> None:
+        grads = [w.grad for w in weights if w.grad is not None]
+        if len(grads) == len(weights):
+            if grads:
+                torch.stack(torch._foreach_norm(grads, 2, dtype=F64), out=out)
+            return
+        out.fill_(math.nan)
+        norms = iter(torch._foreach_norm(grads, 2, dtype=F64) if grads else [])
+        for k, w in enumerate(weights):
+            if w.grad is not None:
+                out[k] = next(norms)
+
+    def _signal_norms(self, out: torch.Tensor) -> None:
+        if self._sig_buf is None:
+            out.fill_(math.nan)
+            return
+        out.copy_(self._sig_buf[: len(out)])
+        for k, seen in enumerate(self._sig_seen):
+            if not seen:
+                out[k] = math.nan
+
+    def _act_means(self, out: torch.Tensor) -> None:
         """act_deriv of this step: each activation's derivative sum over its element count (NaN: not run)."""
-        n = len(self.activations)
-        sums = [self._act_sum.get(i) for i in range(n)]
-        if device.type == "cpu" and None not in sums and len({s.dtype for s in sums}) == 1:  # type: ignore[union-attr]
+        n = len(out)
+        if self._act_buf is None or not self._act_count:
+            out.fill_(math.nan)
+            return
+        if out.device.type == "cpu" and len(self._act_count) == n:
             counts = torch.tensor([self._act_count[i] for i in range(n)], dtype=F64)
-            return torch.stack(sums).to(F64) / counts  # type: ignore[arg-type]
+            torch.div(self._act_buf[:n], counts, out=out)
+            return
         # Elsewhere one division per module by a Python number: no host-to-device copy (CUDA graphs capture this).
-        return torch.stack([s.to(F64) / self._act_count[i] if s is not None else nan for i, s in enumerate(sums)])
+        out.copy_(self._act_buf[:n])
+        for i in range(n):
+            if i in self._act_count:
+                out[i].div_(self._act_count[i])
+            else:
+                out[i] = math.nan
 
     # -- replayed steps (used by resgrad.cudagraph only) ---------------------------
     # Under a CUDA graph a step's Python runs once, at capture: the record end_step()
