@@ -607,3 +607,17 @@ def test_markdown_table_escapes_pipes_and_aligns_numbers_right() -> None:
     text = markdown_table(frame)
     assert text == ("| name\\|x | ms |\n|:---|---:|\n| a\\|b | 1.5 |\n| two lines | 20.0 |\n")
     assert markdown_table(frame, lambda v, c: f"<{c}>").splitlines()[2] == "| <name\\|x> | <ms> |"
+
+
+def test_the_sweep_paragraph_names_the_depth_the_runs_have_not_the_grid(tmp_path: Path, data_dir: Path) -> None:
+    """The seed archs have one depth (7) whatever the grid's depths: the report says what the runs are."""
+    out = tmp_path / "seed"
+    spec = SweepSpec(
+        grid={"arch": ["seed-residual", "seed-plain"], "depth": [8, 14, 20], "seed": [0]},
+        fixed=_fixed(data_dir, steps=3, eval_every=3, record_every=3),
+    )
+    assert len(run_sweep(spec, out, progress=False)) == 2
+    assert _report([str(out)])[0] == 0
+    text = (out / "report" / "report.md").read_text()
+    assert "Varied: arch ∈ {seed-residual, seed-plain}." in text
+    assert "The same for every run: depth=7," in text and "depth ∈" not in text

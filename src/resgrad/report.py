@@ -95,9 +95,20 @@ NOTES = [
 ]
 
 
+def _run_values(sweep: Sweep, key: str, values: list) -> list:
+    """The grid's values of ``key`` that the runs have, in grid order, then any other the runs have.
+
+    A grid value no run has is left out: the seed archs have one depth whatever the grid says.
+    """
+    if key not in sweep.runs.columns or not len(sweep.runs):
+        return values
+    present = {v.item() if hasattr(v, "item") else v for v in sweep.runs[key].dropna()}
+    return [v for v in values if v in present] + sorted(present.difference(values), key=str) or values
+
+
 def _sweep_paragraphs(sweep: Sweep) -> list[str]:
     """Paragraphs describing the sweep: grid, fixed options, run counts, versions."""
-    grid = sweep.spec.validate().grid
+    grid = {k: _run_values(sweep, k, vals) for k, vals in sweep.spec.validate().grid.items()}
     varied = [f"{k} ∈ {{{', '.join(option_text(k, v) for v in vals)}}}" for k, vals in grid.items() if len(vals) > 1]
     same = [f"{k}={option_text(k, vals[0])}" for k, vals in grid.items() if len(vals) == 1]
     same += [f"{k}={v}" for k, v in sweep.spec.fixed.items() if k != "data_dir" and v is not None]
