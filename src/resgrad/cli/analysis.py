@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from resgrad.cli.args import positive_int
 
@@ -130,6 +131,22 @@ are left out with a note.
 """
 
 
+def _add_evaluation_flags(p: argparse._ActionsContainer, defaults: Any, batch_help: str) -> None:
+    """The flags ``lesion`` and ``shatter`` share: batch size, device, data, threads, quiet."""
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help=batch_help)
+    p.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], default=defaults.device, help="(default: auto = CUDA if present)"
+    )
+    p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
+        "since oversubscribed threads spin)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+
+
 def add_lesion(sub: argparse._SubParsersAction) -> None:
     from resgrad.lesion import LesionConfig
 
@@ -163,23 +180,7 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
         "--test-subset", type=positive_int, metavar="N", help="the first N test images (default: each run's own)"
     )
     p.add_argument("--seed", type=int, default=d.seed, help=f"seeds the random sets (default: {d.seed})")
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=d.batch_size,
-        help="test images per forward pass (default: 100 on the CPU, 4000 on CUDA)",
-    )
-    p.add_argument(
-        "--device", choices=["cpu", "cuda", "auto"], default=d.device, help="(default: auto = CUDA if present)"
-    )
-    p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
-        "since oversubscribed threads spin)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    _add_evaluation_flags(p, d, "test images per forward pass (default: 100 on the CPU, 4000 on CUDA)")
     p.set_defaults(func=cmd_lesion)
 
 
@@ -307,23 +308,7 @@ def add_shatter(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--direction-seed", type=int, default=d.direction_seed, help="seeds the directions d (default: 0)")
     g.add_argument("--dtype", choices=tuple(DTYPES), default=d.dtype, help="(default: float64)")
-    g.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=d.batch_size,
-        help="points per forward/backward pass (default: 64 on the CPU, 4096 on CUDA)",
-    )
-    g.add_argument(
-        "--device", choices=["cpu", "cuda", "auto"], default=d.device, help="(default: auto = CUDA if present)"
-    )
-    g.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
-    g.add_argument(
-        "--threads",
-        type=positive_int,
-        help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
-        "since oversubscribed threads spin)",
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    _add_evaluation_flags(g, d, "points per forward/backward pass (default: 64 on the CPU, 4096 on CUDA)")
     p.add_argument("--out", type=Path, metavar="DIR", required=True, help="the shatter folder to write")
     p.set_defaults(func=cmd_shatter)
 
