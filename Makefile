@@ -64,8 +64,8 @@ results: setup data
 		--depths 8 14 20 32 44 56 --widths 16 --batch-sizes 32 128 --modes forward forward_backward train_step \
 		--dtype float32 --threads 2 --min-run-time 4 --warmup 1 --quiet --out results/bench/cpu
 
-# Block lesions and shattered gradients (about 37 minutes on an idle 2-core CPU: the sweep
-# about 27, the lesion study about 7, shatter about 3). A rerun resumes the sweep.
+# Block lesions and shattered gradients (31 1/2 minutes on a 2-core CPU with other work beside
+# it: the sweep 26, the lesion study 3 1/2, report and shatter 2). A rerun resumes the sweep.
 results-lesion: setup data
 	rm -f results/lesion/PROVENANCE.md results/shattered/PROVENANCE.md
 	results/record.sh results/lesion $(RESGRAD) sweep --config sweeps/lesion.toml --quiet
