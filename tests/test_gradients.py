@@ -13,8 +13,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from resgrad.errors import UsageError
-from resgrad.gradients import COLUMNS, GradientRecorder, every, log_spaced, norm64
+from resgrad.gradients import COLUMNS, GradientRecorder, every, log_spaced
 from resgrad.models import Block, build_model
+from resgrad.norms import norm64
 
 
 def _hook_count(model: nn.Module) -> int:
