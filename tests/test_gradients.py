@@ -592,3 +592,31 @@ def test_an_evaluation_without_autograd_inside_a_recorded_step_changes_nothing()
         model.zero_grad(set_to_none=True)
         frames.append(rec.to_frame())
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_activations_that_ran_only_without_autograd_are_nan_after_those_that_ran() -> None:
+    """The last activations in forward order ran only under no_grad: NaN, and the others as measured."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.a, self.b, self.c, self.d = nn.ReLU(), nn.Tanh(), nn.Sigmoid(), nn.Tanh()
+
+        def forward(self, x: torch.Tensor, all_four: bool = True) -> torch.Tensor:
+            h = self.b(self.a(self.fc(x)))
+            return self.d(self.c(h)) if all_four else h
+
+    torch.manual_seed(0)
+    net, x = Net(), torch.randn(3, 4)
+    with GradientRecorder(net, modules=["fc"]) as rec:
+        rec.begin_step(0)
+        with torch.no_grad():
+            net(x)  # all four get their layer_index here, in forward order
+        net(x, all_four=False).sum().backward()
+        rec.end_step()
+    got = rec.to_frame().query("quantity == 'act_deriv'").set_index("layer")["norm"]
+    z = net.fc(x).detach().double()
+    assert got["a"] == pytest.approx((z > 0).double().mean().item(), rel=1e-12)
+    assert got["b"] == pytest.approx(_hand_deriv("tanh", torch.relu(z)), rel=1e-6, abs=0)
+    assert math.isnan(got["c"]) and math.isnan(got["d"])

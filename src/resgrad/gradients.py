@@ -347,6 +347,8 @@ class GradientRecorder:
             torch.div(self._act_buf[:n], counts, out=out)
             return
         # Elsewhere one division per module by a Python number: no host-to-device copy (CUDA graphs capture this).
+        # The buffer may be shorter than n: a module last in forward order that ran only without autograd.
+        self._act_buf = _buffer(self._act_buf, n, out.device)
         out.copy_(self._act_buf[:n])
         for i in range(n):
             if i in self._act_count:
