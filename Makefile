@@ -64,12 +64,12 @@ results: setup data
 		--depths 8 14 20 32 44 56 --widths 16 --batch-sizes 32 128 --modes forward forward_backward train_step \
 		--dtype float32 --threads 2 --min-run-time 4 --warmup 1 --quiet --out results/bench/cpu
 
-# Block lesions and shattered gradients (31 1/2 minutes on a 2-core CPU with other work beside
-# it: the sweep 26, the lesion study 3 1/2, report and shatter 2). A rerun resumes the sweep.
+# Block lesions and shattered gradients (about 35 minutes on a 2-core CPU: the sweep 26, the
+# lesion study 7, report and shatter 2). A rerun resumes the sweep.
 results-lesion: setup data
 	rm -f results/lesion/PROVENANCE.md results/shattered/PROVENANCE.md
 	results/record.sh results/lesion $(RESGRAD) sweep --config sweeps/lesion.toml --quiet
-	results/record.sh results/lesion $(RESGRAD) lesion results/lesion --max-deleted 10 --draws 3 --threads 1 --device cpu
+	results/record.sh results/lesion $(RESGRAD) lesion results/lesion --max-deleted 10 --draws 10 --threads 1 --device cpu
 	results/record.sh results/lesion $(RESGRAD) report results/lesion
 	results/record.sh results/shattered $(RESGRAD) shatter --archs plain residual --depths 8 14 20 32 44 56 110 \
 		--widths 8 --norms batch --inits kaiming --seeds 0 1 2 --sweep results/lesion --images 32 \
