@@ -339,17 +339,19 @@ class GradientRecorder:
     def _act_means(self, out: torch.Tensor) -> None:
         """act_deriv of this step: each activation's derivative sum over its element count (NaN: not run)."""
         n = len(out)
-        if self._act_buf is None or not self._act_count:
+        if not self._act_count:  # no activation ran with autograd this step (nor made a buffer)
             out.fill_(math.nan)
             return
+        # Every activation has a layer_index, also one that so far ran only without autograd and so
+        # never reached the buffer: make the buffer as long as the list.
+        self._act_buf = _buffer(self._act_buf, n, out.device)
+        sums = self._act_buf[:n]
         if out.device.type == "cpu" and len(self._act_count) == n:
             counts = torch.tensor([self._act_count[i] for i in range(n)], dtype=F64)
-            torch.div(self._act_buf[:n], counts, out=out)
+            torch.div(sums, counts, out=out)
             return
         # Elsewhere one division per module by a Python number: no host-to-device copy (CUDA graphs capture this).
-        # The buffer may be shorter than n: a module last in forward order that ran only without autograd.
-        self._act_buf = _buffer(self._act_buf, n, out.device)
-        out.copy_(self._act_buf[:n])
+        out.copy_(sums)
         for i in range(n):
             if i in self._act_count:
                 out[i].div_(self._act_count[i])
