@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from resgrad.files import write_text
-from resgrad.markdown import markdown_table
+from resgrad.report.markdown import markdown_table
 
 COLUMNS = ["goal", "target", "eager", "graphed", "graphed / eager", "met"]
 STEP_POINT = dict(arch="residual", depth=56, width=16, batch_size=128, mode="train_step", dtype="float32")

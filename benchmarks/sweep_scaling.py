@@ -4,7 +4,7 @@
     python benchmarks/sweep_scaling.py --steps 100 --train-subset 8192
 
 The same small grid (plain/residual x depths 8, 14 x widths 4, 8) runs twice with
-``resgrad.sweep.run_sweep``: with ``--workers 1`` (in this process) and with
+``resgrad.sweeps.sweep.run_sweep``: with ``--workers 1`` (in this process) and with
 ``--workers 2`` (two spawned processes), each run on 1 torch thread, each into a
 fresh folder. Wall times include everything a user waits for (the workers'
 start-up too). The script prints both and the speedup, and checks that both
@@ -25,7 +25,8 @@ from typing import Any
 import pandas as pd
 
 from resgrad.data import load_split
-from resgrad.sweep import SweepSpec, run_sweep
+from resgrad.sweeps.grid import SweepSpec
+from resgrad.sweeps.sweep import run_sweep
 
 SAME = ["run_id", "status", "final_test_acc", "final_test_loss", "final_train_loss", "steps"]
 

@@ -6,7 +6,7 @@
     pytest-benchmark compare runs/a.json runs/b.json
 
 Sizes and grid come from the --step-* options (see benchmarks/conftest.py). The step is
-resgrad.bench.make_step, whose CUDA variant ends with torch.cuda.synchronize(), so the
+resgrad.bench.timing.make_step, whose CUDA variant ends with torch.cuda.synchronize(), so the
 timed function covers the finished GPU work. ``extra_info`` carries images/s. Each case
 also checks that the step ran and did its mode's work (weights and gradients against a
 copy taken before), timed or not.
@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from resgrad.bench import count_flops, make_step
+from resgrad.bench.timing import count_flops, make_step
 from resgrad.models import build_model, count_params
 
 

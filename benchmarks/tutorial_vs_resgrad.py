@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resgrad.bench import BenchConfig, run_bench
+from resgrad.bench.config import BenchConfig
+from resgrad.bench.run import run_bench
 from resgrad.data import endless_batches, load_split, resolve_data_dir
 from resgrad.gradients import GradientRecorder, every
 from resgrad.models import build_model

@@ -14,22 +14,19 @@ import torch
 from helpers import exit_code
 from torch import nn
 
-from resgrad.bench import (
-    COLUMNS,
-    MODES,
-    PARTIAL_NAME,
-    STATUS_COLUMNS,
-    BenchConfig,
+from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig
+from resgrad.bench.report import bench_markdown, speedup_table, write_bench
+from resgrad.bench.run import run_bench
+from resgrad.bench.timing import (
     OutOfMemoryError,
     convs_use_tf32,
     count_flops,
     is_oom,
     make_step,
     matmul_precision_like_convs,
-    run_bench,
 )
-from resgrad.bench_report import bench_markdown, speedup_table, write_bench
-from resgrad.cli import bench_config, make_parser
+from resgrad.cli import make_parser
+from resgrad.cli.bench import bench_config
 from resgrad.errors import UsageError
 from resgrad.models import FIXED_ARCHS, build_model
 
@@ -290,12 +287,12 @@ def test_no_listed_device_present_is_a_usage_error(tmp_path, capsys):
         (["--depths", "8", "10"], "depth 10 is not of the form 6n+2"),
         (["--batch-sizes", "0"], "batch size must be a whole number >= 1"),
         (["--widths", "0"], "width must be a whole number >= 1"),
-        (["--modes", "backward"], "invalid choice: 'backward'"),
-        (["--dtype", "float16"], "invalid choice: 'float16'"),
-        (["--devices", "tpu"], "invalid choice: 'tpu'"),
-        (["--min-run-time", "0"], "min-run-time must be a positive number"),
-        (["--min-run-time", "inf"], "min-run-time must be a positive number of seconds (finite), got inf"),
-        (["--threads", "0"], "threads must be a whole number from 1 to 1024, got 0"),
+        (["--modes", "backward"], "unknown mode 'backward'; allowed: forward, forward_backward, train_step."),
+        (["--dtype", "float16"], "unknown dtype 'float16'; allowed: float32, bfloat16."),
+        (["--devices", "tpu"], "unknown device 'tpu'; allowed: cpu, cuda."),
+        (["--min-run-time", "0"], "min-run-time must be a finite number of seconds > 0, got 0.0."),
+        (["--min-run-time", "inf"], "min-run-time must be a finite number of seconds, got inf"),
+        (["--threads", "0"], "threads must be a whole number from 1 to 1,024, got 0"),
         (["--warmup", "-1"], "warmup must be a whole number >= 0, got -1"),
         (["--compile", "--cuda-graphs", "on"], "give --compile or --cuda-graphs on, not both"),
     ],

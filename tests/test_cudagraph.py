@@ -11,11 +11,13 @@ import pytest
 import torch
 from helpers import exit_code
 
-from resgrad.bench import BenchConfig, grid, run_bench
-from resgrad.bench_report import bench_markdown, graphs_table
+from resgrad.bench.config import BenchConfig, grid
+from resgrad.bench.report import bench_markdown, graphs_table
+from resgrad.bench.run import run_bench
+from resgrad.config import TrainConfig
 from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.errors import UsageError
-from resgrad.train import TrainConfig, train
+from resgrad.train import train
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
@@ -157,7 +159,7 @@ def test_bench_cuda_graphs_flag_alone_means_both_side_by_side(tmp_path: Path, ca
     assert exit_code([*argv, "--cuda-graphs"]) == 0
     assert "--cuda-graphs off on" in (out / "bench.md").read_text()
     assert exit_code([*argv, "--cuda-graphs", "maybe"]) == 2
-    assert "invalid choice: 'maybe'" in capsys.readouterr().err
+    assert "unknown cuda-graphs 'maybe'; allowed: off, on." in capsys.readouterr().err
 
 
 def test_eager_vs_graphed_table_divides_matching_cuda_points(tmp_path: Path) -> None:

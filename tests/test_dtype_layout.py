@@ -13,10 +13,11 @@ from torch import nn
 
 import resgrad.train
 from resgrad.cli import main
+from resgrad.config import TrainConfig
 from resgrad.gradients import GradientRecorder
 from resgrad.models import blocks, build_model
-from resgrad.sweep import read_config
-from resgrad.train import TrainConfig, train, train_step
+from resgrad.sweeps.grid import read_config
+from resgrad.train import train, train_step
 
 SMALL = dict(depth=8, width=4, train_subset=512, test_subset=200, threads=1, batch_size=32)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from resgrad.cli import main
 from resgrad.data import load_split
-from resgrad.lesion import LesionConfig, blocks_deleted, is_downsampling, run_lesion
+from resgrad.experiments.lesion import LesionConfig, blocks_deleted, is_downsampling, run_lesion
 from resgrad.models import blocks, build_model
 
 
@@ -89,7 +89,9 @@ def test_a_name_that_is_not_a_block_is_refused() -> None:
 def test_a_run_keeps_its_final_weights_in_model_pt_recorded_in_its_summary(data_dir: Path, tmp_path: Path) -> None:
     import pickle
 
-    from resgrad.train import TrainConfig, load_model, save_run, train
+    from resgrad.config import TrainConfig
+    from resgrad.rundir import save_run
+    from resgrad.train import load_model, train
 
     result = train(
         TrainConfig(

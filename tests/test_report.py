@@ -19,11 +19,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import resgrad.report
+import resgrad.report.page
 from resgrad.cli import main
-from resgrad.markdown import markdown_table
-from resgrad.report import acc_by_eval_display, headline_table, load_sweep, summary_display, summary_table
-from resgrad.sweep import SweepSpec, run_sweep
+from resgrad.report.markdown import markdown_table
+from resgrad.report.sweepdata import load_sweep
+from resgrad.report.tables import acc_by_eval_display, headline_table, summary_display, summary_table
+from resgrad.sweeps.grid import SweepSpec
+from resgrad.sweeps.sweep import run_sweep
 
 FIGURES = [
     "weight_grad_by_layer",
@@ -528,9 +530,9 @@ def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it
     def disk_full(path: Path, frame: pd.DataFrame) -> None:  # fails after the figures are written
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(resgrad.report, "_write_table", disk_full)
+    monkeypatch.setattr(resgrad.report.page, "_write_table", disk_full)
     with pytest.raises(OSError, match="No space"):
-        resgrad.report.make_report(sweep)
+        resgrad.report.page.make_report(sweep)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not [p.name for p in sweep.iterdir() if p.name.startswith(".report")]  # no temp folder left
 

@@ -1,4 +1,4 @@
-"""The report's backward gain per block (resgrad.gain, its figure and table) against hand computations."""
+"""The report's backward gain per block (resgrad.report.gain, its figure and table) against hand computations."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from resgrad.gain import _owner, block_gains, gain_table
-from resgrad.report import make_report
-from resgrad.sweep import SweepSpec, run_sweep
+from resgrad.report.gain import _owner, block_gains, gain_table
+from resgrad.report.page import make_report
+from resgrad.sweeps.grid import SweepSpec
+from resgrad.sweeps.sweep import run_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN, INF = math.nan, math.inf
@@ -199,9 +200,9 @@ def test_report_has_the_gain_section_with_its_figure_and_table(report_dir: Path)
 @pytest.mark.slow
 def test_runs_recorded_before_act_deriv_get_gains_and_no_sigma_prime(report_dir: Path) -> None:
     """Sweeps made before act_deriv existed: the gains are there, σ′ is NaN and its panels say so."""
-    from resgrad.figures import figure_block_gain
-    from resgrad.gain import sweep_gain_table
-    from resgrad.report import load_sweep
+    from resgrad.report.figures_grad import figure_block_gain
+    from resgrad.report.gain import sweep_gain_table
+    from resgrad.report.sweepdata import load_sweep
 
     sweep = load_sweep(report_dir)
     with_deriv = sweep_gain_table(sweep)

@@ -26,11 +26,14 @@ import pandas as pd
 import pytest
 from helpers import ROOT, exit_code
 
+from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
 from resgrad.files import prepare_output, write_json
-from resgrad.report import load_sweep
-from resgrad.sweep import SweepSpec, run_sweep
-from resgrad.train import StepBuffer, TrainConfig, check_run, save_run, train
+from resgrad.report.sweepdata import load_sweep
+from resgrad.rundir import check_run, save_run
+from resgrad.sweeps.grid import SweepSpec
+from resgrad.sweeps.sweep import run_sweep
+from resgrad.train import StepBuffer, train
 
 RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "summary.json"}  # and model.pt where weights are kept
 
@@ -424,7 +427,7 @@ def test_5_damaged_runs_are_named_and_rerun_and_the_whole_ones_kept(
     (trimmed / "metrics.csv").write_bytes(metrics[: len(metrics) - 7])  # cut in the middle of the last row
     spec = SweepSpec.from_dict(json.loads((sweep / "sweep.json").read_text()))
 
-    with caplog.at_level(logging.WARNING, logger="resgrad.sweep"):
+    with caplog.at_level(logging.WARNING, logger="resgrad.sweeps.sweep"):
         again = run_sweep(spec, sweep, progress=False)
     assert (again.attrs["ran"], again.attrs["skipped"]) == (2, 0) and (again["status"] == "complete").all()
     assert f"{cut.name} is damaged (grad_norms.parquet has 300 bytes" in caplog.text
@@ -445,7 +448,7 @@ def test_5_report_names_a_damaged_run_and_reports_the_rest(
     damaged, whole = sorted((sweep / "runs").iterdir())
     with open(damaged / "grad_norms.parquet", "r+b") as f:
         f.truncate(300)
-    with caplog.at_level(logging.WARNING, logger="resgrad.sweepdata"):
+    with caplog.at_level(logging.WARNING, logger="resgrad.report.sweepdata"):
         code, err = run_cli(["report", str(sweep), "--out", str(tmp_path / "rep")])
     assert code == 0, err
     assert f"run {damaged.name} is damaged (grad_norms.parquet has 300 bytes" in caplog.text
@@ -650,7 +653,7 @@ def test_7_non_finite_sweep_and_bench_options_exit_2(tmp_path: Path, data_dir: P
     assert code == 2 and one_sentence(err, "sweep").endswith("momentum must be a finite number, got inf.")
     code, err = run_cli(["bench", *TINY_BENCH, "--min-run-time", "inf", "--out", str(tmp_path / "b")])
     assert code == 2 and one_sentence(err, "bench").endswith(
-        "min-run-time must be a positive number of seconds (finite), got inf."
+        "min-run-time must be a finite number of seconds, got inf."
     )
     assert sorted(os.listdir(tmp_path)) == ["s.toml"]
 

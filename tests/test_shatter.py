@@ -14,8 +14,8 @@ import torch
 from helpers import exit_code
 
 from resgrad.cli import main
+from resgrad.experiments.shatter import ShatterConfig, correlations, directions, input_gradients, pearson, run_shatter
 from resgrad.models import build_model
-from resgrad.shatter import ShatterConfig, correlations, directions, input_gradients, pearson, run_shatter
 
 
 def _input_gradient(model: torch.nn.Module, x: torch.Tensor, label: int) -> torch.Tensor:
@@ -208,10 +208,10 @@ def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(
     "extra, message",
     [
         (["--depths", "21"], "depth 21 is not of the form 6n+2"),
-        (["--distances"], "distances is an empty list"),
-        (["--distances", "0.1", "nan"], "distances must be finite numbers, got nan"),
-        (["--distances", "inf"], "distances must be finite numbers, got inf"),
-        (["--figure-distance", "3"], "figure distance 3.0 is not one of the distances"),
+        (["--distances"], "give at least one value for distances as a list, got []."),
+        (["--distances", "0.1", "nan"], "distance must be a finite number, got nan."),
+        (["--distances", "inf"], "distance must be a finite number, got inf."),
+        (["--figure-distance", "3"], "figure distance 3 is not one of the distances 0.1, 1."),
         (["--norms", "group"], "unknown norm 'group'"),
     ],
 )

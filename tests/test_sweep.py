@@ -17,17 +17,11 @@ import pandas as pd
 import pytest
 
 from resgrad.cli import main
+from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
-from resgrad.sweep import (
-    DEFAULT_GRID,
-    GRID_OPTIONS,
-    SUMMARY_COLUMNS,
-    SweepSpec,
-    load_spec,
-    run_sweep,
-    summary_row,
-)
-from resgrad.train import TrainConfig
+from resgrad.sweeps.folder import load_spec
+from resgrad.sweeps.grid import DEFAULT_GRID, GRID_OPTIONS, SweepSpec
+from resgrad.sweeps.sweep import SUMMARY_COLUMNS, run_sweep, summary_row
 
 RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json"}
 
@@ -464,7 +458,7 @@ def test_a_raising_run_is_recorded_as_failed_and_retried_on_rerun(
     def broken(config, progress=None):
         raise RuntimeError("the GPU caught fire")
 
-    monkeypatch.setattr("resgrad.executors.train", broken)
+    monkeypatch.setattr("resgrad.sweeps.executors.train", broken)
     out = tmp_path / "sweep"
     grid = ["sweep", "--out", str(out), "--archs", "residual", "--depths", "8", "--seeds", "0", "1"]
     assert main([*grid, *tiny(data_dir)]) == 1
@@ -528,7 +522,7 @@ def test_more_torch_threads_than_cores_is_warned(
             "data_dir": str(data_dir),
         },
     )
-    with caplog.at_level(logging.WARNING, logger="resgrad.sweep"):
+    with caplog.at_level(logging.WARNING, logger="resgrad.sweeps.sweep"):
         run_sweep(spec(cores), tmp_path / "fits", progress=False)
         assert "torch threads" not in caplog.text
         run_sweep(spec(cores + 1), tmp_path / "over", progress=False)

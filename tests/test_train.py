@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from helpers import ROOT
 
+from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
-from resgrad.train import METRIC_COLUMNS, TrainConfig, load_run, save_run, train
+from resgrad.rundir import METRIC_COLUMNS, load_run, save_run
+from resgrad.train import train
 
 SMALL = dict(depth=8, width=4, train_subset=1024, test_subset=500, threads=1, batch_size=32)
 
@@ -106,7 +108,7 @@ def test_bad_config_is_refused_before_anything_runs(kwargs: dict, message: str) 
 
 
 def test_summary_has_the_documented_keys_in_order(data_dir: Path) -> None:
-    from resgrad.train import SUMMARY_KEYS
+    from resgrad.rundir import SUMMARY_KEYS
 
     result = train(TrainConfig(arch="plain", steps=2, data_dir=str(data_dir), **SMALL), progress=False)
     assert tuple(result.summary) == SUMMARY_KEYS

@@ -1,14 +1,12 @@
 """Run options, each declared once: a :class:`TrainConfig` field and its metadata.
 
-A field's metadata says everything the rest of resgrad needs to know about it: its
-help text and choices, its bounds, whether a sweep can vary it (``axis``: the plural
-name of the sweep's list flag and TOML key) and whether a report splits its figures
-by it (``facet``). ``resgrad train``'s flags, ``resgrad sweep``'s list flags and TOML
-keys, the defaults and the report's facets are all derived from these fields, so a
-new option is one field here (and the code that uses it).
-
-This module imports neither torch nor anything that does: the run-folder readers
-and the report load configs without paying for torch.
+A field's metadata (:func:`resgrad.options.option`) says everything the rest of resgrad
+needs to know about it: its help text and choices, its bounds, whether a sweep can vary
+it (``axis``: the plural name of the sweep's list flag and TOML key), whether a report
+splits its figures by it (``facet``) and whether ``build_model`` takes it (``model``).
+``resgrad train``'s flags, ``resgrad sweep``'s list flags and TOML keys, the defaults,
+the report's facets and the model's keyword arguments are all derived from these fields,
+so a new option is one field here (and the code that uses it).
 """
 
 from __future__ import annotations
@@ -16,99 +14,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from resgrad import options
 from resgrad.errors import UsageError
+from resgrad.models import (
+    ACTIVATIONS,
+    FIXED_ARCHS,
+    INITS,
+    NORMS,
+    SHORTCUTS,
+    available_archs,
+    check_depth,
+    check_width,
+)
+from resgrad.options import MAX_SEED, data_dir_option, device_option, option, threads_option
 
-NORMS = ("none", "batch")
-ACTIVATION_NAMES = ("relu", "tanh", "sigmoid")
-INITS = ("default", "kaiming", "xavier")
-SHORTCUTS = ("A", "B")
 OPTIMIZERS = ("sgd", "adam")
-DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes at most 2**64-1; sweeps have always allowed this range
-MAX_THREADS = 1024  # torch.set_num_threads overflows past 2**31-1 and crashes well below it
 MAX_RECORD_LOG = 1_000_000  # the log-spaced schedule is built up front
-
-
-def _archs() -> tuple[str, ...]:
-    from resgrad.models import available_archs  # late: the registry lives with the models (torch)
-
-    return available_archs()
-
-
-def valid_depth(depth: object) -> bool:
-    return isinstance(depth, int) and not isinstance(depth, bool) and depth >= 8 and (depth - 2) % 6 == 0
-
-
-def check_depth(depth: object) -> int:
-    """Return n (blocks per stage) for a depth 6n+2, or raise naming the nearest valid depths."""
-    if not isinstance(depth, int) or isinstance(depth, bool):
-        raise UsageError(f"depth must be a whole number of the form 6n+2 (8, 14, 20, ...), got {depth!r}.")
-    if valid_depth(depth):
-        return (depth - 2) // 6
-    below = 2 + 6 * ((depth - 2) // 6)
-    hint = "the smallest valid depth is 8" if below < 8 else f"the nearest valid depths are {below} and {below + 6}"
-    raise UsageError(f"depth {depth} is not of the form 6n+2 with n >= 1; {hint}.")
-
-
-def option(
-    default: Any,
-    help: str,
-    *,
-    group: str = "run",
-    choices: tuple[Any, ...] | Callable[[], tuple[Any, ...]] | None = None,
-    low: float | None = None,
-    high: float | None = None,
-    positive: bool = False,
-    axis: str | None = None,
-    grid: list[Any] | None = None,
-    facet: bool = False,
-    in_id: bool = True,
-    metavar: str | None = None,
-    check: Callable[[Any], object] | None = None,
-) -> Any:
-    """Declare one run option (a ``dataclasses.field`` whose metadata the CLI, sweep and report read).
-
-    Args:
-        default: the run's default.
-        help: one line for ``--help``; the default is appended.
-        group: the ``--help`` section (model, optimiser, length, recording, data and machine).
-        choices: allowed values, or a callable returning them (for the arch registry).
-        low, high: inclusive bounds of a number; ``positive``: > 0.
-        axis: the sweep's plural list flag / TOML key (``depths``); None: one value for every run.
-        grid: the sweep's default list for an axis (default: ``[default]``).
-        facet: reports draw one panel per value when a sweep varies it.
-        in_id: False for fields that do not change a run's numbers (threads, paths).
-        metavar: the flag's placeholder in ``--help``.
-        check: an extra check of a set value (raises ``UsageError``).
-    """
-    meta = dict(
-        help=help,
-        group=group,
-        choices=choices,
-        low=low,
-        high=high,
-        positive=positive,
-        axis=axis,
-        grid=grid,
-        facet=facet,
-        in_id=in_id,
-        metavar=metavar,
-        check=check,
-    )
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def _check_width(width: object) -> None:
-    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-        raise UsageError(f"width must be a whole number >= 1, got {width!r}.")
 
 
 @dataclass
@@ -117,7 +44,13 @@ class TrainConfig:
 
     # model
     arch: str = option(
-        "residual", "model", group="model", choices=_archs, axis="archs", grid=["plain", "residual"], metavar="ARCH"
+        "residual",
+        "model",
+        group="model",
+        choices=available_archs,
+        axis="archs",
+        grid=["plain", "residual"],
+        metavar="ARCH",
     )
     depth: int = option(
         20,
@@ -126,6 +59,7 @@ class TrainConfig:
         axis="depths",
         grid=[8, 14, 20],
         check=check_depth,
+        model=True,
         metavar="D",
     )
     width: int = option(
@@ -134,19 +68,28 @@ class TrainConfig:
         group="model",
         axis="widths",
         facet=True,
-        check=_check_width,
+        check=check_width,
+        model=True,
         metavar="W",
     )
     norm: str = option(
-        "none", "normalisation after each conv", group="model", choices=NORMS, axis="norms", facet=True, metavar="NORM"
+        "none",
+        "normalisation after each conv",
+        group="model",
+        choices=NORMS,
+        axis="norms",
+        facet=True,
+        model=True,
+        metavar="NORM",
     )
     activation: str = option(
         "relu",
         "activation function",
         group="model",
-        choices=ACTIVATION_NAMES,
+        choices=tuple(ACTIVATIONS),
         axis="activations",
         facet=True,
+        model=True,
         metavar="ACT",
     )
     init: str = option(
@@ -156,6 +99,7 @@ class TrainConfig:
         choices=INITS,
         axis="inits",
         facet=True,
+        model=True,
         metavar="INIT",
     )
     shortcut: str = option(
@@ -163,8 +107,9 @@ class TrainConfig:
         "A: parameter-free identity/zero-pad shortcut; B: 1x1 projections where the shape changes",
         group="model",
         choices=SHORTCUTS,
+        model=True,
     )
-    zero_init_residual: bool = option(False, "zero the last layer of every block's branch", group="model")
+    zero_init_residual: bool = option(False, "zero the last layer of every block's branch", group="model", model=True)
     # length and optimiser
     epochs: int | None = option(
         None, "train for this many epochs (default: 1 epoch)", group="length and optimiser", positive=True
@@ -221,22 +166,9 @@ class TrainConfig:
         positive=True,
         metavar="N",
     )
-    device: str = option("auto", "where to train: auto = CUDA if present", group="data and machine", choices=DEVICES)
-    threads: int | None = option(
-        None,
-        "torch threads on the CPU (default: torch's choice)",
-        group="data and machine",
-        positive=True,
-        high=MAX_THREADS,
-        in_id=False,
-    )
-    data_dir: str | None = option(
-        None,
-        "folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)",
-        group="data and machine",
-        in_id=False,
-        metavar="DIR",
-    )
+    device: str = device_option()
+    threads: int | None = threads_option()
+    data_dir: str | None = data_dir_option()
     dtype: str = option(
         "float32",
         "compute dtype of forward and loss: bfloat16 runs them under torch.autocast on the "
@@ -287,8 +219,6 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``UsageError`` on the first bad value; return the config with ignored fields reset."""
-        from resgrad.models import FIXED_ARCHS  # late: the registry lives with the models (torch)
-
         check_value("arch", self.arch)
         config, shape = self, ()
         if self.arch in FIXED_ARCHS:  # these archs fix their own shape: record it, keep ids stable
@@ -318,8 +248,6 @@ class TrainConfig:
         The hash covers every field that changes the numbers: the first release's
         fields always, later fields only where they differ from their defaults.
         """
-        from resgrad.models import FIXED_ARCHS
-
         key = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -329,26 +257,23 @@ class TrainConfig:
         shape = "" if self.arch in FIXED_ARCHS else f"-d{self.depth}-w{self.width}"
         return f"{self.arch}{shape}-s{self.seed}-{digest}"
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments ``build_model(self.arch, **kwargs)`` takes: the fields declared ``model=True``."""
+        return {name: getattr(self, name) for name, f in FIELDS.items() if f.metadata["model"]}
+
 
 # ---------------------------------------------------------------- what the declarations give
 
-FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_TYPES = typing.get_type_hints(TrainConfig)
+FIELDS: dict[str, dataclasses.Field] = options.fields(TrainConfig)
 
 
 def kinds(name: str) -> tuple[type, ...]:
     """The Python types a field takes (``int | None`` -> ``(int, NoneType)``)."""
-    hint = _TYPES[name]
-    return typing.get_args(hint) or (hint,)
+    return options.value_types(TrainConfig, name)
 
 
 def choices(name: str) -> tuple[Any, ...] | None:
-    c = FIELDS[name].metadata["choices"]
-    return c() if callable(c) else c
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return options.choices(TrainConfig, name)
 
 
 def axes() -> dict[str, str]:
@@ -376,10 +301,6 @@ def facet_options() -> tuple[str, ...]:
     return tuple(n for n, f in FIELDS.items() if f.metadata["facet"])
 
 
-def not_in_id() -> tuple[str, ...]:
-    return tuple(n for n, f in FIELDS.items() if not f.metadata["in_id"])
-
-
 def groups() -> Iterator[tuple[str, list[dataclasses.Field]]]:
     """Fields by ``--help`` section, sections in first-use order."""
     by_group: dict[str, list[dataclasses.Field]] = {}
@@ -388,61 +309,6 @@ def groups() -> Iterator[tuple[str, list[dataclasses.Field]]]:
     yield from by_group.items()
 
 
-def _range_text(name: str) -> str:
-    """``a whole number from 0 to 2**63-1``, ``a finite number > 0``, ..."""
-    meta = FIELDS[name].metadata
-    kind = "a whole number" if int in kinds(name) else "a finite number"
-    low, high = meta["low"], meta["high"]
-    top = "2**63-1" if high == MAX_SEED else f"{high:,}" if high is not None else None
-    if low is not None and top:
-        return f"{kind} from {low:g} to {top}"
-    bounds = [
-        b
-        for b in ("> 0" if meta["positive"] else f">= {low:g}" if low is not None else "", f"<= {top}" if top else "")
-        if b
-    ]
-    return " ".join([kind, " and ".join(bounds)]) if bounds else kind
-
-
 def check_value(name: str, value: Any) -> Any:
-    """Check one value of a field against its declaration; return it (ints become floats where floats go).
-
-    The one check of a run option, whichever way the value came (flag, TOML, JSON, Python).
-    """
-    f = FIELDS[name]
-    meta = f.metadata
-    what = name.replace("_", "-")
-    allowed = kinds(name)
-    if value is None:
-        if type(None) in allowed:
-            return value
-    elif bool in allowed:
-        if isinstance(value, bool):
-            return value
-        raise UsageError(f"{what} must be true or false, got {value!r}.")
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if int in allowed and not (is_number and isinstance(value, int)) or float in allowed and not is_number:
-        kind = "a whole number" if int in allowed else "a number"
-        raise UsageError(f"{what} must be {kind}, got {value!r}.")
-    if str in allowed and not isinstance(value, str):
-        raise UsageError(f"{what} must be a string, got {value!r}.")
-    if value is None:
-        raise UsageError(f"{what} must be given, got None.")
-    if is_number:
-        low, high = meta["low"], meta["high"]
-        if not math.isfinite(value):
-            raise UsageError(f"{what} must be a finite number, got {value!r}.")
-        if (
-            (meta["positive"] and value <= 0)
-            or (low is not None and value < low)
-            or (high is not None and value > high)
-        ):
-            raise UsageError(f"{what} must be {_range_text(name)}, got {value!r}.")
-        if float in allowed:
-            value = float(value)
-    allowed_values = choices(name)
-    if allowed_values is not None and value not in allowed_values:
-        raise UsageError(f"unknown {what} {value!r}; allowed: {', '.join(map(str, allowed_values))}.")
-    if meta["check"] is not None:
-        meta["check"](value)
-    return value
+    """Check one value of a run option against its declaration; return it (ints become floats where floats go)."""
+    return options.check_value(TrainConfig, name, value)

@@ -4,22 +4,23 @@ On a GPU a small net's step is bound by kernel launches and Python, not by the
 GPU. Following PyTorch's "whole network capture" recipe (``torch.cuda.graphs``
 docs), :class:`GraphedTrainStep` captures :func:`resgrad.train.train_step` once —
 forward and loss (under autocast for bfloat16), ``zero_grad(set_to_none=True)``,
-backward with the recorder's hooks, the recorder's ``end_step`` and the SGD
-update — and replays it:
+backward with the recorder's hooks, the recorder's ``end_step`` and the optimizer
+update (SGD or Adam) — and replays it:
 
 1. **Static input.** The training split already lives on the device. The graph
    gathers its batch ``images[static_idx]`` itself, so a step's input is one small
    copy of the batch's indices into ``static_idx``, then ``graph.replay()``.
 2. **Warm-up.** The first :data:`WARMUP_STEPS` full-size steps run eagerly on a
    side stream, as the recipe asks: lazy initialisation (cuBLAS/cuDNN handles,
-   autograd's streams) happens outside capture, and SGD creates its momentum
-   buffers on its first step — captured, that creation would be replayed as a
-   reset on every step. These are real steps of the run: nothing is thrown away.
+   autograd's streams) happens outside capture, and the optimizer creates its state
+   (SGD's momentum buffers, Adam's moments) on its first step — captured, that
+   creation would be replayed as a reset on every step. These are real steps of the run: nothing is thrown away.
 3. **Capture.** Gradients are None when capture starts (``train_step`` sets them
    so), so backward allocates them from the graph's memory pool and each replay
    overwrites them instead of accumulating. SGD needs no ``capturable=True``
-   (``torch.optim.SGD`` keeps no step count and has no such flag); the
-   parameters, momentum buffers and batch-norm statistics were allocated before
+   (``torch.optim.SGD`` keeps no step count and has no such flag); Adam gets it
+   (:func:`resgrad.train.make_optimizer`), so its step count lives on the device.
+   The parameters, optimizer state and batch-norm statistics were allocated before
    capture and are updated in place. Capture runs nothing, so the step being
    captured is then performed by its first replay.
 4. **Two graphs**, each captured when first needed: one for the steps the

@@ -72,6 +72,27 @@ def _as_schedule(schedule: int | Schedule | Iterable[int]) -> Schedule:
     )
 
 
+def default_signal_modules(model: nn.Module) -> list[str]:
+    """Qualified names of the modules whose class sets ``resgrad_block = True``, in module order."""
+    return [name for name, m in model.named_modules() if getattr(type(m), "resgrad_block", False)]
+
+
+def scalar_tag(quantity: str, index: int, layer: str) -> str:
+    """``weight_grad/003_stage1.0.conv2``: the index zero-padded so that a logger sorts layers in order."""
+    return f"{quantity}/{index:03d}_{layer}"
+
+
+def scalars(frame: pd.DataFrame) -> dict[str, float]:
+    """``{tag: value}`` of the rows of a :meth:`GradientRecorder.to_frame` frame (of one step), tags by :func:`scalar_tag`.
+
+    The names TensorBoard export and the loggers use; zero, NaN and inf are kept as they are.
+    """
+    return {
+        scalar_tag(q, i, layer): float(v)
+        for q, i, layer, v in zip(frame["quantity"], frame["layer_index"], frame["layer"], frame["norm"])
+    }
+
+
 def _buffer(buf: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
     """``buf`` if it is on ``device`` and long enough, else a float64 buffer of zeros there, holding ``buf``'s values."""
     if buf is not None and len(buf) >= size and buf.device == device:
@@ -129,7 +150,8 @@ class GradientRecorder:
         schedule: record every k steps (int), at the steps in an iterable, or where
             a callable ``schedule(step)`` is true.
         modules: qualified names of the modules whose output gradient is the
-            backward signal; by default every :class:`resgrad.models.Block`.
+            backward signal; by default every module whose class sets
+            ``resgrad_block = True`` (resgrad's blocks, :class:`resgrad.models.Block`).
         include_norm_layers: also record the weight gradient of normalisation layers.
 
     Raises:
@@ -144,8 +166,6 @@ class GradientRecorder:
         modules: Sequence[str] | None = None,
         include_norm_layers: bool = False,
     ) -> None:
-        from resgrad.models import blocks  # late import: models pulls in nothing from here
-
         if isinstance(modules, (str, bytes)):
             raise UsageError(
                 f"modules must be a list of module names, got the string {modules!r}; write modules=[{modules!r}]."
@@ -153,7 +173,7 @@ class GradientRecorder:
         self.model = model
         self.schedule = _as_schedule(schedule)
         named = dict(model.named_modules())
-        names = blocks(model) if modules is None else list(modules)
+        names = default_signal_modules(model) if modules is None else list(modules)
         missing = [n for n in names if n not in named]
         if missing:
             raise UsageError(
@@ -388,11 +408,11 @@ class GradientRecorder:
         recorded step or at ``step``. Call it after ``end_step`` of a recorded step; it reads
         the norms on the host (one synchronisation).
         """
-        from resgrad.export import add_grad_scalars  # late import: export needs train, which needs this module
-
         frame = self.to_frame()
         if len(frame):
-            add_grad_scalars(writer, frame[frame["step"] == frame["step"].iloc[-1]], step)
+            last = frame[frame["step"] == frame["step"].iloc[-1]]
+            for tag, value in scalars(last).items():
+                writer.add_scalar(tag, value, int(last["step"].iloc[0]) if step is None else step)
 
     def to_frame(self, until_step: int | None = None) -> pd.DataFrame:
         """A tidy frame: ``step, epoch, layer_index, layer, quantity, norm``.

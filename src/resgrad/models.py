@@ -13,9 +13,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resgrad.config import INITS, NORMS, SHORTCUTS, check_depth, check_value, valid_depth  # noqa: F401  (re-exported)
+from resgrad.errors import UsageError, check_choice
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+NORMS = ("none", "batch")
+INITS = ("default", "kaiming", "xavier")
+SHORTCUTS = ("A", "B")
+
+
+def valid_depth(depth: object) -> bool:
+    return isinstance(depth, int) and not isinstance(depth, bool) and depth >= 8 and (depth - 2) % 6 == 0
+
+
+def check_depth(depth: object) -> int:
+    """Return n (blocks per stage) for a depth 6n+2, or raise naming the nearest valid depths."""
+    if not isinstance(depth, int) or isinstance(depth, bool):
+        raise UsageError(f"depth must be a whole number of the form 6n+2 (8, 14, 20, ...), got {depth!r}.")
+    if valid_depth(depth):
+        return (depth - 2) // 6
+    below = 2 + 6 * ((depth - 2) // 6)
+    hint = "the smallest valid depth is 8" if below < 8 else f"the nearest valid depths are {below} and {below + 6}"
+    raise UsageError(f"depth {depth} is not of the form 6n+2 with n >= 1; {hint}.")
+
+
+def check_width(width: object) -> None:
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise UsageError(f"width must be a whole number >= 1, got {width!r}.")
+
 
 # ---------------------------------------------------------------- registry
 
@@ -97,6 +121,8 @@ class Block(nn.Module):
     The shortcut module exists in both twins so that parameter counts and initial
     weights match; only ``ResidualBlock`` calls it.
     """
+
+    resgrad_block = True  # GradientRecorder watches the output of such modules by default
 
     def __init__(
         self,
@@ -269,12 +295,18 @@ def build_model(
     Raises:
         ValueError: for an unknown option or a depth that is not 6n+2.
     """
-    # The same checks TrainConfig.validate makes (resgrad.config), so a direct call is safe too.
-    options = dict(arch=arch, norm=norm, activation=activation, init=init, shortcut=shortcut)
+    # TrainConfig declares these options with the same vocabularies; a direct call is checked here.
+    check_choice("arch", arch, available_archs())
+    for what, value, allowed in (
+        ("norm", norm, NORMS),
+        ("activation", activation, tuple(ACTIVATIONS)),
+        ("init", init, INITS),
+        ("shortcut", shortcut, SHORTCUTS),
+    ):
+        check_choice(what, value, allowed)
     if arch not in FIXED_ARCHS:
-        options.update(depth=depth, width=width)
-    for name, value in options.items():
-        check_value(name, value)
+        check_depth(depth)
+        check_width(width)
     if arch in FIXED_ARCHS:
         model = _REGISTRY[arch]()
     else:

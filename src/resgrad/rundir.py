@@ -141,7 +141,7 @@ def check_run(run_dir: str | os.PathLike[str], summary: dict[str, Any] | None = 
         text = (run_dir / "metrics.csv").read_text()
         rows = pd.read_csv(io.StringIO(text))
     except (OSError, ValueError) as exc:  # JSONDecodeError, pandas' and pyarrow's errors are ValueErrors or OSErrors
-        return _first_line(exc)
+        return first_line(exc)
     if not text.endswith("\n") or list(rows.columns) != METRIC_COLUMNS or len(rows) != summary.get("steps"):
         return f"metrics.csv holds {len(rows)} whole rows for {summary.get('steps')} steps"
     return None
@@ -167,6 +167,6 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
     )
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0].rstrip(".") if text else type(exc).__name__

@@ -1,8 +1,8 @@
 """One training run on MNIST with gradient recording: ``train(config) -> RunResult``.
 
-The run directory it saves (:func:`save_run`) holds ``config.json``,
-``metrics.csv``, ``grad_norms.parquet``, ``model.pt`` (the final ``state_dict``, read
-back by :func:`load_model`) and ``summary.json``; the folder appears whole or not at all.
+A run's result is saved by :func:`resgrad.rundir.save_run` as a run folder (``config.json``,
+``metrics.csv``, ``grad_norms.parquet``, ``model.pt``, ``summary.json``), whole or not at
+all; :func:`load_model` rebuilds the trained model from such a folder.
 """
 
 from __future__ import annotations
@@ -27,22 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from resgrad import __version__
-from resgrad.config import DEVICES, DTYPES, TrainConfig
+from resgrad.config import DTYPES, TrainConfig
 from resgrad.cudagraph import GraphedTrainStep, resolve_cuda_graphs
 from resgrad.data import Split, endless_batches, load_split
 from resgrad.errors import UsageError, check_choice
 from resgrad.gradients import GradientRecorder, every, log_spaced
 from resgrad.models import build_model, count_params
-from resgrad.rundir import (  # noqa: F401  (the run-folder API, also reachable from here)
-    METRIC_COLUMNS,
-    SUMMARY_KEYS,
-    RunResult,
-    _first_line,
-    check_run,
-    load_run,
-    read_summary,
-    save_run,
-)
+from resgrad.options import DEVICES
+from resgrad.rundir import METRIC_COLUMNS, RunResult, first_line
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +115,7 @@ def train_step(
     dtype: str = "float32",
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """One SGD step as :func:`train` runs it; returns the loss, detached, still on the device.
+    """One training step as :func:`train` runs it (and ``resgrad bench`` times it); returns the loss, detached, on the device.
 
     ``bfloat16`` runs forward and loss under :func:`autocast`; ``channels_last`` converts the
     batch (the model is the caller's to convert). :mod:`resgrad.cudagraph` captures this function.
@@ -184,6 +176,16 @@ def make_optimizer(
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+def initial_model(config: TrainConfig) -> nn.Module:
+    """The model a run of ``config`` starts from, on the CPU: its weights are drawn after ``torch.manual_seed(seed)``.
+
+    :func:`train` builds its model with this function, so an experiment that needs a run's
+    initial weights (shattered gradients, the straight path from init) rebuilds them exactly.
+    """
+    torch.manual_seed(config.seed)
+    return build_model(config.arch, **config.model_kwargs())
+
+
 def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     """Train one model on MNIST, recording gradient norms.
 
@@ -206,17 +208,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     train_set = load_split(True, config.data_dir, config.train_subset, device)
     test_set = load_split(False, config.data_dir, config.test_subset, device)
 
-    torch.manual_seed(config.seed)
-    model = build_model(
-        config.arch,
-        config.depth,
-        config.width,
-        config.norm,
-        config.activation,
-        config.init,
-        config.shortcut,
-        config.zero_init_residual,
-    ).to(device)
+    model = initial_model(config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(config, model.parameters(), capturable=graphs)
@@ -350,20 +342,11 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
             f"run folder {run_dir} has no model.pt (its weights were not saved, as in runs made before resgrad "
             "kept them); rerun it, e.g. with `resgrad sweep ... --force`, to get them."
         )
-    model = build_model(
-        config.arch,
-        config.depth,
-        config.width,
-        config.norm,
-        config.activation,
-        config.init,
-        config.shortcut,
-        config.zero_init_residual,
-    )
+    model = build_model(config.arch, **config.model_kwargs())
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise UsageError(
-            f"{weights} cannot be loaded into the model its config.json describes ({_first_line(exc)})."
+            f"{weights} cannot be loaded into the model its config.json describes ({first_line(exc)})."
         ) from None
     return model.to(device).eval()

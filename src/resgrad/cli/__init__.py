@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 
 from resgrad import __version__
 from resgrad.cli.analysis import add_export, add_lesion, add_report, add_shatter
-from resgrad.cli.bench import add_bench, bench_config  # noqa: F401  (bench_config: used by tests and scripts)
-from resgrad.cli.runs import add_config_flags, add_sweep, add_train  # noqa: F401
+from resgrad.cli.bench import add_bench
+from resgrad.cli.runs import add_sweep, add_train
 from resgrad.errors import OutputError, UsageError
 
 # ---------------------------------------------------------------- main

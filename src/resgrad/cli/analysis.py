@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
-from resgrad.cli.args import positive_int
+from resgrad.cli.args import add_options, config_from
 
 log = logging.getLogger("resgrad")
 
@@ -51,7 +50,8 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from resgrad.report import headline_markdown, make_report
+    from resgrad.report.page import make_report
+    from resgrad.report.tables import headline_markdown
 
     report = make_report(args.sweep_dir, args.out)
     print(f"report: {report.html}")
@@ -95,7 +95,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from resgrad.export import export_tensorboard
+    from resgrad.integrations.tensorboard import export_tensorboard
 
     done = export_tensorboard(args.source, args.tensorboard)
     for note in done.skipped:
@@ -131,26 +131,9 @@ are left out with a note.
 """
 
 
-def _add_evaluation_flags(p: argparse._ActionsContainer, defaults: Any, batch_help: str) -> None:
-    """The flags ``lesion`` and ``shatter`` share: batch size, device, data, threads, quiet."""
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help=batch_help)
-    p.add_argument(
-        "--device", choices=["cpu", "cuda", "auto"], default=defaults.device, help="(default: auto = CUDA if present)"
-    )
-    p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        help="torch threads on the CPU (default: torch's choice; 1 where other work shares the cores, "
-        "since oversubscribed threads spin)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
-
-
 def add_lesion(sub: argparse._SubParsersAction) -> None:
-    from resgrad.lesion import LesionConfig
+    from resgrad.experiments.lesion import LesionConfig
 
-    d = LesionConfig()
     p = sub.add_parser(
         "lesion",
         help="delete blocks of trained nets at test time (Veit et al. 2016)",
@@ -166,46 +149,17 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="lesion folder (default: SWEEP_DIR/lesion, or RUN_DIR-lesion beside a run folder)",
     )
-    p.add_argument(
-        "--max-deleted",
-        type=positive_int,
-        default=d.max_deleted,
-        metavar="K",
-        help=f"random sets of up to K blocks, capped at the non-downsampling blocks there are (default: {d.max_deleted})",
-    )
-    p.add_argument(
-        "--draws", type=positive_int, default=d.draws, metavar="N", help=f"random sets per size (default: {d.draws})"
-    )
-    p.add_argument(
-        "--test-subset", type=positive_int, metavar="N", help="the first N test images (default: each run's own)"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seeds the random sets (default: {d.seed})")
-    _add_evaluation_flags(p, d, "test images per forward pass (default: 100 on the CPU, 4000 on CUDA)")
+    add_options(p, LesionConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.set_defaults(func=cmd_lesion)
 
 
 def cmd_lesion(args: argparse.Namespace) -> int:
-    from resgrad.lesion import (
-        LesionConfig,
-        check_out,
-        default_out,
-        lesion_display,
-        lesion_table,
-        run_lesion,
-        write_lesion,
-    )
-    from resgrad.markdown import markdown_table
+    from resgrad.experiments.lesion import LesionConfig, check_out, default_out, run_lesion, write_lesion
+    from resgrad.report.lesion import lesion_display, lesion_table
+    from resgrad.report.markdown import markdown_table
 
-    config = LesionConfig(
-        max_deleted=args.max_deleted,
-        draws=args.draws,
-        test_subset=args.test_subset,
-        seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-        data_dir=args.data_dir,
-        threads=args.threads,
-    )
+    config = config_from(LesionConfig, args)
     out = args.out or default_out(args.source)
     check_out(out)  # before the work, not after it
     result = run_lesion(args.source, config, progress=False if args.quiet else None)
@@ -243,10 +197,8 @@ written whole; an earlier shatter folder there is replaced, anything else is ref
 
 
 def add_shatter(sub: argparse._SubParsersAction) -> None:
-    from resgrad.models import INITS, NORMS
-    from resgrad.shatter import DTYPES, ShatterConfig
+    from resgrad.experiments.shatter import ShatterConfig
 
-    d = ShatterConfig()
     p = sub.add_parser(
         "shatter",
         help="correlation of input gradients at nearby inputs (Balduzzi et al. 2017)",
@@ -255,86 +207,17 @@ def add_shatter(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_SHATTER,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("the nets at init (each flag takes one or more values)")
-    g.add_argument(
-        "--archs", nargs="+", default=d.archs, metavar="ARCH", help="plain, residual (default: plain residual)"
-    )
-    g.add_argument(
-        "--depths",
-        nargs="+",
-        type=int,
-        default=d.depths,
-        metavar="D",
-        help="weighted layers, 6n+2 each (default: 8 20 56)",
-    )
-    g.add_argument(
-        "--widths", nargs="+", type=int, default=d.widths, metavar="W", help="channels of the first stage (default: 16)"
-    )
-    g.add_argument("--norms", nargs="+", default=d.norms, metavar="NORM", help=f"{', '.join(NORMS)} (default: none)")
-    g.add_argument(
-        "--inits",
-        nargs="+",
-        default=d.inits,
-        metavar="INIT",
-        help=f"{', '.join(INITS)}; kaiming is He et al.'s, as in Balduzzi et al. (default: default)",
-    )
-    g.add_argument(
-        "--seeds", nargs="+", type=int, default=d.seeds, metavar="S", help="seeds of the initial weights (default: 0)"
-    )
-    g.add_argument(
-        "--sweep", metavar="DIR", help="also every complete run of this sweep (or run) folder, trained and at init"
-    )
-    g = p.add_argument_group("the measurement")
-    g.add_argument(
-        "--images",
-        type=positive_int,
-        default=d.images,
-        metavar="N",
-        help=f"the first N test images (default: {d.images})",
-    )
-    g.add_argument(
-        "--distances",
-        nargs="*",
-        type=float,
-        default=d.distances,
-        metavar="T",
-        help=f"distances t along the unit direction (default: {' '.join(f'{t:g}' for t in d.distances)})",
-    )
-    g.add_argument(
-        "--figure-distance",
-        type=float,
-        metavar="T",
-        help="the distance of the correlation-vs-depth figure, one of --distances (default: 1, else the middle one)",
-    )
-    g.add_argument("--direction-seed", type=int, default=d.direction_seed, help="seeds the directions d (default: 0)")
-    g.add_argument("--dtype", choices=tuple(DTYPES), default=d.dtype, help="(default: float64)")
-    _add_evaluation_flags(g, d, "points per forward/backward pass (default: 64 on the CPU, 4096 on CUDA)")
+    add_options(p, ShatterConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.add_argument("--out", type=Path, metavar="DIR", required=True, help="the shatter folder to write")
     p.set_defaults(func=cmd_shatter)
 
 
 def cmd_shatter(args: argparse.Namespace) -> int:
-    from resgrad.markdown import markdown_table
-    from resgrad.shatter import ShatterConfig, check_out, run_shatter, write_shatter
+    from resgrad.experiments.shatter import ShatterConfig, check_out, run_shatter, write_shatter
+    from resgrad.report.markdown import markdown_table
 
-    config = ShatterConfig(
-        archs=args.archs,
-        depths=args.depths,
-        widths=args.widths,
-        norms=args.norms,
-        inits=args.inits,
-        seeds=args.seeds,
-        sweep=args.sweep,
-        images=args.images,
-        distances=args.distances,
-        figure_distance=args.figure_distance,
-        direction_seed=args.direction_seed,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        data_dir=args.data_dir,
-        threads=args.threads,
-    ).validate()
+    config = config_from(ShatterConfig, args)
     check_out(args.out)  # before the work, not after it
     frame = run_shatter(config, progress=False if args.quiet else None)
     paths = write_shatter(frame, args.out)

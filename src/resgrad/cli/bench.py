@@ -7,8 +7,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resgrad.cli.args import add_options, config_from
+
 if TYPE_CHECKING:
-    from resgrad.bench_config import BenchConfig
+    from resgrad.bench.config import BenchConfig
 
 log = logging.getLogger("resgrad")
 
@@ -35,7 +37,7 @@ loading. A listed device that is absent is skipped with a warning.
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
-    from resgrad.bench_config import FIELDS, flag
+    from resgrad.bench.config import BenchConfig
 
     p = sub.add_parser(
         "bench",
@@ -46,13 +48,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_BENCH,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, f in FIELDS.items():  # one flag per BenchConfig field, all from its declaration
-        group = groups.get(f.metadata["group"]) or groups.setdefault(
-            f.metadata["group"], p.add_argument_group(f.metadata["group"])
-        )
-        group.add_argument(flag(name), **_bench_argument(name))
-    g = groups["timing and output"]
+    add_options(p, BenchConfig)  # one flag per BenchConfig field, all from its declaration
+    g = next(g for g in p._action_groups if g.title == "timing and output")
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     g.add_argument(
         "--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="folder to write (default: runs/bench)"
@@ -60,45 +57,17 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
-def _bench_argument(name: str) -> dict[str, object]:
-    """argparse keywords of one ``BenchConfig`` field (type, nargs, choices, default, help), from its metadata."""
-    from resgrad.bench_config import FIELDS, choices, is_list, kind
-
-    f = FIELDS[name]
-    meta = f.metadata
-    if kind(name) is bool:  # a switch, off by default
-        return {"dest": name, "action": "store_true", "help": meta["help"]}
-    allowed = choices(name)
-    help = meta["help"]
-    if allowed is not None and meta["metavar"] and meta["metavar"] != "|".join(allowed):  # the placeholder hides them
-        help += f"; from {', '.join(map(str, allowed))}"
-    default = list(f.default) if is_list(name) else f.default
-    if default is not None:
-        shown = " ".join(map(str, default)) if is_list(name) else format(default, "g")
-        help += f" (default: {shown})"
-    kw: dict[str, object] = dict(
-        dest=name, type=kind(name), default=default, choices=allowed, metavar=meta["metavar"], help=help
-    )
-    if is_list(name):
-        kw["nargs"] = "*" if meta["alone"] is not None else "+"
-    return kw
-
-
 def bench_config(args: argparse.Namespace) -> BenchConfig:
     """The checked ``BenchConfig`` that ``resgrad bench``'s flags give (raises ``UsageError``)."""
-    from resgrad.bench_config import FIELDS, BenchConfig
+    from resgrad.bench.config import BenchConfig
 
-    values = {name: getattr(args, name) for name in FIELDS}
-    for name, f in FIELDS.items():
-        if values[name] == [] and f.metadata["alone"] is not None:  # a list flag given alone
-            values[name] = f.metadata["alone"]
-    return BenchConfig(**values).validate()
+    return config_from(BenchConfig, args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from resgrad.bench import run_bench
-    from resgrad.bench_config import PARTIAL_NAME
-    from resgrad.bench_report import write_bench
+    from resgrad.bench.config import PARTIAL_NAME
+    from resgrad.bench.report import write_bench
+    from resgrad.bench.run import run_bench
     from resgrad.files import prepare_output
 
     config = bench_config(args)

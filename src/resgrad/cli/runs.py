@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
-from resgrad.cli.args import positive_int, whole_number
+from resgrad.cli.args import add_options, config_from, positive_int
 from resgrad.errors import UsageError
 
 log = logging.getLogger("resgrad")
@@ -21,7 +19,7 @@ examples:
 
 The run directory holds config.json, metrics.csv (step, epoch, train_loss,
 test_loss, test_acc), grad_norms.parquet (step, epoch, layer_index, layer,
-quantity, norm) and summary.json. Steps count from 0; a test evaluation on row
+quantity, norm), model.pt (the final weights) and summary.json. Steps count from 0; a test evaluation on row
 `step` is made after that step's update.
 """
 
@@ -33,38 +31,18 @@ def add_config_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """One flag per :class:`~resgrad.config.TrainConfig` field, derived from its declaration.
 
     ``train`` gets one value per flag; ``sweep`` gets a list flag (``--depths``) for each
-    field that is a sweep axis. Every flag defaults to None, so that a value left out
-    takes the field's default (or, in a sweep, the --config file's value); the help
-    names the default.
+    field that is a sweep axis. A value left out takes the field's default (or, in a
+    sweep, the --config file's value); the help names the default.
     """
-    from resgrad import config
+    from resgrad.config import TrainConfig
 
-    for group, fields in config.groups():
-        g = p.add_argument_group("the grid and the runs" if sweep and group == "model" else group)
-        for f in fields:
-            meta, axis = f.metadata, sweep and f.metadata["axis"]
-            name = meta["axis"] if axis else f.name
-            default = (meta["grid"] or [f.default]) if axis else f.default
-            help_text = SWEEP_HELP.get(f.name) if sweep else None
-            shown = " ".join(map(str, default)) if axis else None if default is None or default is False else default
-            help_text = help_text or meta["help"] + (
-                "" if shown is None or "(default" in meta["help"] else f" (default: {shown})"
-            )
-            kw: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
-            if isinstance(f.default, bool):
-                kw["action"] = "store_true"
-            else:
-                kinds = config.kinds(f.name)
-                kw["type"] = whole_number if int in kinds else float if float in kinds else str
-                kw["metavar"] = meta["metavar"] or name.upper().replace("_", "-")
-                choices = config.choices(f.name)
-                if choices and not axis:  # a sweep's lists are checked whole, with the rest of the grid
-                    kw["choices"], kw["metavar"] = choices, None
-                elif choices:
-                    kw["help"] += f"; from {', '.join(map(str, choices))}"
-                if axis:
-                    kw["nargs"] = "+"
-            g.add_argument("--" + name.replace("_", "-"), **kw)
+    add_options(
+        p,
+        TrainConfig,
+        sweep=sweep,
+        titles={"model": "the grid and the runs"} if sweep else None,
+        helps=SWEEP_HELP if sweep else None,
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
 
 
@@ -100,15 +78,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from resgrad.config import TrainConfig
     from resgrad.files import prepare_output
-    from resgrad.train import TrainConfig, save_run, train
+    from resgrad.rundir import save_run
+    from resgrad.train import train
 
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in given.items() if v is not None}).validate()
+    config = config_from(TrainConfig, args)
     out = args.out or Path("runs") / config.run_id()
     prepare_output(out, "run", force=args.force)  # refused before training, not after
     if args.tensorboard:  # a bad log folder too
-        from resgrad.export import check_logdir, write_run
+        from resgrad.integrations.tensorboard import check_logdir, write_run
 
         check_logdir(args.tensorboard, [config.run_id()], [out])
     result = train(config, progress=False if args.quiet else None)
@@ -185,7 +164,8 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from resgrad.sweep import CONFIG_KEYS, LIST_FLAGS, RUN_KEYS, SweepSpec, count_statuses, read_config, run_sweep
+    from resgrad.sweeps.grid import CONFIG_KEYS, LIST_FLAGS, RUN_KEYS, SweepSpec, read_config
+    from resgrad.sweeps.sweep import count_statuses, run_sweep
 
     opts = read_config(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS and v is not None}

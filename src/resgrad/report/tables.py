@@ -1,8 +1,8 @@
-"""The report's tables over seeds, from a :class:`resgrad.sweepdata.Sweep`, and their display forms.
+"""The report's tables over seeds, from a :class:`resgrad.report.sweepdata.Sweep`, and their display forms.
 
 ``*_table`` functions return numeric frames (written as ``tables/*.csv``); ``*_display``
 functions turn them into strings for Markdown and HTML (``mean ± std``, accuracy in %).
-Statistics keep NaN and inf (see :mod:`resgrad.sweepdata` for the conventions).
+Statistics keep NaN and inf (see :mod:`resgrad.report.sweepdata` for the conventions).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from resgrad.grid import GRID_OPTIONS
-from resgrad.markdown import markdown_table
-from resgrad.sweepdata import FINISHED, STATUSES, Sweep, option_text
+from resgrad.report.markdown import markdown_table
+from resgrad.report.sweepdata import FINISHED, STATUSES, Sweep, option_text
+from resgrad.sweeps.grid import GRID_OPTIONS
 
 # ---------------------------------------------------------------- tables
 

@@ -28,7 +28,9 @@ import pandas as pd
 from resgrad import __version__
 from resgrad.errors import UsageError
 from resgrad.files import atomic_dir, write_json
-from resgrad.train import RunResult, load_run, read_summary
+from resgrad.gradients import scalars
+from resgrad.rundir import RunResult, load_run, read_summary
+from resgrad.sweeps.folder import sweep_runs
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -60,11 +62,6 @@ def require_tensorboard() -> type[SummaryWriter]:
 # ---------------------------------------------------------------- scalars
 
 
-def grad_tag(quantity: str, index: int, layer: str) -> str:
-    """``weight_grad/003_stage1.0.conv2``: the index zero-padded so that TensorBoard sorts layers in order."""
-    return f"{quantity}/{index:03d}_{layer}"
-
-
 def add_grad_scalars(writer: SummaryWriter, grad_norms: pd.DataFrame, step: int | None = None) -> int:
     """Write each row of a ``grad_norms`` frame as one scalar; return how many.
 
@@ -74,11 +71,9 @@ def add_grad_scalars(writer: SummaryWriter, grad_norms: pd.DataFrame, step: int 
         step: the global step of every scalar; default each row's ``step``.
     """
     rows = grad_norms.sort_values(["step", "quantity", "layer_index"], kind="stable")
-    for row in rows.itertuples(index=False):
-        # Zero, NaN and inf are written as they are.
-        writer.add_scalar(
-            grad_tag(row.quantity, row.layer_index, row.layer), float(row.norm), int(row.step) if step is None else step
-        )
+    for at, frame in rows.groupby("step", sort=True):
+        for tag, value in scalars(frame).items():  # zero, NaN and inf are written as they are
+            writer.add_scalar(tag, value, int(at) if step is None else step)
     return len(rows)
 
 
@@ -176,7 +171,7 @@ def write_run(result: RunResult, logdir: str | os.PathLike[str], source: str | N
     """Write one run's events into ``LOGDIR/<run_id>``, replacing an earlier export of it whole.
 
     Args:
-        result: the run (from :func:`resgrad.train.train` or :func:`resgrad.train.load_run`).
+        result: the run (from :func:`resgrad.train.train` or :func:`resgrad.rundir.load_run`).
         logdir: the TensorBoard log folder (``tensorboard --logdir LOGDIR``).
         source: the run folder it was read from, noted in ``resgrad-run.json``.
     """
@@ -215,10 +210,8 @@ def _run_dirs(source: Path) -> tuple[list[Path], list[Path]]:
     if not source.is_dir():
         raise UsageError(f"{source} is a file; give a run folder (resgrad train) or a sweep folder (resgrad sweep).")
     if (source / "sweep.json").is_file():
-        from resgrad.sweep import load_spec  # late import: sweep writes events through this module
-
         runs = source / "runs"
-        return [runs / c.run_id() for c in load_spec(source).configs()], [source, runs]
+        return [runs / c.run_id() for c in sweep_runs(source)], [source, runs]
     if (source / "config.json").is_file():
         return [source], [source]
     raise UsageError(f"{source} is neither a run folder (config.json, summary.json) nor a sweep folder (sweep.json).")

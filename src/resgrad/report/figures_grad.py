@@ -1,7 +1,7 @@
 """The report's gradient-norm figures: the norm per layer and per block, over training, and the gain per block.
 
-Each ``figure_*`` function takes a :class:`resgrad.sweepdata.Sweep` and returns a
-matplotlib ``Figure`` and its caption; :func:`resgrad.figures.render_figures`
+Each ``figure_*`` function takes a :class:`resgrad.report.sweepdata.Sweep` and returns a
+matplotlib ``Figure`` and its caption; :func:`resgrad.report.figures.render_figures`
 draws them as PNG.
 """
 
@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from resgrad.plotting import (
+from resgrad.report.gain import sweep_gains, sweep_other_combos
+from resgrad.report.plotting import (
     WHEN,
     Marks,
     arch_style,
@@ -26,7 +27,7 @@ from resgrad.plotting import (
     seed_note,
     where,
 )
-from resgrad.sweepdata import Sweep
+from resgrad.report.sweepdata import Sweep
 
 
 def _profile_figure(
@@ -35,7 +36,7 @@ def _profile_figure(
     """Figures 1 and 2: a norm per layer (or block) at the first and last recorded step, arch side by side.
 
     The last-step rows use complete runs only: a diverged run's last record comes at another
-    time and is often not finite (see :func:`resgrad.sweeptables.summary_table`).
+    time and is often not finite (see :func:`resgrad.report.tables.summary_table`).
     """
     g = sweep.grad_norms
     g = g[g["quantity"] == quantity]
@@ -141,7 +142,7 @@ def figure_grads_over_steps(sweep: Sweep) -> tuple[Figure, str]:
     return fig, caption
 
 
-# ---------------------------------------------------------------- the backward gain per block (resgrad.gain)
+# ---------------------------------------------------------------- the backward gain per block (resgrad.report.gain)
 
 SIGMA_PRIME_MAX = {"relu": 1.0, "tanh": 1.0, "sigmoid": 0.25}  # the largest value σ′ takes
 
@@ -152,8 +153,6 @@ def figure_block_gain(sweep: Sweep) -> tuple[Figure, str]:
     Rows: at each run's first and at its last recorded step (complete runs only there), the gain
     ‖∂L/∂hₗ₋₁‖ / ‖∂L/∂hₗ‖ and below it the mean σ′; colour: depth; dashed plain, solid residual.
     """
-    from resgrad.gain import sweep_gains, sweep_other_combos
-
     gains = sweep_gains(sweep)
     steps = gains.groupby("run_id")["step"]
     complete = run_ids(sweep, "complete")

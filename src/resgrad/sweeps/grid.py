@@ -9,8 +9,6 @@ option needs nothing here. Imports no torch.
 from __future__ import annotations
 
 import itertools
-import json
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -19,14 +17,11 @@ from typing import Any
 
 from resgrad.config import TrainConfig, axes, check_value, default_grid, grid_options, run_keys
 from resgrad.errors import UsageError
-from resgrad.rundir import DONE, read_summary
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-log = logging.getLogger(__name__)
 
 GRID_OPTIONS = grid_options()  # the TrainConfig fields a sweep varies
 DEFAULT_GRID: dict[str, list[Any]] = default_grid()  # for an axis the spec leaves out (the CLI's defaults too)
@@ -95,17 +90,6 @@ class SweepSpec:
         return cls(grid=dict(d["grid"]), fixed=dict(d.get("fixed", {})))
 
 
-def load_spec(sweep_dir: str | os.PathLike[str]) -> SweepSpec:
-    """The spec of an existing sweep folder (its ``sweep.json``)."""
-    path = Path(sweep_dir) / "sweep.json"
-    if not path.is_file():
-        raise UsageError(f"{sweep_dir} is not a sweep folder: it has no sweep.json.")
-    try:
-        return SweepSpec.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc}).") from None
-
-
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a sweep TOML file into a flat dict keyed like the CLI flags (``depths``, ``batch_size``, ``out``, ...).
 
@@ -141,62 +125,3 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise UsageError(f"key {key!r} in {path} must be {kind}, got {value!r}.")
         out[name] = value
     return out
-
-
-def earlier_specs(out_dir: Path, spec: SweepSpec) -> list[SweepSpec]:
-    """The grids an earlier sweep ran in ``out_dir`` with points ``spec`` lacks, oldest first (from sweep.json)."""
-    path = out_dir / "sweep.json"
-    if not path.is_file():
-        return []
-    try:
-        old = json.loads(path.read_text())
-        found = [SweepSpec.from_dict(d) for d in [*old.get("earlier", []), old]]
-    except (OSError, ValueError, AttributeError, TypeError) as exc:  # UsageError is a ValueError
-        log.warning(
-            "%s cannot be read (%s): runs of earlier grids not in this one are left out of summary.csv", path, exc
-        )
-        return []
-    ids = {c.run_id() for c in spec.configs()}
-    kept: list[SweepSpec] = []
-    for earlier in found:
-        try:
-            new_ids = {c.run_id() for c in earlier.configs()} - ids
-        except UsageError:  # a grid that no longer validates has no points to keep
-            continue
-        if new_ids:
-            kept.append(earlier)
-            ids |= new_ids
-    return kept
-
-
-def load_earlier(sweep_dir: str | os.PathLike[str]) -> list[SweepSpec]:
-    """The earlier grids a sweep folder's ``sweep.json`` lists (the grids it ran before its current one)."""
-    try:
-        earlier = json.loads((Path(sweep_dir) / "sweep.json").read_text()).get("earlier", [])
-        return [SweepSpec.from_dict(d) for d in earlier]
-    except (OSError, ValueError, AttributeError, TypeError):
-        return []
-
-
-def sweep_points(
-    sweep_dir: str | os.PathLike[str], spec: SweepSpec | None = None, earlier: list[SweepSpec] | None = None
-) -> list[TrainConfig]:
-    """Every run a sweep folder lists: its grid's points, then the finished runs of its earlier grids.
-
-    A sweep rerun with a smaller or different grid keeps the runs it finished before: they
-    stay in ``summary.csv`` and in the report.
-    """
-    sweep_dir = Path(sweep_dir)
-    spec = spec if spec is not None else load_spec(sweep_dir)
-    earlier = earlier if earlier is not None else load_earlier(sweep_dir)
-    points = {c.run_id(): c for c in spec.configs()}
-    for other in earlier:
-        try:
-            configs = other.configs()
-        except UsageError:
-            continue
-        for config in configs:
-            run_id = config.run_id()
-            if run_id not in points and (read_summary(sweep_dir / "runs" / run_id) or {}).get("status") in DONE:
-                points[run_id] = config
-    return list(points.values())

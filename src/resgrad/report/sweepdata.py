@@ -2,8 +2,8 @@
 
 Reads what :mod:`resgrad.rundir` writes (``sweep.json``, ``runs/*/summary.json``,
 ``metrics.csv``, ``grad_norms.parquet``) and derives per-run numbers; the tables
-over seeds are in :mod:`resgrad.sweeptables`, the figures in :mod:`resgrad.figures`,
-the page in :mod:`resgrad.report`. Imports neither torch nor the executors.
+over seeds are in :mod:`resgrad.report.tables`, the figures in :mod:`resgrad.report.figures`,
+the page in :mod:`resgrad.report.page`. Imports neither torch nor the executors.
 
 Conventions used throughout:
 
@@ -30,9 +30,10 @@ import pandas as pd
 
 from resgrad.config import facet_options
 from resgrad.errors import UsageError
-from resgrad.grid import GRID_OPTIONS, SweepSpec, load_spec, sweep_points
 from resgrad.rundir import DONE, SUMMARY_KEYS, check_run, read_summary
 from resgrad.rundir import STATUSES as RUN_STATUSES  # complete, diverged, failed
+from resgrad.sweeps.folder import load_spec, sweep_runs
+from resgrad.sweeps.grid import GRID_OPTIONS, SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
         raise UsageError(f"{path} is not a folder; give a sweep folder made by `resgrad sweep` (it holds sweep.json).")
     spec = load_spec(path)
     rows, metrics, grads = [], [], []
-    for config in sweep_points(path, spec):  # the grid's points, then finished runs of earlier grids
+    for config in sweep_runs(path, spec):  # the grid's points, then finished runs of earlier grids
         run_id = config.run_id()
         options = {name: getattr(config, name) for name in GRID_OPTIONS}
         run_dir = path / "runs" / run_id

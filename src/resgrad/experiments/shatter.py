@@ -20,21 +20,26 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from resgrad.config import TrainConfig
 from resgrad.data import load_split
-from resgrad.errors import UsageError, check_choice, check_positive
-from resgrad.experiments import arch_colors, arch_legend, arch_style, mean_band, new_figure, png, saved_runs
+from resgrad.errors import UsageError
+from resgrad.experiments.saved import saved_runs
 from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
-from resgrad.models import INITS, NORMS, available_archs, build_model, check_depth
-from resgrad.train import TrainConfig, load_model, resolve_device
+from resgrad.models import FIXED_ARCHS, INITS, NORMS, available_archs, check_depth, check_width
+from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
+from resgrad.report.shatter import COLUMNS, shatter_figures
+from resgrad.train import initial_model, load_model, progress_enabled, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -42,77 +47,71 @@ DISTANCES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # Points per forward/backward: a GPU wants large batches; on a CPU small ones stay in cache and run faster.
 POINT_BATCH = {"cpu": 64, "cuda": 4096}
-COLUMNS = [
-    "arch",
-    "depth",
-    "width",
-    "norm",
-    "activation",
-    "init",
-    "seed",
-    "state",
-    "run_id",
-    "distance",
-    "correlation",
-    "correlation_std",
-    "images",
-]
-FIGURES = {
-    "shatter_correlation_vs_distance": "Gradient correlation vs distance",
-    "shatter_correlation_vs_depth": "Gradient correlation vs depth",
-}
+
+
+def _net_archs() -> tuple[str, ...]:
+    return tuple(a for a in available_archs() if a not in FIXED_ARCHS)
+
+
+def nets_option(default: tuple[Any, ...], help: str, **kw: Any) -> Any:
+    return option(default, help, group="the nets at init (each flag takes one or more values)", **kw)
 
 
 @dataclass
 class ShatterConfig:
-    """The nets and the measurement of :func:`run_shatter`."""
+    """The nets and the measurement of :func:`run_shatter` (each field declared with :func:`resgrad.options.option`)."""
 
-    archs: list[str] = field(default_factory=lambda: ["plain", "residual"])
-    depths: list[int] = field(default_factory=lambda: [8, 20, 56])
-    widths: list[int] = field(default_factory=lambda: [16])
-    norms: list[str] = field(default_factory=lambda: ["none"])
-    inits: list[str] = field(default_factory=lambda: ["default"])  # kaiming: He et al.'s, as in Balduzzi et al.
-    seeds: list[int] = field(default_factory=lambda: [0])
-    sweep: str | None = None  # also the complete runs of this sweep (or run) folder, trained and at init
-    images: int = 32  # the first N test images
-    distances: list[float] = field(default_factory=lambda: list(DISTANCES))  # t, in units of ||d|| = 1
-    figure_distance: float | None = (
-        None  # the distance of the correlation-vs-depth figure (default: 1, else the middle one)
+    archs: Sequence[str] = nets_option(("plain", "residual"), "models", each="arch", choices=_net_archs, metavar="ARCH")
+    depths: Sequence[int] = nets_option(
+        (8, 20, 56), "weighted layers, 6n+2 each", each="depth", check=check_depth, metavar="D"
     )
-    direction_seed: int = 0  # seeds the directions d (the same for every net)
-    device: str = "auto"
-    dtype: str = "float64"
-    batch_size: int | None = None  # points per forward/backward pass (default: POINT_BATCH for the device)
-    data_dir: str | None = None
-    threads: int | None = None  # torch threads on the CPU (default: torch's choice)
+    widths: Sequence[int] = nets_option(
+        (16,), "channels of the first stage", each="width", check=check_width, metavar="W"
+    )
+    norms: Sequence[str] = nets_option(("none",), "normalisation", each="norm", choices=NORMS, metavar="NORM")
+    inits: Sequence[str] = nets_option(
+        ("default",),
+        "weight init; kaiming is He et al.'s, as in Balduzzi et al.",
+        each="init",
+        choices=INITS,
+        metavar="INIT",
+    )
+    seeds: Sequence[int] = nets_option(
+        (0,), "seeds of the initial weights", each="seed", low=0, high=MAX_SEED, metavar="S"
+    )
+    sweep: str | None = nets_option(
+        None, "also every complete run of this sweep (or run) folder, trained and at init", metavar="DIR"
+    )
+    images: int = option(32, "the first N test images", group="the measurement", low=1, metavar="N")
+    distances: Sequence[float] = option(
+        DISTANCES, "distances t along the unit direction", group="the measurement", each="distance", metavar="T"
+    )
+    figure_distance: float | None = option(
+        None,
+        "the distance of the correlation-vs-depth figure, one of --distances (default: 1, else the middle one)",
+        group="the measurement",
+        metavar="T",
+    )
+    direction_seed: int = option(
+        0, "seeds the directions d", group="the measurement", low=0, high=MAX_SEED, metavar="S"
+    )
+    dtype: str = option("float64", "dtype of the nets and gradients", group="the measurement", choices=tuple(DTYPES))
+    batch_size: int | None = option(
+        None, "points per forward/backward pass (default: 64 on the CPU, 4096 on CUDA)", group="evaluation", low=1
+    )
+    device: str = device_option("evaluation")
+    data_dir: str | None = data_dir_option("evaluation")
+    threads: int | None = threads_option("evaluation")
 
     def validate(self) -> ShatterConfig:
-        for name in ("archs", "depths", "widths", "norms", "inits", "seeds", "distances"):
-            if not getattr(self, name):
-                raise UsageError(f"{name} is an empty list; give at least one value.")
-        for arch in self.archs:
-            check_choice("arch", arch, [a for a in available_archs() if not a.startswith("seed-")])
-        for depth in self.depths:
-            check_depth(depth)
-        for width in self.widths:
-            check_positive("width", width)
-        for norm in self.norms:
-            check_choice("norm", norm, NORMS)
-        for init in self.inits:
-            check_choice("init", init, INITS)
-        for seed in (*self.seeds, self.direction_seed):
-            if not 0 <= seed < 2**63:
-                raise UsageError(f"seeds must be whole numbers from 0 to 2**63-1, got {seed}.")
-        bad = [t for t in self.distances if not math.isfinite(t)]
-        if bad:
-            raise UsageError(f"distances must be finite numbers, got {bad[0]!r}.")
-        if self.figure_distance is not None and self.figure_distance not in self.distances:
-            raise UsageError(f"figure distance {self.figure_distance} is not one of the distances {self.distances}.")
-        check_positive("images", self.images)
-        check_positive("batch-size", self.batch_size, allow_none=True)
-        check_positive("threads", self.threads, allow_none=True)
-        check_choice("dtype", self.dtype, tuple(DTYPES))
-        return self
+        """Raise ``UsageError`` on the first bad value."""
+        config = checked(self)
+        if config.figure_distance is not None and config.figure_distance not in config.distances:
+            raise UsageError(
+                f"figure distance {config.figure_distance:g} is not one of the distances "
+                f"{', '.join(f'{t:g}' for t in config.distances)}."
+            )
+        return config
 
     @property
     def at_distance(self) -> float:
@@ -189,11 +188,7 @@ class _Net:
         if self.run_dir is not None:
             model = load_model(self.run_dir, device)
         else:
-            c = self.config
-            torch.manual_seed(c.seed)  # exactly as train() builds its model
-            model = build_model(
-                c.arch, c.depth, c.width, c.norm, c.activation, c.init, c.shortcut, c.zero_init_residual
-            )
+            model = initial_model(self.config)
         return model.to(device=device, dtype=dtype).eval()
 
 
@@ -245,10 +240,6 @@ def _nets(config: ShatterConfig) -> Iterator[_Net]:
 
 def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataFrame:
     """Measure every net; one row per net and distance (columns :data:`COLUMNS`)."""
-    from tqdm.auto import tqdm
-
-    from resgrad.train import progress_enabled
-
     config = config.validate()
     nets = list(_nets(config))
     device = resolve_device(config.device)
@@ -305,90 +296,3 @@ def write_shatter(frame: pd.DataFrame, out: str | os.PathLike[str], at_distance:
         for name, (_, data, _) in figures.items():
             write_bytes(tmp / f"{name}.png", data)
     return [out / "shatter.csv", *(out / f"{name}.png" for name in figures)]
-
-
-def _panels(frame: pd.DataFrame) -> list[tuple[str, dict[str, object]]]:
-    """One panel row (or column) per state and per (norm, width, init) combination, labelled."""
-    options = ["norm", "width", "init"]
-    keys = frame[["state", *options]].drop_duplicates()
-    keys = keys.assign(o=keys["state"].map({"init": 0, "trained": 1})).sort_values(["o", *options])
-    varied = [o for o in options if keys[o].nunique() > 1]
-    out = []
-    for k in keys.drop(columns="o").to_dict("records"):
-        name = "at init" if k["state"] == "init" else "trained"
-        out.append((" · ".join([name, *(f"{o}={k[o]}" for o in varied)]), k))
-    return out
-
-
-def _select(frame: pd.DataFrame, **values: object) -> pd.DataFrame:
-    mask = np.ones(len(frame), dtype=bool)
-    for k, v in values.items():
-        mask &= (frame[k] == v).to_numpy()
-    return frame[mask]
-
-
-def shatter_figures(frame: pd.DataFrame, at_distance: float | None = None) -> dict[str, tuple[str, bytes, str]]:
-    """``{name: (heading, png_bytes, caption)}`` for the two shatter figures."""
-    import seaborn as sns
-    from matplotlib.lines import Line2D
-
-    distances = sorted(frame["distance"].unique())
-    at = at_distance if at_distance in distances else distances[len(distances) // 2]
-    log_x = distances[0] > 0
-    panels = _panels(frame)
-    archs = list(dict.fromkeys(frame["arch"]))
-    depths = sorted(frame["depth"].unique())
-    depth_colors = dict(zip(depths, sns.color_palette("viridis_r", len(depths))))
-    out = {}
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.75):
-        fig, axes = new_figure(len(panels), len(archs), FIGURES["shatter_correlation_vs_distance"])
-        for i, (label, key) in enumerate(panels):
-            for j, arch in enumerate(archs):
-                ax = axes[i, j]
-                part = _select(frame, arch=arch, **key)
-                for depth, color in depth_colors.items():
-                    data = _select(part, depth=depth)
-                    if len(data):
-                        stats = data.groupby("distance")["correlation"].agg(["mean", "min", "max"])
-                        ax.plot(stats.index, stats["mean"], color=color, lw=1.5, **arch_style(arch), markersize=3)
-                        ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.15, lw=0)
-                ax.set_xscale("log" if log_x else "linear")
-                ax.axhline(0, color="0.3", lw=0.6)
-                ax.set_title(f"{arch} · {label}", fontsize=9)
-                ax.set_xlabel("distance t from x (||d|| = 1)" if i == len(panels) - 1 else "")
-                ax.set_ylabel("correlation of ∂logit/∂x" if j == 0 else "")
-        axes[0, 0].set_ylim(-0.1, 1.02)
-        handles = [Line2D([], [], color=c, lw=1.5, label=str(d)) for d, c in depth_colors.items()]
-        fig.legend(handles=handles, title="depth", loc="outside right upper", frameon=False)
-        out["shatter_correlation_vs_distance"] = (
-            FIGURES["shatter_correlation_vs_distance"],
-            png(fig),
-            "Pearson correlation over pixels between the input gradient of the true class's logit at a test "
-            "image x and at x + t·d (d a random unit direction), mean over images; lines: mean over seeds, "
-            "band: min–max over seeds. 1: the gradient does not change; 0: unrelated (shattered). "
-            "Cf. Balduzzi et al. (2017), Fig. 1.",
-        )
-
-        fig, axes = new_figure(1, len(panels), f"{FIGURES['shatter_correlation_vs_depth']} (t = {at:g})")
-        colors = arch_colors(archs)
-        for j, (label, key) in enumerate(panels):
-            ax = axes[0, j]
-            part = _select(frame, distance=at, **key)
-            for arch, color in colors.items():
-                data = _select(part, arch=arch)
-                if len(data):
-                    mean_band(ax, data, "depth", "correlation", color, arch)
-            ax.axhline(0, color="0.3", lw=0.6)
-            ax.set_xticks(sorted(part["depth"].unique()))
-            ax.set_title(label, fontsize=9)
-            ax.set_xlabel("depth (weighted layers)")
-            ax.set_ylabel(f"correlation at t = {at:g}" if j == 0 else "")
-        axes[0, 0].set_ylim(-0.1, 1.02)
-        arch_legend(fig, colors, "min–max over seeds")
-        out["shatter_correlation_vs_depth"] = (
-            FIGURES["shatter_correlation_vs_depth"],
-            png(fig),
-            f"Correlation between the input gradients at x and at x + t·d for t = {at:g}, against depth; "
-            "mean over seeds (each a mean over images), band: min–max over seeds.",
-        )
-    return out

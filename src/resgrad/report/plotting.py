@@ -1,4 +1,4 @@
-"""Drawing helpers shared by the report's figures (:mod:`resgrad.figures`, :mod:`resgrad.figures_grad`).
+"""Drawing helpers shared by the report's figures (:mod:`resgrad.report.figures`, :mod:`resgrad.report.figures_grad`).
 
 Norms are drawn on a log axis; a value that axis cannot show (zero, inf, NaN) is
 marked at the axis edge by :func:`draw` and counted in :class:`Marks` for the
@@ -9,7 +9,7 @@ caption, never dropped silently. Colours: one per depth (viridis) or per arch
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from resgrad.sweepdata import Sweep
+from resgrad.report.sweepdata import Sweep
 
 ARCH_COLORS = {"plain": "#c0392b", "residual": "#2471a3", "seed-plain": "#e67e22", "seed-residual": "#17a589"}
 WHEN = ("first recorded step", "last recorded step")
@@ -188,9 +188,10 @@ def depth_colors(sweep: Sweep) -> dict[int, Any]:
     return dict(zip(depths, sns.color_palette("viridis_r" if len(depths) > 1 else "viridis", len(depths))))
 
 
-def arch_colors(sweep: Sweep) -> dict[str, Any]:
+def arch_colors(archs: Iterable[str]) -> dict[str, Any]:
+    """A colour per arch, in first-seen order: :data:`ARCH_COLORS`, then tab10's."""
     spare = iter(sns.color_palette("tab10"))
-    return {a: ARCH_COLORS.get(a) or next(spare) for a in sweep.archs}
+    return {a: ARCH_COLORS.get(a) or next(spare) for a in dict.fromkeys(archs)}
 
 
 def arch_style(arch: str) -> dict[str, str]:
@@ -226,3 +227,29 @@ def png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
+
+
+def new_figure(nrows: int, ncols: int, title: str, sharey: bool = True) -> tuple[Figure, np.ndarray]:
+    """A grid of panels for the experiments' figures (lesion, shatter): a little larger than :func:`panels`."""
+    fig = Figure(figsize=(max(3.4 * ncols + 1.8, 6.5), 2.7 * nrows + 0.8), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
+    fig.suptitle(title, fontweight="bold")
+    return fig, axes
+
+
+def mean_band(ax: Any, data: pd.DataFrame, x: str, y: str, color: Any, arch: str, band: bool = True) -> None:
+    """The mean of ``y`` at each ``x`` as a line, and its min–max over the rows there as a band."""
+    stats = data.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
+    xs = stats.index.to_numpy(dtype="float64")
+    ax.plot(xs, stats["mean"], color=color, lw=1.6, markersize=3.5, **arch_marked(arch))
+    if band and (stats["max"] > stats["min"]).any():
+        ax.fill_between(xs, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
+
+
+def arch_legend(fig: Figure, colors: dict[str, Any], band_label: str | None, extra: Iterable[Any] = ()) -> None:
+    """One legend for the figure: an entry per arch (marked lines), the band's meaning, and ``extra`` handles."""
+    handles: list[Any] = [Line2D([], [], color=c, lw=1.6, label=a, **arch_marked(a)) for a, c in colors.items()]
+    if band_label:
+        handles.append(Patch(facecolor="0.5", alpha=0.3, label=band_label))
+    handles.extend(extra)
+    fig.legend(handles=handles, title="arch", loc="outside right upper", frameon=False)

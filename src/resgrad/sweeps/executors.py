@@ -1,7 +1,7 @@
 """Where a sweep's runs train: in this process, in a pool of local processes, or as Ray tasks.
 
 Each executor yields the outcomes of its runs as they finish (a :class:`~resgrad.rundir.RunResult`,
-or a :class:`RunFailure` for a run that raised); the driver (:mod:`resgrad.sweep`) alone writes files.
+or a :class:`RunFailure` for a run that raised); the driver (:mod:`resgrad.sweeps.sweep`) alone writes files.
 """
 
 from __future__ import annotations

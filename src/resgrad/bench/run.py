@@ -4,16 +4,15 @@
 mode x depth x width x arch) with ``torch.utils.benchmark.Timer``, counts each
 step's FLOPs with ``torch.utils.flop_counter.FlopCounterMode`` and divides the
 achieved rate by a dense-matmul peak measured in the same run on the same device
-and dtype. ``resgrad.bench_report.write_bench(result, out_dir)`` writes ``bench.csv``,
+and dtype. ``resgrad.bench.report.write_bench(result, out_dir)`` writes ``bench.csv``,
 ``bench.md``, ``bench.png`` and, when more than one device ran, ``speedup.csv``.
 
 Inputs are random tensors of MNIST's shape (B, 1, 28, 28) already on the device:
 the numbers are the model's compute, not data loading.
 
-Data flow: bench_config (what to time: :class:`BenchConfig`, the grid, the columns)
--> bench_timing (one step, timed; the peak) -> bench (this module: the run loop, one row
-per point) -> bench_report (tables, bench.md, bench.png, the files). The names of the first
-two are importable from here too.
+Data flow: :mod:`resgrad.bench.config` (what to time: :class:`BenchConfig`, the grid, the
+columns) -> :mod:`resgrad.bench.timing` (one step, timed; the peak) -> this module (the run
+loop, one row per point) -> :mod:`resgrad.bench.report` (tables, bench.md, bench.png, the files).
 """
 
 from __future__ import annotations
@@ -31,12 +30,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from resgrad.bench_config import (
-    BENCH_DEVICES,
+from resgrad.bench.config import (
     COLUMNS,
-    GRAPH_MODES,
-    MODES,
-    PARTIAL_NAME,
     PEAK_COLUMNS,
     STATUS_COLUMNS,
     BenchConfig,
@@ -44,54 +39,21 @@ from resgrad.bench_config import (
     Point,
     grid,
 )
-from resgrad.bench_timing import (
-    DTYPES,
+from resgrad.bench.timing import (
     PEAK_MATMUL_N,
-    OutOfMemoryError,
     convs_use_tf32,
     count_flops,
-    is_oom,
     make_step,
-    matmul_precision_like_convs,
     measure_peak,
-    oom_cause,
     oom_message,
     time_fn,
 )
 from resgrad.config import TrainConfig
+from resgrad.cudagraph import make_graphed
 from resgrad.errors import UsageError
 from resgrad.files import write_csv
 from resgrad.models import build_model, count_params
-from resgrad.train import device_name, progress_enabled
-
-__all__ = [
-    "BENCH_DEVICES",
-    "COLUMNS",
-    "DTYPES",
-    "GRAPH_MODES",
-    "MODES",
-    "PARTIAL_NAME",
-    "PEAK_COLUMNS",
-    "PEAK_MATMUL_N",
-    "STATUS_COLUMNS",
-    "BenchConfig",
-    "BenchResult",
-    "OutOfMemoryError",
-    "Point",
-    "available_devices",
-    "convs_use_tf32",
-    "count_flops",
-    "grid",
-    "is_oom",
-    "make_step",
-    "matmul_precision_like_convs",
-    "measure_peak",
-    "oom_cause",
-    "oom_message",
-    "run_bench",
-    "time_fn",
-    "time_point",
-]
+from resgrad.train import device_name, make_optimizer, progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +94,13 @@ def time_point(
     # The input first, so that a batch far too large for the device fails at once.
     x = torch.randn(point.batch_size, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (point.batch_size,), device=device)
-    model = build_model(point.arch, point.depth, point.width).to(device)
+    model = build_model(point.arch, depth=point.depth, width=point.width).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     model.train()
-    defaults = TrainConfig()  # the SGD settings of resgrad train
-    opt = None
-    if point.mode == "train_step":
-        opt = torch.optim.SGD(model.parameters(), lr=defaults.lr, momentum=defaults.momentum)
+    # The optimizer of a default `resgrad train` run (SGD with its momentum).
+    opt = make_optimizer(TrainConfig(), model.parameters()) if point.mode == "train_step" else None
     flops = count_flops(make_step(model, x, y, point.mode, point.dtype, opt))  # eager, before any compile
     timed = model
     if compile:
@@ -148,8 +108,6 @@ def time_point(
         timed = torch.compile(model)
     step = make_step(timed, x, y, point.mode, point.dtype, opt)
     if point.cuda_graphs:
-        from resgrad.cudagraph import make_graphed
-
         replay = make_graphed(make_step(model, x, y, point.mode, point.dtype, opt, synchronize=False))
 
         def step() -> None:

@@ -1,12 +1,11 @@
 """The report of a sweep folder: ``report.md`` and a self-contained ``report.html``.
 
 :func:`make_report` writes ``report.md``, ``report.html`` (figures embedded as
-base64 PNG), ``figures/*.png`` (drawn by :mod:`resgrad.figures`) and ``tables/*.csv``
+base64 PNG), ``figures/*.png`` (drawn by :mod:`resgrad.report.figures`) and ``tables/*.csv``
 into a report folder, swapped in whole. The numbers come from
-:mod:`resgrad.sweepdata` (:func:`load_sweep`, the :class:`Sweep` frames) and
-:mod:`resgrad.sweeptables` (the tables and their display forms); this module
-lays them out. Those names are re-exported here, so
-``from resgrad.report import load_sweep, headline_markdown`` keeps working.
+:mod:`resgrad.report.sweepdata` (:func:`load_sweep`, the :class:`Sweep` frames) and
+:mod:`resgrad.report.tables` (the tables and their display forms); this module
+lays them out.
 """
 
 from __future__ import annotations
@@ -22,40 +21,21 @@ from pathlib import Path
 import pandas as pd
 
 from resgrad.errors import UsageError
-from resgrad.figures import render_figures
 from resgrad.files import atomic_dir, prepare_output
-from resgrad.markdown import markdown_table
-from resgrad.sweepdata import FACET_OPTIONS, FINISHED, STATUSES, TARGET_ACC, Sweep, load_sweep, option_text
-from resgrad.sweeptables import (
+from resgrad.report.figures import GAIN_FIGURE, render_figures
+from resgrad.report.gain import gain_display, sweep_gain_table, table_keys
+from resgrad.report.lesion import lesion_display, lesion_figures, lesion_table, read_lesion
+from resgrad.report.markdown import markdown_table
+from resgrad.report.sweepdata import FINISHED, STATUSES, Sweep, load_sweep, option_text
+from resgrad.report.tables import (
     acc_by_eval_display,
     acc_by_eval_table,
     headline_display,
-    headline_markdown,
     headline_table,
     runs_display,
     summary_display,
     summary_table,
 )
-
-__all__ = [
-    "FACET_OPTIONS",
-    "FINISHED",
-    "MAX_EVALS_SHOWN",
-    "NOTES",
-    "STATUSES",
-    "TARGET_ACC",
-    "Report",
-    "Sweep",
-    "acc_by_eval_display",
-    "acc_by_eval_table",
-    "headline_display",
-    "headline_markdown",
-    "headline_table",
-    "load_sweep",
-    "make_report",
-    "summary_display",
-    "summary_table",
-]
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +205,6 @@ def _lesion_section(
     page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame], first: int
 ) -> list[tuple[str, str, bytes, str]]:
     """The block-lesion section when ``SWEEP_DIR/lesion/lesion.csv`` exists (``resgrad lesion``); its figures."""
-    from resgrad.lesion import lesion_display, lesion_figures, lesion_table, read_lesion
-
     path = sweep.path / "lesion" / "lesion.csv"
     if not path.is_file():
         return []
@@ -255,10 +233,7 @@ def _lesion_section(
 def _gain_section(
     page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame], first: int
 ) -> list[tuple[str, str, bytes, str]]:
-    """The backward gain per block next to the activations' mean σ′ (:mod:`resgrad.gain`); its figure."""
-    from resgrad.figures import GAIN_FIGURE
-    from resgrad.gain import gain_display, sweep_gain_table, table_keys
-
+    """The backward gain per block next to the activations' mean σ′ (:mod:`resgrad.report.gain`); its figure."""
     table = sweep_gain_table(sweep)
     tables["block_gain"] = table
     page.heading(2, "Backward gain per block")

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resgrad.bench_config import DTYPE_NAMES, MODES
+from resgrad.bench.config import DTYPE_NAMES, MODES
 from resgrad.errors import check_choice
+from resgrad.train import autocast, train_step
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Side of the square matmul that measures a device's peak: big enough to reach it, small enough to be quick.
@@ -41,47 +41,41 @@ def make_step(
 
     - ``forward``: the forward pass under ``torch.no_grad()``;
     - ``forward_backward``: forward, cross-entropy loss and backward (gradients reset first);
-    - ``train_step``: the same plus ``optimizer.step()``, in the order resgrad's training loop uses.
+    - ``train_step``: :func:`resgrad.train.train_step` itself, the step ``resgrad train`` runs
+      (without a recorder), so that the benchmark cannot drift from it.
 
-    ``bfloat16`` runs forward and loss under ``torch.autocast``. On CUDA the step ends with
-    ``torch.cuda.synchronize()``, so that a timer around it measures the finished work,
-    unless ``synchronize`` is False (a step to capture as a CUDA graph).
+    ``bfloat16`` runs forward and loss under :func:`resgrad.train.autocast`, as training does. On
+    CUDA the step ends with ``torch.cuda.synchronize()``, so that a timer around it measures the
+    finished work, unless ``synchronize`` is False (a step to capture as a CUDA graph).
     """
     check_choice("mode", mode, MODES)
-    check_choice("dtype", dtype, tuple(DTYPES))
+    check_choice("dtype", dtype, DTYPE_NAMES)
     if mode == "train_step" and optimizer is None:
         raise ValueError("mode 'train_step' needs an optimizer.")
     device = x.device
     cuda = device.type == "cuda" and synchronize
-    if dtype == "float32":
-        autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-    else:
-        autocast = lambda: torch.autocast(device.type, dtype=DTYPES[dtype])  # noqa: E731
 
-    def forward() -> None:
-        with torch.no_grad(), autocast():
-            model(x)
+    def done() -> None:
         if cuda:
             torch.cuda.synchronize(device)
 
+    def forward() -> None:
+        with torch.no_grad(), autocast(device.type, dtype):
+            model(x)
+        done()
+
     def forward_backward() -> None:
-        with autocast():
+        with autocast(device.type, dtype):
             loss = F.cross_entropy(model(x), y)
         model.zero_grad(set_to_none=True)
         loss.backward()
-        if cuda:
-            torch.cuda.synchronize(device)
+        done()
 
-    def train_step() -> None:
-        with autocast():
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-        loss.backward()
-        optimizer.step()  # type: ignore[union-attr]
-        if cuda:
-            torch.cuda.synchronize(device)
+    def step() -> None:
+        train_step(model, optimizer, x, y, dtype=dtype)  # type: ignore[arg-type]
+        done()
 
-    return {"forward": forward, "forward_backward": forward_backward, "train_step": train_step}[mode]
+    return {"forward": forward, "forward_backward": forward_backward, "train_step": step}[mode]
 
 
 def count_flops(fn: Callable[[], object]) -> int:

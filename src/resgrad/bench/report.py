@@ -1,6 +1,6 @@
 """What ``resgrad bench`` writes: the speedup tables, bench.md, bench.png and the files in the output folder.
 
-Reads the :class:`~resgrad.bench_config.BenchResult` that :func:`resgrad.bench.run_bench` returns;
+Reads the :class:`~resgrad.bench.config.BenchResult` that :func:`resgrad.bench.run_bench` returns;
 nothing here times anything.
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from resgrad.bench_config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchResult
+from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchResult
 from resgrad.files import prepare_output, write_bytes, write_csv, write_text
-from resgrad.markdown import markdown_table
 from resgrad.models import FIXED_ARCHS
+from resgrad.report.markdown import markdown_table
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""The report's figures, drawn from a :class:`resgrad.sweepdata.Sweep`: the list, and the training-curve figures.
+"""The report's figures, drawn from a :class:`resgrad.report.sweepdata.Sweep`: the list, and the training-curve figures.
 
 Each ``figure_*`` function returns a matplotlib ``Figure`` and its caption;
 :func:`render_figures` draws the figures of :data:`FIGURES` (or those it is given)
-as PNG bytes. The gradient-norm figures are in :mod:`resgrad.figures_grad`, the
-drawing helpers in :mod:`resgrad.plotting`.
+as PNG bytes. The gradient-norm figures are in :mod:`resgrad.report.figures_grad`, the
+drawing helpers in :mod:`resgrad.report.plotting`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from resgrad.figures_grad import (
+from resgrad.report.figures_grad import (
     figure_activation_grads,
     figure_block_gain,
     figure_grads_over_steps,
     figure_weight_grads,
 )
-from resgrad.plotting import (
+from resgrad.report.plotting import (
     Marks,
     arch_colors,
     arch_marked,
@@ -40,7 +40,7 @@ from resgrad.plotting import (
     seed_note,
     where,
 )
-from resgrad.sweepdata import Sweep
+from resgrad.report.sweepdata import Sweep
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def figure_train_loss(sweep: Sweep) -> tuple[Figure, str]:
     metrics, window = _smooth_losses(sweep.metrics)
     combos = sweep.combos()
     fig, axes = panels(len(combos), len(sweep.depths), "Training loss: plain vs residual")
-    colors = arch_colors(sweep)
+    colors = arch_colors(sweep.archs)
     band, seeds = seed_note(sweep)
     marks = Marks()
     for i, (label, combo) in enumerate(combos):
@@ -106,7 +106,7 @@ def figure_test_acc(sweep: Sweep) -> tuple[Figure, str]:
     n_points = int(evals.groupby("run_id").size().max()) if len(evals) else 0
     combos = sweep.combos()
     fig, axes = panels(len(combos), len(sweep.depths), "Test accuracy during training")
-    colors = arch_colors(sweep)
+    colors = arch_colors(sweep.archs)
     band, seeds = seed_note(sweep)
     style = arch_marked if n_points <= 15 else arch_style  # a marker per evaluation while they are few
     per_epoch = sweep.steps_per_epoch
@@ -157,7 +157,7 @@ def figure_test_error(sweep: Sweep) -> tuple[Figure, str]:
     runs = sweep.runs.assign(test_error_pct=100.0 * (1.0 - sweep.runs["final_test_acc"]))
     combos = sweep.combos()
     fig, axes = panels(1, len(combos), "Final test error vs depth", sharey=True)
-    colors = arch_colors(sweep)
+    colors = arch_colors(sweep.archs)
     n_seeds = sweep.runs["seed"].nunique()
     n_div = 0
     for j, (label, combo) in enumerate(combos):
@@ -224,7 +224,7 @@ FIGURES: list[tuple[str, str, Callable[[Sweep], tuple[Figure, str]]]] = [
     ("test_error_vs_depth", "Test error vs depth", figure_test_error),
 ]
 
-# drawn in the report's own section on the gain (resgrad.gain)
+# drawn in the report's own section on the gain (resgrad.report.gain)
 GAIN_FIGURE: tuple[str, str, Callable[[Sweep], tuple[Figure, str]]] = (
     "block_gain",
     "Backward gain per block",

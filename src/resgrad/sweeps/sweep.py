@@ -1,9 +1,9 @@
 """Depth sweeps: a resumable grid of runs on local processes or Ray.
 
-A sweep folder holds ``sweep.json`` (the grid), ``runs/<run_id>/`` (one run
-directory per grid point, as :func:`resgrad.train.save_run` writes it) and
+A sweep folder (:mod:`resgrad.sweeps.folder`) holds ``sweep.json`` (the grid), ``runs/<run_id>/``
+(one run directory per grid point, as :func:`resgrad.rundir.save_run` writes it) and
 ``summary.csv`` (one row per finished run). Workers only train and return their
-:class:`~resgrad.train.RunResult`; the driver alone writes files, each run folder
+:class:`~resgrad.rundir.RunResult`; the driver alone writes files, each run folder
 atomically, and rewrites ``summary.csv`` after every finished run. So a killed
 sweep loses no finished run, and rerunning it trains only what is missing.
 """
@@ -14,10 +14,8 @@ import dataclasses
 import logging
 import os
 import platform
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +28,14 @@ from resgrad import __version__
 from resgrad.config import TrainConfig
 from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.data import check_mnist, load_split, resolve_data_dir
-from resgrad.errors import OutputError, UsageError
-from resgrad.executors import (  # noqa: F401  (MAX_WORKER_DEATHS, RunFailure: part of the sweep API)
-    MAX_WORKER_DEATHS,
-    Outcome,
-    RunFailure,
-    check_executor,
-    check_ray_address,
-    run_all,
-)
-from resgrad.files import OLD_PREFIX, TMP_PREFIX, atomic_dir, prepare_output, write_csv, write_json
-from resgrad.grid import (  # noqa: F401  (the grid API, also reachable from here)
-    CONFIG_KEYS,
-    DEFAULT_GRID,
-    GRID_OPTIONS,
-    LIST_FLAGS,
-    RUN_KEYS,
-    SweepSpec,
-    earlier_specs,
-    load_earlier,
-    load_spec,
-    read_config,
-    sweep_points,
-)
+from resgrad.errors import UsageError
+from resgrad.files import atomic_dir, prepare_output, write_csv, write_json
+from resgrad.integrations.tensorboard import check_logdir, export_missing, write_run
 from resgrad.rundir import DONE, STATUSES, SUMMARY_KEYS, RunResult, check_run, read_summary, save_run
+from resgrad.sweeps.executors import Outcome, RunFailure, check_executor, check_ray_address, run_all
+from resgrad.sweeps.folder import clean_stale, earlier_specs, locked, sweep_runs
+from resgrad.sweeps.grid import GRID_OPTIONS, SweepSpec
 from resgrad.train import progress_enabled, resolve_device
-
-try:  # POSIX only; elsewhere two sweeps on one folder are not prevented
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -126,56 +102,6 @@ def _record(outcome: Outcome, runs_dir: Path) -> dict[str, Any]:
         return summary_row(config, outcome.summary)
     log.warning("%s failed: %s", config.run_id(), outcome.error)
     return summary_row(config, _save_failure(outcome, run_dir))
-
-
-def _clean_stale(folder: Path) -> None:
-    """Remove what a killed driver left half done: temp files and folders of the atomic writers.
-
-    Only names with resgrad's own prefixes are touched (see :mod:`resgrad.files`).
-    """
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        if entry.name.startswith(TMP_PREFIX):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        elif entry.name.startswith(OLD_PREFIX) and entry.is_dir() and not entry.is_symlink():
-            # Killed between the two renames of atomic_dir: the old folder was whole; put it back.
-            pid, _, name = entry.name[len(OLD_PREFIX) :].partition("-")
-            if not pid.isdigit() or not name:
-                continue
-            original = folder / name
-            if original.exists():
-                shutil.rmtree(entry)
-            else:
-                os.replace(entry, original)
-
-
-@contextmanager
-def _locked(out_dir: Path) -> Iterator[None]:
-    """Make DIR and hold DIR/.lock so that two sweeps never write one folder (the OS drops it if we die)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(out_dir, exc) from exc
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    try:
-        fh = open(out_dir / ".lock", "w")
-    except OSError as exc:
-        raise OutputError(out_dir / ".lock", exc) from exc
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UsageError(f"another sweep is writing to {out_dir}; wait for it or pick another --out.") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -272,7 +198,7 @@ def run_sweep(
         ray_address: a Ray cluster to use; default a local Ray started for the sweep.
         progress: tqdm bars (default: when stderr is a terminal).
         tensorboard: a TensorBoard log folder; each finished run's events go to
-            ``tensorboard/<run_id>`` as the driver records it (see :mod:`resgrad.export`).
+            ``tensorboard/<run_id>`` as the driver records it (see :mod:`resgrad.integrations.tensorboard`).
 
     Returns:
         The ``summary.csv`` frame: this grid's runs, then the finished runs of earlier grids run
@@ -287,8 +213,6 @@ def run_sweep(
     check_executor(executor, workers, ray_address)
     _check_out_dir(out_dir)
     if tensorboard is not None:  # refused before anything runs
-        from resgrad.export import check_logdir, export_missing, write_run
-
         check_logdir(tensorboard, [c.run_id() for c in configs], [out_dir])
     threads = spec.fixed.get("threads") or max(1, (os.cpu_count() or 1) // workers)
     remote = executor == "ray" and ray_address is not None
@@ -301,13 +225,13 @@ def run_sweep(
             _preflight(configs[0])
     earlier = earlier_specs(out_dir, spec)
 
-    with _locked(out_dir):
-        _clean_stale(out_dir)
-        _clean_stale(runs_dir)
+    with locked(out_dir):
+        clean_stale(out_dir)
+        clean_stale(runs_dir)
         todo = _pending(configs, runs_dir, force, warn=True)
         todo_ids = {c.run_id() for c in todo}
         # This grid's points, then the finished runs of earlier grids: a narrower grid hides none of them.
-        listed = sweep_points(out_dir, spec, earlier)
+        listed = sweep_runs(out_dir, spec, earlier)
         rows = {  # finished runs kept from before
             c.run_id(): summary_row(c, read_summary(runs_dir / c.run_id()) or {})
             for c in listed

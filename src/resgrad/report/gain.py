@@ -29,7 +29,7 @@ def block_gains(grads: pd.DataFrame, keys: Sequence[str] = ("run_id",)) -> pd.Da
 
     Args:
         grads: tidy gradient norms with ``keys``, ``step``, ``layer_index``, ``layer``, ``quantity``
-            and the value in ``grad_norm`` (as :attr:`resgrad.sweepdata.Sweep.grad_norms` has them).
+            and the value in ``grad_norm`` (as :attr:`resgrad.report.sweepdata.Sweep.grad_norms` has them).
         keys: the columns that identify a run and are carried into the result.
 
     Returns:
@@ -151,7 +151,7 @@ def gain_display(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------- from a sweep (resgrad.sweepdata.Sweep)
+# ---------------------------------------------------------------- from a sweep (resgrad.report.sweepdata.Sweep)
 
 
 def _other_facets(sweep: Any) -> list[str]:
@@ -174,7 +174,7 @@ def sweep_other_combos(sweep: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def sweep_gains(sweep: Any) -> pd.DataFrame:
-    """:func:`block_gains` of every finished run of a :class:`resgrad.sweepdata.Sweep`, with its grid options."""
+    """:func:`block_gains` of every finished run of a :class:`resgrad.report.sweepdata.Sweep`, with its grid options."""
     keys = list(dict.fromkeys(["run_id", "arch", "depth", "seed", *table_keys(sweep)]))
     return block_gains(sweep.grad_norms, keys)
 

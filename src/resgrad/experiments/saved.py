@@ -1,0 +1,75 @@
+"""The saved runs an experiment reads: the run folders of a sweep (or one run) and whether their weights are usable.
+
+A sweep's runs are those :func:`resgrad.sweeps.folder.sweep_runs` lists (its grid's points, then the
+finished runs of its earlier grids), as for ``resgrad report`` and ``export``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resgrad.config import TrainConfig
+from resgrad.errors import UsageError
+from resgrad.rundir import check_run, read_summary
+from resgrad.sweeps.folder import sweep_runs
+
+
+@dataclass
+class SavedRun:
+    """A run folder: its config, its summary.json (None when unreadable) and whether it kept its weights."""
+
+    path: Path
+    config: TrainConfig
+    summary: dict[str, Any] | None
+
+    @property
+    def status(self) -> str:
+        return (self.summary or {}).get("status") or "missing"
+
+    @property
+    def has_weights(self) -> bool:
+        return (self.path / "model.pt").is_file()
+
+    def unusable(self) -> str | None:
+        """Why the run's trained weights cannot be used (not complete, no model.pt, damaged); None if they can."""
+        if self.status != "complete":
+            return f"{self.status}, not complete"
+        if not self.has_weights:
+            if "model.pt" in ((self.summary or {}).get("files") or {}):
+                return "damaged: model.pt is missing"
+            return "no model.pt (made before resgrad saved weights)"
+        problem = check_run(self.path, self.summary)
+        return f"damaged: {problem}" if problem else None
+
+
+def _read_config(run_dir: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
+        raise UsageError(f"{run_dir} is not a run folder: it has no readable config.json.") from None
+
+
+def saved_runs(path: str | os.PathLike[str]) -> tuple[list[SavedRun], bool]:
+    """The run folders of a sweep folder (:func:`~resgrad.sweeps.folder.sweep_runs`, in that order) or the one run folder ``path``.
+
+    Returns the runs (present folders only) and whether ``path`` is a sweep folder.
+    Raises ``UsageError`` when ``path`` is neither.
+    """
+    path = Path(path)
+    if (path / "sweep.json").is_file():
+        runs = []
+        for config in sweep_runs(path):
+            run_dir = path / "runs" / config.run_id()
+            if (run_dir / "config.json").is_file():
+                runs.append(SavedRun(run_dir, _read_config(run_dir), read_summary(run_dir)))
+        return runs, True
+    if (path / "config.json").is_file():
+        return [SavedRun(path, _read_config(path), read_summary(path))], False
+    raise UsageError(
+        f"{path} is neither a sweep folder (with sweep.json) nor a run folder (with config.json); "
+        "give one made by `resgrad sweep` or `resgrad train`."
+    )
