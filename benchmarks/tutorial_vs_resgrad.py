@@ -35,8 +35,9 @@ from torch import nn
 from resgrad.bench.config import BenchConfig
 from resgrad.bench.run import run_bench
 from resgrad.data import endless_batches, load_split, resolve_data_dir
-from resgrad.gradients import GradientRecorder, every
+from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model
+from resgrad.schedules import every
 from resgrad.train import train_step
 
 BATCH = 64

@@ -43,12 +43,3 @@ class OutputError(OSError):
         self.errno = cause.errno
         self.path = path
         self.reason = reason
-
-
-def check_finite(what: str, value: object, low: float | None = None, high: float | None = None) -> None:
-    """Raise ``UsageError`` unless ``value`` is a finite number (not a bool) within ``[low, high]``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (low is None or value >= low) and (high is None or value <= high):
-        return
-    bounds = (f" from {low:g} to {high:g}" if high is not None else f" >= {low:g}") if low is not None else ""
-    raise UsageError(f"{what} must be a finite number{bounds}, got {value!r}.")

@@ -22,75 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from resgrad.errors import UsageError
 from resgrad.norms import ACTIVATION_DERIVATIVES, F64, norm64
+from resgrad.records import Record, records_frame, scalars
+from resgrad.schedules import Schedule, as_schedule
 
-Schedule = Callable[[int], bool]
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-COLUMNS = ["step", "epoch", "layer_index", "layer", "quantity", "norm"]
-QUANTITIES = ("weight_grad", "activation_grad", "act_deriv")
-
-
-def every(k: int) -> Schedule:
-    """Record at steps 0, k, 2k, ..."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise UsageError(f"record every k steps needs a whole number k >= 1, got {k!r}.")
-    return lambda step: step % k == 0
-
-
-def log_spaced(total_steps: int, num: int = 50) -> Schedule:
-    """Record at about ``num`` steps spread evenly on a log scale over ``[0, total_steps)``."""
-    if total_steps < 1 or num < 1:
-        raise UsageError(f"a log-spaced schedule needs total_steps >= 1 and num >= 1, got {total_steps}, {num}.")
-    steps = {0} | {int(round(s)) for s in np.geomspace(1, max(total_steps - 1, 1), num)}
-    return steps.__contains__
-
-
-def _as_schedule(schedule: int | Schedule | Iterable[int]) -> Schedule:
-    if isinstance(schedule, numbers.Integral) and not isinstance(schedule, bool):
-        return every(schedule)  # type: ignore[arg-type]
-    if callable(schedule):
-        return schedule
-    if isinstance(schedule, Iterable) and not isinstance(schedule, (str, bytes)):
-        steps = list(schedule)
-        bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0]
-        if not bad:
-            return frozenset(int(s) for s in steps).__contains__
-        raise UsageError(f"a schedule's steps must be whole numbers >= 0, got {bad[0]!r}.")
-    raise UsageError(
-        f"schedule must be a whole number k >= 1 (every k steps), an iterable of steps or a "
-        f"callable step -> bool, got {schedule!r}."
-    )
 
 
 def default_signal_modules(model: nn.Module) -> list[str]:
     """Qualified names of the modules whose class sets ``resgrad_block = True``, in module order."""
     return [name for name, m in model.named_modules() if getattr(type(m), "resgrad_block", False)]
-
-
-def scalar_tag(quantity: str, index: int, layer: str) -> str:
-    """``weight_grad/003_stage1.0.conv2``: the index zero-padded so that a logger sorts layers in order."""
-    return f"{quantity}/{index:03d}_{layer}"
-
-
-def scalars(frame: pd.DataFrame) -> dict[str, float]:
-    """``{tag: value}`` of the rows of a :meth:`GradientRecorder.to_frame` frame (of one step), tags by :func:`scalar_tag`.
-
-    The names TensorBoard export and the loggers use; zero, NaN and inf are kept as they are.
-    """
-    return {
-        scalar_tag(q, i, layer): float(v)
-        for q, i, layer, v in zip(frame["quantity"], frame["layer_index"], frame["layer"], frame["norm"])
-    }
 
 
 def _buffer(buf: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
@@ -101,17 +49,6 @@ def _buffer(buf: torch.Tensor | None, size: int, device: torch.device) -> torch.
     if buf is not None:
         grown[: len(buf)] = buf.to(device)
     return grown
-
-
-@dataclass
-class _Record:
-    """One recorded step: weight norms of the first ``n_layers`` layers, the block norms, ``n_acts`` act_deriv."""
-
-    step: int
-    epoch: int
-    n_layers: int
-    n_acts: int
-    values: torch.Tensor  # float64, on the device
 
 
 class GradientRecorder:
@@ -171,7 +108,7 @@ class GradientRecorder:
                 f"modules must be a list of module names, got the string {modules!r}; write modules=[{modules!r}]."
             )
         self.model = model
-        self.schedule = _as_schedule(schedule)
+        self.schedule = as_schedule(schedule)
         named = dict(model.named_modules())
         names = default_signal_modules(model) if modules is None else list(modules)
         missing = [n for n in names if n not in named]
@@ -208,7 +145,7 @@ class GradientRecorder:
         self._sig_seen: list[bool] = []
         self._act_buf: torch.Tensor | None = None  # per activation module: the sum of σ′ so far
         self._act_count: dict[int, int] = {}  # per activation module run this step: its element count
-        self._records: list[_Record] = []
+        self._records: list[Record] = []
 
     # -- context manager ------------------------------------------------------
 
@@ -331,7 +268,7 @@ class GradientRecorder:
                 self._weight_norms(weights, values[:n_w])
                 self._signal_norms(values[n_w : n_w + n_s])
                 self._act_means(values[n_w + n_s :])
-            self._records.append(_Record(self._step, self._epoch, n_w, n_a, values))
+            self._records.append(Record(self._step, self._epoch, n_w, n_a, values))
         self._act_count = {}
 
     @staticmethod
@@ -384,7 +321,7 @@ class GradientRecorder:
     # resgrad.cudagraph takes that record back and adds a copy of its values per replay.
     # So begin_step, the hooks and end_step must do device work only (no .item(), no host sync).
 
-    _taken: _Record | None = None  # the record take_record() removed: the layout add_record() copies
+    _taken: Record | None = None  # the record take_record() removed: the layout add_record() copies
 
     def take_record(self, step: int) -> torch.Tensor | None:
         """Remove the record the last ``end_step()`` made for ``step`` and return its values; None if it made none."""
@@ -425,35 +362,4 @@ class GradientRecorder:
             until_step: keep only steps <= this one.
         """
         records = [r for r in self._records if until_step is None or r.step <= until_step]
-        if not records:
-            return pd.DataFrame(
-                {
-                    c: pd.Series(dtype=t)
-                    for c, t in zip(COLUMNS, ["int64", "int64", "int64", "object", "object", "float64"])
-                }
-            )
-        values = torch.cat([r.values for r in records]).cpu().numpy()  # the one host transfer
-        n_blocks = len(self.blocks)
-        shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for r in records:
-            key = (r.n_layers, r.n_acts)
-            if key not in shapes:
-                counts = [r.n_layers, n_blocks, r.n_acts]
-                shapes[key] = (
-                    np.array(self.layers[: r.n_layers] + self.blocks + self.activations[: r.n_acts], dtype=object),
-                    np.concatenate([np.arange(n) for n in counts]).astype("int64"),
-                    np.repeat(np.array(QUANTITIES, dtype=object), counts),
-                )
-        parts = [shapes[(r.n_layers, r.n_acts)] for r in records]
-        sizes = [len(p[0]) for p in parts]
-        return pd.DataFrame(
-            {
-                "step": np.repeat([r.step for r in records], sizes).astype("int64"),
-                "epoch": np.repeat([r.epoch for r in records], sizes).astype("int64"),
-                "layer_index": np.concatenate([p[1] for p in parts]),
-                "layer": np.concatenate([p[0] for p in parts]),
-                "quantity": np.concatenate([p[2] for p in parts]),
-                "norm": values,
-            },
-            columns=COLUMNS,
-        )
+        return records_frame(records, self.layers, self.blocks, self.activations)

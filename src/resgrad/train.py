@@ -31,10 +31,11 @@ from resgrad.config import DTYPES, TrainConfig
 from resgrad.cudagraph import GraphedTrainStep, resolve_cuda_graphs
 from resgrad.data import Split, endless_batches, load_split
 from resgrad.errors import UsageError, check_choice
-from resgrad.gradients import GradientRecorder, every, log_spaced
+from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model, count_params
 from resgrad.options import DEVICES
 from resgrad.rundir import METRIC_COLUMNS, RunResult, first_line
+from resgrad.schedules import every, log_spaced
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resgrad.bench.config import DTYPE_NAMES, MODES
+from resgrad.bench.config import MODES
+from resgrad.config import DTYPES as DTYPE_NAMES
 from resgrad.errors import check_choice
 from resgrad.train import autocast, train_step
 

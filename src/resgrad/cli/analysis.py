@@ -6,28 +6,30 @@ import argparse
 import logging
 from pathlib import Path
 
-from resgrad.cli.args import add_options, config_from
+from resgrad.cli.args import add_options, config_from, examples, paragraph
 
 log = logging.getLogger("resgrad")
 
 # ---------------------------------------------------------------- report
 
-EPILOG_REPORT = """\
-examples:
-  resgrad report runs/depth
-  resgrad report results/mnist-depth-sweep --out /tmp/depth-report
 
-DIR (default SWEEP_DIR/report) gets report.md, a self-contained report.html
-(figures embedded), figures/*.png (weight_grad_by_layer, activation_grad_by_block,
-grad_norm_over_steps, train_loss, test_acc_over_steps, test_error_vs_depth) and
-tables/*.csv (by_arch_depth: mean and std over seeds per arch and depth; headline:
-plain vs residual per depth; test_acc_by_eval: test accuracy at every evaluation;
-runs: one row per grid point with its status). Missing, diverged and failed runs
-are listed as such. DIR is written whole and swapped in at the end: an earlier
-report there is replaced, a folder holding anything else is refused. In Python,
-resgrad.report.load_sweep(SWEEP_DIR) returns the same data as pandas frames.
-Prints the path of report.html and the headline table.
-"""
+def epilog_report() -> str:
+    from resgrad.report.figures import FIGURES, GAIN_FIGURE
+    from resgrad.report.lesion import FIGURES as LESION_FIGURES
+    from resgrad.report.page import TABLES
+
+    figures = [name for name, _, _ in [*FIGURES, GAIN_FIGURE]] + [f"{n} (with a lesion study)" for n in LESION_FIGURES]
+    tables = "; ".join(f"{name}: {what}" for name, what in TABLES.items())
+    return examples(
+        "resgrad report runs/depth",
+        "resgrad report results/mnist-depth-sweep --out /tmp/depth-report",
+    ) + paragraph(
+        f"DIR (default SWEEP_DIR/report) gets report.md, a self-contained report.html (figures embedded), "
+        f"figures/*.png ({', '.join(figures)}) and tables/*.csv ({tables}). Missing, diverged and failed runs "
+        "are listed as such. DIR is written whole and swapped in at the end: an earlier report there is replaced, "
+        "a folder holding anything else is refused. In Python, resgrad.report.load_sweep(SWEEP_DIR) returns the "
+        "same data as pandas frames. Prints the path of report.html and the headline table."
+    )
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +38,7 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         help="tables, figures and an HTML report from a sweep folder",
         description="Summarise a sweep folder made by `resgrad sweep`: gradient-norm figures, "
         "tables over seeds, report.md and a self-contained report.html.",
-        epilog=EPILOG_REPORT,
+        epilog=epilog_report(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a sweep folder (holds sweep.json and runs/)")
@@ -106,29 +108,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- lesion
 
-EPILOG_LESION = """\
-examples:
-  resgrad lesion runs/depth
-  resgrad lesion results/lesion --max-deleted 10 --draws 5
-  resgrad lesion runs/residual-d56-w16-s0-3f9c1a --out /tmp/lesion-56
 
-Deleting a block replaces it by its shortcut: the identity, or where the block
-changes the shape, its option A (subsample, zero-pad) or B (1x1 projection)
-shortcut. The same operation for both twins (Veit et al. 2016). For every complete
-run with saved weights (model.pt): the intact net; each single block deleted; and
-k = 2..K random non-downsampling blocks deleted, N draws per k from --seed (the
-twins of one depth get the same sets). Test accuracy on the run's own test subset
-unless --test-subset is given, in eval mode (batch norm uses its running statistics).
+def epilog_lesion() -> str:
+    from resgrad.report.lesion import COLUMNS, FIGURES
 
-DIR (default SWEEP_DIR/lesion, or RUN_DIR-lesion) gets lesion.csv (run_id, arch, depth, width,
-norm, seed, kind = intact|single|random, n_deleted, draw, block (names; a random set
-lists them separated by ';'), block_index, downsampling, test_acc, intact_test_acc,
-recorded_test_acc, test_images), lesion_single_block.png and lesion_n_deleted.png,
-written whole; an earlier lesion folder there is replaced, a folder holding anything
-else is refused. `resgrad report` adds a lesion section when SWEEP_DIR/lesion exists.
-Runs that are not complete or have no model.pt (made before resgrad saved weights)
-are left out with a note.
-"""
+    return examples(
+        "resgrad lesion runs/depth",
+        "resgrad lesion results/lesion --max-deleted 10 --draws 5",
+        "resgrad lesion runs/residual-d56-w16-s0-3f9c1a --out /tmp/lesion-56",
+    ) + paragraph(
+        "Deleting a block replaces it by its shortcut: the identity, or where the block changes the shape, its "
+        "option A (subsample, zero-pad) or B (1x1 projection) shortcut. The same operation for both twins (Veit "
+        "et al. 2016). For every complete run with saved weights (model.pt): the intact net; each single block "
+        "deleted; and k = 2..K random non-downsampling blocks deleted, N draws per k from --seed (the twins of "
+        "one depth get the same sets). Test accuracy on the run's own test subset unless --test-subset is given, "
+        "in eval mode (batch norm uses its running statistics).",
+        f"DIR (default SWEEP_DIR/lesion, or RUN_DIR-lesion) gets lesion.csv ({', '.join(COLUMNS)}; kind is "
+        "intact, single or random; a random set lists its blocks separated by ';'; accuracies are fractions) and "
+        f"{', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier lesion folder there is replaced, "
+        "a folder holding anything else is refused. `resgrad report` adds a lesion section when SWEEP_DIR/lesion "
+        "exists. Runs that are not complete or have no model.pt (made before resgrad saved weights) are left out "
+        "with a note.",
+    )
 
 
 def add_lesion(sub: argparse._SubParsersAction) -> None:
@@ -139,7 +140,7 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
         help="delete blocks of trained nets at test time (Veit et al. 2016)",
         description="Block lesions: test accuracy of trained nets with single blocks and random sets of blocks "
         "replaced by their shortcuts, plain vs residual.",
-        epilog=EPILOG_LESION,
+        epilog=epilog_lesion(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", type=Path, metavar="SWEEP_OR_RUN_DIR", help="a sweep folder or a run folder")
@@ -173,27 +174,27 @@ def cmd_lesion(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- shatter
 
-EPILOG_SHATTER = """\
-examples:
-  resgrad shatter --depths 8 20 56 110 --inits kaiming --seeds 0 1 2 --out runs/shatter
-  resgrad shatter --depths 20 56 --norms batch --sweep results/lesion --out runs/shatter-trained
 
-For N test images x, a random direction d per image (unit L2 norm over the 784
-normalised pixels, from --direction-seed, the same for every net; a test image has
-norm about 28 there) and each distance t: the gradient of the true class's logit
-with respect to the input at x and at x + t*d, and their Pearson correlation over
-pixels, averaged over the images (Balduzzi et al. 2017). 1: the gradient does not
-change; 0: unrelated, "shattered". Nets at init are built as `resgrad train` builds
-them (torch.manual_seed(seed), then the model); --sweep adds every complete run with
-saved weights, trained and at its own init. Nets run in eval mode (each point's
-gradient its own; batch norm uses its running statistics, the identity at init).
-float64 by default: a deep plain net's input gradient falls below float32's range.
+def epilog_shatter() -> str:
+    from resgrad.report.shatter import COLUMNS, FIGURES
 
-DIR gets shatter.csv (arch, depth, width, norm, activation, init, seed, state =
-init|trained, run_id, distance, correlation (mean over images), correlation_std,
-images), shatter_correlation_vs_distance.png and shatter_correlation_vs_depth.png,
-written whole; an earlier shatter folder there is replaced, anything else is refused.
-"""
+    return examples(
+        "resgrad shatter --depths 8 20 56 110 --inits kaiming --seeds 0 1 2 --out runs/shatter",
+        "resgrad shatter --depths 20 56 --norms batch --sweep results/lesion --out runs/shatter-trained",
+    ) + paragraph(
+        "For N test images x, a random direction d per image (unit L2 norm over the 784 normalised pixels, from "
+        "--direction-seed, the same for every net; a test image has norm about 28 there) and each distance t: the "
+        "gradient of the true class's logit with respect to the input at x and at x + t*d, and their Pearson "
+        "correlation over pixels, averaged over the images (Balduzzi et al. 2017). 1: the gradient does not "
+        'change; 0: unrelated, "shattered". Nets at init are built as `resgrad train` builds them '
+        "(torch.manual_seed(seed), then the model); --sweep adds every complete run with saved weights, trained "
+        "and at its own init. Nets run in eval mode (each point's gradient its own; batch norm uses its running "
+        "statistics, the identity at init). float64 by default: a deep plain net's input gradient falls below "
+        "float32's range.",
+        f"DIR gets shatter.csv ({', '.join(COLUMNS)}; state is init or trained; correlation is the mean over "
+        f"images) and {', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier shatter folder there "
+        "is replaced, anything else is refused.",
+    )
 
 
 def add_shatter(sub: argparse._SubParsersAction) -> None:
@@ -204,7 +205,7 @@ def add_shatter(sub: argparse._SubParsersAction) -> None:
         help="correlation of input gradients at nearby inputs (Balduzzi et al. 2017)",
         description="Shattered gradients: how the gradient of a net's output with respect to its input "
         "decorrelates along a line through a test image, plain vs residual, at init and trained.",
-        epilog=EPILOG_SHATTER,
+        epilog=epilog_shatter(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, ShatterConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,16 @@ def whole_number(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def examples(*commands: str) -> str:
+    """The ``examples:`` block of an epilog."""
+    return "examples:\n" + "".join(f"  {c}\n" for c in commands)
+
+
+def paragraph(*texts: str) -> str:
+    """Paragraphs of an epilog, each wrapped at 80 columns, after a blank line."""
+    return "".join("\n" + textwrap.fill(t, 80) + "\n" for t in texts)
 
 
 def _shown(value: Any) -> str | None:

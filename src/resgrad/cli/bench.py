@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resgrad.cli.args import add_options, config_from
+from resgrad.cli.args import add_options, config_from, examples, paragraph
 
 if TYPE_CHECKING:
     from resgrad.bench.config import BenchConfig
@@ -16,24 +16,26 @@ log = logging.getLogger("resgrad")
 
 # ---------------------------------------------------------------- bench
 
-EPILOG_BENCH = """\
-examples:
-  resgrad bench --out runs/bench
-  resgrad bench --devices cpu --depths 8 14 20 32 44 56 --batch-sizes 32 128 --out results/bench/cpu
-  resgrad bench --devices cuda --dtype float32 bfloat16 --depths 8 56 110 --batch-sizes 128 512 --out runs/bench-gpu
-  resgrad bench --devices cuda --compile --depths 56 --modes train_step --out runs/bench-compiled
-  resgrad bench --devices cuda --cuda-graphs off on --depths 8 56 --modes train_step --out runs/bench-graphs
 
-DIR gets bench.csv (one row per point: device, device_name, arch, depth, width,
-batch_size, mode, dtype, channels_last, compiled, cuda_graphs, median_ms, iqr_ms,
-images_per_s, gflop, gflop_per_s, pct_of_peak, params, threads, torch_version,
-then status [ok|oom] and error), bench.md (readable table, peaks, command and
-machine, eager vs CUDA graphs where both ran), bench.png (throughput vs depth)
-and, when CPU and CUDA both ran, speedup.csv; a speedup.csv or bench.png an
-earlier run left in DIR is removed when this run makes none, other files there
-are kept. Inputs are random tensors on the device: compute only, no data
-loading. A listed device that is absent is skipped with a warning.
-"""
+def epilog_bench() -> str:
+    from resgrad.bench.config import COLUMNS, STATUS_COLUMNS
+
+    return examples(
+        "resgrad bench --out runs/bench",
+        "resgrad bench --devices cpu --depths 8 14 20 32 44 56 --batch-sizes 32 128 --out results/bench/cpu",
+        "resgrad bench --devices cuda --dtype float32 bfloat16 --depths 8 56 110 --batch-sizes 128 512 "
+        "--out runs/bench-gpu",
+        "resgrad bench --devices cuda --compile --depths 56 --modes train_step --out runs/bench-compiled",
+        "resgrad bench --devices cuda --cuda-graphs off on --depths 8 56 --modes train_step --out runs/bench-graphs",
+    ) + paragraph(
+        f"DIR gets bench.csv (one row per point: {', '.join(COLUMNS)}, then {' and '.join(STATUS_COLUMNS)}, "
+        "status being ok or oom), bench.md (readable table, peaks, command and machine, eager vs CUDA graphs "
+        "where both ran), bench.png (throughput vs depth) and, when CPU and CUDA both ran, speedup.csv; a "
+        "speedup.csv or bench.png an earlier run left in DIR is removed when this run makes none, other files "
+        "there are kept. Inputs are random tensors on the device: compute only, no data loading. The "
+        "train_step mode times resgrad.train.train_step, the step `resgrad train` runs. A listed device that "
+        "is absent is skipped with a warning.",
+    )
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +47,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         description="Time plain and residual nets with torch.utils.benchmark: forward, forward+backward and the "
         "full training step, per device, arch, depth, width, batch size and dtype; FLOPs per step and % of a "
         "dense-matmul peak measured in the same run.",
-        epilog=EPILOG_BENCH,
+        epilog=epilog_bench(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, BenchConfig)  # one flag per BenchConfig field, all from its declaration

@@ -6,22 +6,33 @@ import argparse
 import logging
 from pathlib import Path
 
-from resgrad.cli.args import add_options, config_from, positive_int
+from resgrad.cli.args import add_options, config_from, examples, paragraph, positive_int
 from resgrad.errors import UsageError
 
 log = logging.getLogger("resgrad")
 
-EPILOG_TRAIN = """\
-examples:
-  resgrad train --arch residual --depth 20 --steps 500 --train-subset 10000
-  resgrad train --arch seed-residual --epochs 10 --batch-size 64
-  resgrad train --arch plain --depth 56 --norm batch --record-every 1 --out runs/plain56
 
-The run directory holds config.json, metrics.csv (step, epoch, train_loss,
-test_loss, test_acc), grad_norms.parquet (step, epoch, layer_index, layer,
-quantity, norm), model.pt (the final weights) and summary.json. Steps count from 0; a test evaluation on row
-`step` is made after that step's update.
-"""
+def epilog_train() -> str:
+    from resgrad.files import OWN_NAMES
+    from resgrad.records import COLUMNS
+    from resgrad.rundir import METRIC_COLUMNS
+
+    files = {
+        "metrics.csv": f"metrics.csv ({', '.join(METRIC_COLUMNS)})",
+        "grad_norms.parquet": f"grad_norms.parquet ({', '.join(COLUMNS)})",
+        "model.pt": "model.pt (the final weights)",
+        "summary.json": "summary.json (written last: the final numbers and each file's size and SHA-256)",
+    }
+    listed = [files.get(name, name) for name in OWN_NAMES["run"] if not name.startswith(".")]
+    return examples(
+        "resgrad train --arch residual --depth 20 --steps 500 --train-subset 10000",
+        "resgrad train --arch seed-residual --epochs 10 --batch-size 64",
+        "resgrad train --arch plain --depth 56 --norm batch --record-every 1 --out runs/plain56",
+    ) + paragraph(
+        f"The run directory holds {', '.join(listed)}. Steps count from 0; a test evaluation on row `step` is "
+        "made after that step's update. Accuracies and losses in the files are fractions (test_acc 0.9812), "
+        "as pandas reads them; what resgrad prints shows percent."
+    )
 
 
 SWEEP_HELP = {"threads": "torch threads per run on the CPU (default: the CPU cores divided among the workers)"}
@@ -54,7 +65,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train one model on MNIST and record its gradient norms",
         description="Train one plain or residual net on MNIST, recording per-layer gradient norms.",
-        epilog=EPILOG_TRAIN,
+        epilog=epilog_train(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p)
@@ -98,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if s["status"] == "complete":
         if not args.quiet:
             print(
-                f"{s['run_id']}: complete after {s['steps']} steps: test acc {s['final_test_acc']:.4f}, "
+                f"{s['run_id']}: complete after {s['steps']} steps: test acc {100 * s['final_test_acc']:.2f} %, "
                 f"test loss {s['final_test_loss']:.4f}, {s['images_per_s']:.0f} images/s, "
                 f"{s['wall_seconds']:.1f} s -> {out}"
             )
@@ -109,26 +120,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- sweep
 
-EPILOG_SWEEP = """\
-examples:
-  resgrad sweep --out runs/depth --archs plain residual --depths 8 14 20 32 --seeds 0 1 --steps 300 --train-subset 10000
-  resgrad sweep --config sweeps/example.toml
-  resgrad sweep --config sweeps/example.toml --depths 8 14 20 --workers 2 --threads 1
-  resgrad sweep --config big.toml --out runs/big --executor ray --ray-address auto
 
-The grid is the cross product of the list flags. A --config file (TOML) takes the
-long flag names with '_' for '-' (archs, depths, steps, batch_size, out, workers, ...);
-flags given on the command line override it.
+def epilog_sweep() -> str:
+    from resgrad.sweeps.folder import SUMMARY_COLUMNS
 
-DIR holds sweep.json (the grid), runs/<run_id>/ (one run directory per point, as
-`resgrad train` writes it) and summary.csv (run_id, arch, depth, width, norm,
-activation, init, lr, seed, status, final_test_acc, final_test_loss,
-final_train_loss, steps, wall_seconds, images_per_s, error). Rerunning the command
-skips runs already complete or diverged and retries failed ones; --force reruns all.
-Each run gets --threads torch threads (default: CPU cores // workers); a warning
-says when workers x threads is more than the CPU cores.
-Exit code: 0 when no run failed, 1 when some run failed (rerun to retry), 2 on bad input.
-"""
+    return examples(
+        "resgrad sweep --out runs/depth --archs plain residual --depths 8 14 20 32 --seeds 0 1 --steps 300 "
+        "--train-subset 10000",
+        "resgrad sweep --config sweeps/example.toml",
+        "resgrad sweep --config sweeps/example.toml --depths 8 14 20 --workers 2 --threads 1",
+        "resgrad sweep --config big.toml --out runs/big --executor ray --ray-address auto",
+    ) + paragraph(
+        "The grid is the cross product of the list flags. A --config file (TOML) takes the long flag names with "
+        "'_' for '-' (archs, depths, steps, batch_size, out, workers, ...); flags given on the command line "
+        "override it.",
+        "DIR holds sweep.json (the grid), runs/<run_id>/ (one run directory per point, as `resgrad train` writes "
+        f"it) and summary.csv ({', '.join(SUMMARY_COLUMNS)}). Rerunning the command skips runs already complete "
+        "or diverged and retries failed ones; --force reruns all. Each run gets --threads torch threads (default: "
+        "CPU cores // workers); a warning says when workers x threads is more than the CPU cores.",
+        "Exit code: 0 when no run failed, 1 when some run failed (rerun to retry), 2 on bad input.",
+    )
 
 
 def add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +148,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         help="run a resumable grid of training runs (archs x depths x seeds x ...)",
         description="Train every point of a grid of runs, locally in parallel processes or on Ray; "
         "a rerun completes what is missing. The list flags (--archs, --depths, ...) take one or more values.",
-        epilog=EPILOG_SWEEP,
+        epilog=epilog_sweep(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p, sweep=True)  # no defaults here: a flag left out can come from --config

@@ -28,7 +28,7 @@ import pandas as pd
 from resgrad import __version__
 from resgrad.errors import UsageError
 from resgrad.files import atomic_dir, write_json
-from resgrad.gradients import scalars
+from resgrad.records import scalars
 from resgrad.rundir import RunResult, load_run, read_summary
 from resgrad.sweeps.folder import sweep_runs
 

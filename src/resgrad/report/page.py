@@ -39,6 +39,16 @@ from resgrad.report.tables import (
 
 log = logging.getLogger(__name__)
 
+# The tables a report writes (tables/<name>.csv), in the order it shows them; lesion only with lesion/lesion.csv.
+TABLES = {
+    "headline": "plain vs residual per depth",
+    "by_arch_depth": "mean and std over seeds per arch and depth",
+    "block_gain": "the backward gain per block beside the activations' mean derivative",
+    "test_acc_by_eval": "test accuracy at every evaluation",
+    "lesion": "block-lesion accuracies (when SWEEP_DIR/lesion/lesion.csv exists)",
+    "runs": "one row per grid point with its status",
+}
+
 MAX_EVALS_SHOWN = 15  # the report shows test accuracy per evaluation as a table up to this many evaluations per run
 
 

@@ -21,7 +21,7 @@ from resgrad.config import TrainConfig
 from resgrad.errors import OutputError, UsageError
 from resgrad.files import OLD_PREFIX, TMP_PREFIX
 from resgrad.rundir import DONE, read_summary
-from resgrad.sweeps.grid import SweepSpec
+from resgrad.sweeps.grid import GRID_OPTIONS, SweepSpec
 
 try:  # POSIX only; elsewhere two sweeps on one folder are not prevented
     import fcntl
@@ -29,6 +29,20 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+
+# summary.csv: one row per finished run (fractions for accuracy, as in summary.json).
+SUMMARY_COLUMNS = [
+    "run_id",
+    *GRID_OPTIONS,
+    "status",
+    "final_test_acc",
+    "final_test_loss",
+    "final_train_loss",
+    "steps",
+    "wall_seconds",
+    "images_per_s",
+    "error",
+]
 
 
 def load_spec(sweep_dir: str | os.PathLike[str]) -> SweepSpec:

@@ -33,24 +33,12 @@ from resgrad.files import atomic_dir, prepare_output, write_csv, write_json
 from resgrad.integrations.tensorboard import check_logdir, export_missing, write_run
 from resgrad.rundir import DONE, STATUSES, SUMMARY_KEYS, RunResult, check_run, read_summary, save_run
 from resgrad.sweeps.executors import Outcome, RunFailure, check_executor, check_ray_address, run_all
-from resgrad.sweeps.folder import clean_stale, earlier_specs, locked, sweep_runs
+from resgrad.sweeps.folder import SUMMARY_COLUMNS, clean_stale, earlier_specs, locked, sweep_runs
 from resgrad.sweeps.grid import GRID_OPTIONS, SweepSpec
 from resgrad.train import progress_enabled, resolve_device
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = [
-    "run_id",
-    *GRID_OPTIONS,
-    "status",
-    "final_test_acc",
-    "final_test_loss",
-    "final_train_loss",
-    "steps",
-    "wall_seconds",
-    "images_per_s",
-    "error",
-]
 # ---------------------------------------------------------------- the sweep folder
 
 

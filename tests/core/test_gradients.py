@@ -13,9 +13,11 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from resgrad.errors import UsageError
-from resgrad.gradients import COLUMNS, GradientRecorder, every, log_spaced
+from resgrad.gradients import GradientRecorder
 from resgrad.models import Block, build_model
 from resgrad.norms import norm64
+from resgrad.records import COLUMNS
+from resgrad.schedules import every, log_spaced
 
 
 def _hook_count(model: nn.Module) -> int:
