@@ -35,8 +35,11 @@ FIGURES = [
     "test_acc_over_steps",
     "test_error_vs_depth",
     "block_gain",
-]  # block_gain: its own section (test_report_gain.py)
-TABLES = ["by_arch_depth", "headline", "test_acc_by_eval", "runs", "block_gain"]
+    "gain_vs_theory",
+    "signal_vs_theory",
+    "theory_ratio_over_steps",
+]  # block_gain: its own section (test_report_gain.py); the theory section's three (test_report_theory.py)
+TABLES = ["by_arch_depth", "headline", "test_acc_by_eval", "runs", "block_gain", "gain_vs_theory", "theory_tap_shape"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

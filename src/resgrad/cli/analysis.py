@@ -17,8 +17,10 @@ def epilog_report() -> str:
     from resgrad.report.figures import FIGURES, GAIN_FIGURE
     from resgrad.report.lesion import FIGURES as LESION_FIGURES
     from resgrad.report.page import TABLES
+    from resgrad.report.theory_page import FIGURES as THEORY_FIGURES
 
-    figures = [name for name, _, _ in [*FIGURES, GAIN_FIGURE]] + [f"{n} (with a lesion study)" for n in LESION_FIGURES]
+    figures = [name for name, _, _ in [*FIGURES, GAIN_FIGURE]] + list(THEORY_FIGURES)
+    figures += [f"{n} (with a lesion study)" for n in LESION_FIGURES]
     tables = "; ".join(f"{name}: {what}" for name, what in TABLES.items())
     return examples(
         "resgrad report runs/depth",

@@ -36,6 +36,8 @@ from resgrad.report.tables import (
     summary_display,
     summary_table,
 )
+from resgrad.report.theory_page import TABLES as THEORY_TABLES
+from resgrad.report.theory_page import theory_section
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ TABLES = {
     "headline": "plain vs residual per depth",
     "by_arch_depth": "mean and std over seeds per arch and depth",
     "block_gain": "the backward gain per block beside the activations' mean derivative",
+    **THEORY_TABLES,
     "test_acc_by_eval": "test accuracy at every evaluation",
     "lesion": "block-lesion accuracies (when SWEEP_DIR/lesion/lesion.csv exists)",
     "runs": "one row per grid point with its status",
@@ -311,6 +314,7 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     page.heading(2, "Per arch and depth")
     page.table(summary_display(by_depth, sweep.facets), "by_arch_depth")
     figures = figures + _gain_section(page, sweep, tables, len(figures) + 1)
+    figures = figures + theory_section(page, sweep, tables, len(figures) + 1)
     _test_acc_section(page, sweep, test_acc)
     figures = figures + _lesion_section(page, sweep, tables, len(figures) + 1)
     page.heading(2, "Runs")
