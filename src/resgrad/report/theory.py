@@ -238,29 +238,6 @@ def ratio_over_steps(theory: Theory) -> pd.DataFrame:
     return ok.groupby([*keys, "step"], sort=False)["ratio"].median().rename("median_ratio").reset_index()
 
 
-def _two(x: float) -> str:
-    return "—" if not np.isfinite(x) else f"{x:.2f}"
-
-
-def theory_display(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """:func:`theory_table` as the report shows it: ratios to two decimals, quartiles in brackets."""
-    rows = []
-    for _, r in table.iterrows():
-        row = {k: (f"{r[k]:g}" if k == "lr" else str(r[k])) for k in keys}
-        row["step"] = f"{r['when'].split()[0]} ({r['step']})"
-        row["blocks compared"] = f"{r['n_compared']} of {r['n_blocks']}"
-        row["measured / predicted: median [quartiles]"] = (
-            f"{_two(r['median_ratio'])} [{_two(r['q25_ratio'])}–{_two(r['q75_ratio'])}]"
-        )
-        row["min–max"] = f"{_two(r['min_ratio'])}–{_two(r['max_ratio'])}"
-        row["median, no option-A stride-2 blocks"] = _two(r["median_ratio_exact"])
-        row["median gain measured / predicted"] = (
-            f"{r['median_measured_gain']:.3g} / {r['median_predicted_gain']:.3g}" if r["n_compared"] else "—"
-        )
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def tap_table(theory: Theory, sweep: Sweep) -> pd.DataFrame:
     """``theory_tap_shape``: how much the border factors' tap shape moved, per (other option ×) activation × arch × depth.
 

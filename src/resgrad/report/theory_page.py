@@ -39,8 +39,15 @@ from resgrad.report.theory import (
     ratio_over_steps,
     sweep_theory,
     tap_table,
-    theory_display,
     theory_table,
+)
+from resgrad.report.theory_text import (
+    WHEN_LABEL,
+    agreement_sentences,
+    exact_sentence,
+    tap_sentence,
+    theory_display,
+    training_sentence,
 )
 
 FIGURES = {
@@ -54,7 +61,6 @@ TABLES = {
     "theory_tap_shape": "how far the prediction's tap-shape approximation moved during training, per activation, "
     "arch and depth",
 }
-WHEN_LABEL = dict(zip(WHEN, ("first recorded step", "last recorded step")))
 
 
 def _grid(rows: int, cols: int, title: str, sharey: bool | str = False) -> tuple[Figure, np.ndarray]:
@@ -239,33 +245,7 @@ DRAWN: list[tuple[str, Callable[[Sweep, Theory], tuple[Figure, str]]]] = [
 ]
 
 
-# ---------------------------------------------------------------- words
-
-
-def _span(values: pd.Series) -> str:
-    values = values.dropna()
-    return f"{values.min():.2f}–{values.max():.2f}" if len(values) else "—"
-
-
-def agreement_sentences(table: pd.DataFrame, keys: list[str]) -> list[str]:
-    """What the table says, in sentences: the first-step medians against the 0.85–1.15 band, the last-step ones."""
-    low, high = AGREEMENT
-    out = []
-    for when in WHEN:
-        t = table[(table["when"] == when) & (table["n_compared"] > 0)]
-        if t.empty:
-            continue
-        inside = t["median_ratio"].between(low, high)
-        outside = "; ".join(
-            " ".join(f"{k} {r[k]}" if k == "depth" else str(r[k]) for k in keys) + f": {r['median_ratio']:.2f}"
-            for _, r in t[~inside].iterrows()
-        )
-        out.append(
-            f"At the {WHEN_LABEL[when]}, the median measured/predicted gain per group lies between "
-            f"{t['median_ratio'].min():.2f} and {t['median_ratio'].max():.2f}: {int(inside.sum())} of {len(t)} "
-            f"groups inside {low:g}–{high:g}" + (f"; outside: {outside}." if outside else ".")
-        )
-    return out
+# ---------------------------------------------------------------- the section
 
 
 def theory_section(
@@ -304,14 +284,9 @@ def theory_section(
     )
     for text in agreement_sentences(table, table_keys(sweep)):
         page.paragraph(text)
-    if len(taps):
-        page.paragraph(
-            f"Tap shape: between step 0 and the final weights the border factors moved by at most "
-            f"{100 * taps['max_border_change'].max():.2f} % (median layer {100 * taps['median_border_change'].median():.3f} %); "
-            f"equal tap energies would be off by up to {100 * taps['max_equal_taps_error'].max():.2f} % at step 0; "
-            f"model.pt is one update after the last recorded step: its ‖W‖ differs by at most "
-            f"{100 * taps['max_norm_offset'].max():.3f} %. CSV: `tables/theory_tap_shape.csv`."
-        )
+    for text in (exact_sentence(table), training_sentence(table, table_keys(sweep)), tap_sentence(taps)):
+        if text:
+            page.paragraph(text)
     if theory.left_out:
         page.paragraph(
             f"Left out: {len(theory.left_out)} runs ("
