@@ -226,8 +226,8 @@ def test_html_is_self_contained_with_every_figure_embedded(report: tuple[Path, s
         assert base64.b64decode(chunk.split('"', 1)[0]) == (out / "figures" / f"{name}.png").read_bytes()
     assert "http" not in page and "href=" not in page and page.count("src=") == len(FIGURES)
     assert (
-        page.count("<table>") == 5
-    )  # headline, per arch and depth, gain per block, test accuracy per evaluation, runs
+        page.count("<table>") == 6
+    )  # headline, per arch and depth, gain per block, measured/predicted gain, test accuracy per evaluation, runs
 
 
 @pytest.mark.slow
@@ -492,7 +492,7 @@ def test_many_evaluations_give_the_csv_and_the_figure_but_no_markdown_table(swee
     assert len(pd.read_csv(out / "tables" / "test_acc_by_eval.csv")) == 4 * 30
     section = (out / "report.md").read_text().split("## Test accuracy during training", 1)[1].split("\n## ", 1)[0]
     assert "30 evaluations per run" in section and "|" not in section
-    assert (out / "report.html").read_text().count("<table>") == 4
+    assert (out / "report.html").read_text().count("<table>") == 5  # all but the test accuracy per evaluation
     assert (out / "figures" / "test_acc_over_steps.png").read_bytes().startswith(PNG_MAGIC)
 
 
