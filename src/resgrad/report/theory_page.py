@@ -55,6 +55,7 @@ FIGURES = {
     "signal_vs_theory": "Backward signal of plain nets, measured and predicted",
     "theory_ratio_over_steps": "Measured / predicted gain during training",
 }
+BAND = "#dcefdc"  # the 0.85–1.15 agreement band, apart from the grey of the seeds' band
 TABLES = {
     "gain_vs_theory": "measured/predicted backward gain per block (median, quartiles, min, max) per activation, arch "
     "and depth at the first and last recorded step (runs that record weight_norm and act_deriv_sq, no batch norm)",
@@ -218,7 +219,7 @@ def figure_ratio_over_steps(sweep: Sweep, theory: Theory) -> tuple[Figure, str]:
             ax = axes[i, j]
             part = where(data, arch=arch, activation=activation, **combo)
             ax.set_title(panel_title(arch, activation, label), fontsize=9)
-            ax.axhspan(*AGREEMENT, color="0.9", zorder=0)
+            ax.axhspan(*AGREEMENT, color=BAND, zorder=0)
             ax.axhline(1.0, color="0.35", lw=0.9, ls=":")
             if part.empty:
                 empty(ax, "no run predicted")
@@ -228,7 +229,7 @@ def figure_ratio_over_steps(sweep: Sweep, theory: Theory) -> tuple[Figure, str]:
                 "linear"
             )  # ratios near 1: a linear axis reads best            ax.set_xlabel("training step" if i == len(rows) - 1 else "")
             ax.set_ylabel("measured / predicted gain" if j == 0 else "")
-    legend(fig, "depth", colors, band, marks.kinds, extra=[Patch(facecolor="0.9", label="0.85–1.15")])
+    legend(fig, "depth", colors, band, marks.kinds, extra=[Patch(facecolor=BAND, label="0.85–1.15")])
     caption = (
         "How the agreement changes over training: the median over each run's blocks l ≥ 1 of measured/predicted "
         "gain at every recorded step (blocks whose input signal left float32's range left out). The prediction "
@@ -259,8 +260,8 @@ def theory_section(
         page.paragraph(
             "This section cannot be made for this sweep: no finished run can be predicted ("
             + ("; ".join(reasons) if reasons else "no finished run")
-            + "). The prediction needs the recorded `weight_norm` and `act_deriv_sq` (recorded by resgrad since "
-            "they were added) and nets without batch norm."
+            + "). The prediction needs `weight_norm` and `act_deriv_sq` in the records (runs recorded before "
+            "resgrad recorded them have neither: `resgrad sweep --force` reruns them) and nets without batch norm."
         )
         return []
     table = theory_table(theory, sweep)

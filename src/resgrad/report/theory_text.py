@@ -93,12 +93,11 @@ def tap_sentence(taps: pd.DataFrame) -> str:
     if taps.empty:
         return ""
     return (
-        f"Tap shape: between step 0 and the final weights the border factors moved by at most "
-        f"{100 * taps['max_border_change'].max():.2f} % (median over the groups' median layers "
-        f"{100 * taps['median_border_change'].median():.3f} %); equal tap energies would be off by up to "
-        f"{100 * taps['max_equal_taps_error'].max():.2f} % at step 0; model.pt holds the weights one update after the "
-        f"last recorded step, whose ‖W‖ differs by at most {100 * taps['max_norm_offset'].max():.3f} %. "
-        "CSV: `tables/theory_tap_shape.csv`."
+        "Tap shape: between step 0 and the final weights the border factors of the weighted layers moved by at "
+        f"most {100 * taps['max_border_change'].max():.2f} % (the interpolation between the two is exact at both "
+        f"ends); equal tap energies would be off by up to {100 * taps['max_equal_taps_error'].max():.2f} % at step 0. "
+        "model.pt holds the weights one update after the last recorded step: their ‖W‖ differs from the recorded "
+        f"one by at most {100 * taps['max_norm_offset'].max():.2f} %. CSV: `tables/theory_tap_shape.csv`."
     )
 
 
@@ -116,6 +115,11 @@ def docs_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             row[f"{label}: median [quartiles]"] = f"{r['median_ratio']:.2f} [{r['q25_ratio']:.2f}–{r['q75_ratio']:.2f}]"
             row[f"{label}, no option-A stride-2 blocks"] = _two(r["median_ratio_exact"])
             row[f"{label}: blocks compared"] = f"{r['n_compared']} of {r['n_blocks']}"
+            if when == WHEN[0]:
+                gains = (
+                    f"{r['median_measured_gain']:.3g} / {r['median_predicted_gain']:.3g}" if r["n_compared"] else "—"
+                )
+                row["first step: median gain, measured / predicted"] = gains
         rows.append(row)
     return pd.DataFrame(rows)
 
