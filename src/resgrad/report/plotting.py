@@ -266,7 +266,7 @@ def title_clear_of_legends(fig: Figure) -> None:
         right = min(leg.x0 for leg in legends) - 4
         width = box.width / max(1, title.get_text().count("\n") + 1)
         chars = max(12, int(len(text) * (right - left) / max(width, 1.0)) - 2)
-        title.set_text("\n".join(textwrap.wrap(text, chars)))
+        title.set_text("\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)))
         title.set_x((left + right) / 2 / fig.bbox.width)
         title.set_horizontalalignment("center")
 
