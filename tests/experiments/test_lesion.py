@@ -277,6 +277,17 @@ def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(
     assert (sweep / "report" / "figures" / "lesion_n_deleted.png").is_file()
     table = pd.read_csv(sweep / "report" / "tables" / "lesion.csv")
     assert sorted(table["arch"]) == ["plain", "residual"]
+    # One definition, named on the page: identity-shortcut blocks; the CSV keeps fractions, the page shows %.
+    frame = pd.read_csv(sweep / "lesion" / "lesion.csv")
+    for _, row in table.iterrows():
+        mine = frame[(frame["arch"] == row["arch"]) & (frame["kind"] == "single") & frame["downsampling"].eq(False)]
+        assert row["one_deleted_acc_mean"] == pytest.approx(mine["test_acc"].mean())
+        assert 0 <= row["intact_acc"] <= 1
+    section = md[md.index("## Block lesions") :]
+    assert "identity-shortcut blocks" in section.split("\n\n")[1]  # the paragraph
+    assert "| 1 identity-shortcut block deleted: mean over blocks (%) |" in section
+    residual = table[table["arch"] == "residual"].iloc[0]
+    assert f"| {100 * residual['one_deleted_acc_mean']:.2f} |" in section
 
 
 def _make_old(sweep: Path) -> None:
