@@ -38,7 +38,7 @@ from resgrad.experiments.saved import saved_runs
 from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
 from resgrad.models import FIXED_ARCHS, INITS, NORMS, available_archs, check_depth, check_width
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
-from resgrad.report.shatter import COLUMNS, shatter_figures
+from resgrad.report.shatter import COLUMNS, shatter_figures, unmeasured
 from resgrad.train import initial_model, load_model, progress_enabled, resolve_device
 
 log = logging.getLogger(__name__)
@@ -276,10 +276,26 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
             )
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame.attrs["at_distance"] = config.at_distance
+    nets_without = unmeasured(frame)
+    if nets_without:
+        log.warning(
+            "shatter: %d net(s) have no correlation at any distance, their input gradient being constant (e.g. "
+            "zero) at every pixel of every image: %s. shatter.csv keeps them (NaN); the figures leave them out.",
+            len(nets_without),
+            "; ".join(nets_without),
+        )
     return frame
 
 
 # ---------------------------------------------------------------- output
+
+
+def default_out(sweep: str | os.PathLike[str] | None) -> Path:
+    """``SWEEP_DIR/shatter`` with ``--sweep`` (``RUN_DIR-shatter`` beside a run folder), else ``runs/shatter``."""
+    if sweep is None:
+        return Path("runs") / "shatter"
+    path = Path(sweep)
+    return path / "shatter" if (path / "sweep.json").is_file() else path.with_name(f"{path.name}-shatter")
 
 
 def check_out(out: str | os.PathLike[str]) -> Path:
