@@ -264,8 +264,11 @@ def test_a_net_whose_input_gradient_is_zero_everywhere_is_kept_in_the_csv_and_na
     for name in ("shatter_correlation_vs_distance", "shatter_correlation_vs_depth"):
         assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
     assert "plain-d8-w2 (norm none, init default, seed 0, at init)" in caplog.text
-    printed = capsys.readouterr().out
-    assert "| init | none | 2 | default | 8 | — |" in printed and "—: no correlation" in printed
+    captured = capsys.readouterr()
+    assert "| init | none | 2 | default | 8 | — |" in captured.out and "—: no correlation" in captured.out
+    # stderr is not a terminal here: a line per net, as in a log
+    assert "shatter: 1 of 2 nets done (plain-d8-w2 seed 0, init), " in captured.err
+    assert "shatter: 2 of 2 nets done (residual-d8-w2 seed 0, init), " in captured.err
 
 
 def test_figures_leave_out_the_nets_without_a_correlation_and_say_so() -> None:

@@ -53,7 +53,8 @@ from resgrad.cudagraph import make_graphed
 from resgrad.errors import UsageError
 from resgrad.files import write_csv
 from resgrad.models import build_model, count_params
-from resgrad.train import device_name, make_optimizer, progress_enabled
+from resgrad.progress import Progress
+from resgrad.train import device_name, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +167,13 @@ def run_bench(
 
     Args:
         config: the grid; validated here.
-        progress: a tqdm bar over points (default: when stderr is a terminal).
+        progress: a tqdm bar over points (default: when stderr is a terminal; else a line per point), False: none.
         checkpoint: if given, the rows so far are written there (atomically) after every
             point, so an interrupted run keeps what it measured.
 
     Raises:
         UsageError: bad input, or none of the listed devices is present.
     """
-    from tqdm.auto import tqdm
-
     config = config.validate()
     present, absent = available_devices(config.devices)
     if not present:
@@ -209,9 +208,8 @@ def run_bench(
 
     rows: list[dict[str, Any]] = []
     points = grid(config, present)
-    with tqdm(points, desc="bench", unit="point", disable=not progress_enabled(progress)) as bar:
-        for p in bar:
-            bar.set_postfix_str(p.label(), refresh=False)
+    with Progress(len(points), "bench", "point", progress) as shown:
+        for p in points:
             row: dict[str, Any] = {
                 "device": p.device,
                 "device_name": names[p.device],
@@ -261,6 +259,7 @@ def run_bench(
             rows.append(row)
             if checkpoint is not None:
                 write_csv(checkpoint, pd.DataFrame(rows, columns=COLUMNS + STATUS_COLUMNS))
+            shown.done(f"{p.label()}: {row['median_ms']:.3g} ms" if row["status"] == "ok" else f"{p.label()}: oom")
 
     measure_peaks()
     peak_frame = pd.DataFrame(
