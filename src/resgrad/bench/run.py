@@ -32,12 +32,14 @@ import torch
 
 from resgrad.bench.config import (
     COLUMNS,
+    NOISY_IQR,
     PEAK_COLUMNS,
     STATUS_COLUMNS,
     BenchConfig,
     BenchResult,
     Point,
     grid,
+    is_noisy,
 )
 from resgrad.bench.timing import (
     PEAK_MATMUL_N,
@@ -224,6 +226,7 @@ def run_bench(
                 "cuda_graphs": p.cuda_graphs,
                 "median_ms": math.nan,
                 "iqr_ms": math.nan,
+                "noisy": None,
                 "images_per_s": math.nan,
                 "gflop": math.nan,
                 "gflop_per_s": math.nan,
@@ -247,6 +250,17 @@ def run_bench(
                     )
                 )
                 row["pct_of_peak"] = 100 * row["gflop_per_s"] / peaks[p.device, p.dtype]  # provisional until the end
+                row["noisy"] = is_noisy(row["median_ms"], row["iqr_ms"])
+                if row["noisy"]:
+                    log.warning(
+                        "%s: noisy: its IQR (%.3g ms) is %.0f %% of its median (%.3g ms), above %.0f %%: another "
+                        "process was busy? The median is not a clean number; rerun on a quiet machine.",
+                        p.label(),
+                        row["iqr_ms"],
+                        100 * row["iqr_ms"] / row["median_ms"],
+                        row["median_ms"],
+                        100 * NOISY_IQR,
+                    )
             except Exception as exc:  # OutOfMemoryError, or under compile an exception wrapping one
                 message = oom_message(exc)  # a string: no reference to the exception outlives this block
                 if message is None:
@@ -273,4 +287,5 @@ def run_bench(
         / pd.Series([peaks[d, dt] for d, dt in zip(frame["device"], frame["dtype"])], index=frame.index, dtype=float)
     )
     frame["params"] = frame["params"].astype("Int64")  # None for an out-of-memory point
+    frame["noisy"] = frame["noisy"].astype("boolean")  # empty for an out-of-memory point
     return BenchResult(config, frame, peak_frame, absent, _machine(present, threads), time.perf_counter() - t_start)
