@@ -129,7 +129,9 @@ def epilog_lesion() -> str:
         f"{', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier lesion folder there is replaced, "
         "a folder holding anything else is refused. `resgrad report` adds a lesion section when SWEEP_DIR/lesion "
         "exists. Runs that are not complete or have no model.pt (made before resgrad saved weights) are left out "
-        "with a note.",
+        "with a note. Prints the lesion table, test accuracy in %: every count of deleted blocks (one block, k "
+        "blocks) counts the identity-shortcut blocks only, as in lesion_n_deleted.png; deleting one downsampling "
+        "block has its own column.",
     )
 
 
@@ -152,7 +154,7 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
         help="lesion folder (default: SWEEP_DIR/lesion, or RUN_DIR-lesion beside a run folder)",
     )
     add_options(p, LesionConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no table; warnings only")
     p.set_defaults(func=cmd_lesion)
 
 
@@ -212,7 +214,7 @@ def add_shatter(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, ShatterConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no table; warnings only")
     p.add_argument(
         "--out",
         type=Path,

@@ -53,7 +53,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     )
     add_options(p, BenchConfig)  # one flag per BenchConfig field, all from its declaration
     g = next(g for g in p._action_groups if g.title == "timing and output")
-    g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    g.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no table; warnings only")
     g.add_argument(
         "--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="folder to write (default: runs/bench)"
     )
