@@ -307,11 +307,15 @@ def seed_resnet() -> dict[str, str]:
     return v
 
 
-def _column(frame: pd.DataFrame, *words: str) -> str:
-    """The one column of ``frame`` whose name holds all these words (lesion_table names its own columns)."""
-    found = [c for c in frame.columns if all(w in c for w in words)]
+def _column(frame: pd.DataFrame, words: str, unless: str = "") -> str:
+    """The one column of ``frame`` whose name holds every word of ``words`` and not ``unless``.
+
+    lesion_table names its own columns (and says in them over which blocks it averages); this finds them
+    by what they measure, so that a clearer name there does not break this page.
+    """
+    found = [c for c in frame.columns if all(w in c for w in words.split()) and not (unless and unless in c)]
     if len(found) != 1:
-        raise LookupError(f"lesion_table has {len(found)} columns naming {words}: {list(frame.columns)}")
+        raise LookupError(f"lesion_table has {len(found)} columns naming {words!r}: {list(frame.columns)}")
     return found[0]
 
 
@@ -326,8 +330,8 @@ def lesion() -> dict[str, str]:
     t = lesion_table(frame)
     v["table"] = table(lesion_display(t))
 
-    def cell(arch: str, depth: int, *words: str) -> float:
-        return float(row(t, arch=arch, depth=depth)[_column(t, *words)])
+    def cell(arch: str, depth: int, words: str, unless: str = "") -> float:
+        return float(row(t, arch=arch, depth=depth)[_column(t, words, unless)])
 
     for arch in ("plain", "residual"):
         for d in (20, 56):
@@ -340,13 +344,13 @@ def lesion() -> dict[str, str]:
     shown.columns = [str(c) for c in shown.columns]
     v["curve"] = table(shown)
     res56 = curve.loc[(56, "residual")]
-    v["res56_one"] = pct(cell("residual", 56, "one", "mean") / 100)
-    v["pla56_one"] = pct(cell("plain", 56, "one", "mean") / 100)
-    v["pla56_worst"] = pct(cell("plain", 56, "worst") / 100)
-    v["res56_down"] = pct(cell("residual", 56, "downsampling") / 100)
-    v["res20_down"] = pct(cell("residual", 20, "downsampling") / 100)
+    v["res56_one"] = pct(cell("residual", 56, "one mean", "downsampling") / 100)
+    v["pla56_one"] = pct(cell("plain", 56, "one mean", "downsampling") / 100)
+    v["pla56_worst"] = pct(cell("plain", 56, "worst", "downsampling") / 100)
+    v["res56_down"] = pct(cell("residual", 56, "downsampling mean") / 100)
+    v["res20_down"] = pct(cell("residual", 20, "downsampling mean") / 100)
     for d in (20, 56):
-        lost = cell("residual", d, "intact") - cell("residual", d, "one", "mean")
+        lost = cell("residual", d, "intact") - cell("residual", d, "one mean", "downsampling")
         v[f"res{d}_lost"] = f"{lost:.1f}"
         v[f"blocks_{d}"] = str(3 * ((d - 2) // 6))
     v["res56_curve_1_4"] = ", ".join(f"{res56[k]:.1f}" for k in range(1, 5))
