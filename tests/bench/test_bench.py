@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import exit_code
+from helpers import TINY_BENCH, exit_code, one_sentence, run_cli
 from torch import nn
 
 from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig
@@ -302,6 +303,14 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, flags, message
     assert exit_code(["bench", "--devices", "cpu", *flags, "--quiet", "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_non_finite_min_run_time_is_one_sentence_and_writes_nothing(tmp_path):
+    code, err = run_cli(["bench", *TINY_BENCH, "--min-run-time", "inf", "--out", str(tmp_path / "b")])
+    assert code == 2 and one_sentence(err, "bench").endswith(
+        "min-run-time must be a finite number of seconds, got inf."
+    )
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import exit_code
+from helpers import exit_code, one_sentence, run_cli, tiny_grid, tiny_run
 
 from resgrad.cli import main
 
@@ -150,3 +151,30 @@ def test_help_explains_the_flags() -> None:
         "--quiet",
     ):
         assert flag in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "nan"], "lr must be a finite number, got nan."),
+        (["--lr", "inf"], "lr must be a finite number, got inf."),
+        (["--momentum", "nan"], "momentum must be a finite number, got nan."),
+        (["--weight-decay", "inf"], "weight-decay must be a finite number, got inf."),
+        (["--momentum=-inf"], "momentum must be a finite number, got -inf."),
+    ],
+)
+def test_non_finite_train_options_exit_2(flags: list[str], message: str, tmp_path: Path, data_dir: Path) -> None:
+    code, err = run_cli(["train", *tiny_run(data_dir), *flags, "--out", str(tmp_path / "run")])
+    assert code == 2 and one_sentence(err, "train").endswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seed", ["1180591620717411303424", "-1", str(2**63)])
+def test_a_seed_outside_0_to_2_63_is_refused_in_train_and_sweep(seed: str, tmp_path: Path, data_dir: Path) -> None:
+    code, err = run_cli(["train", *tiny_run(data_dir), "--seed", seed, "--out", str(tmp_path / "r")])
+    assert code == 2 and one_sentence(err, "train").endswith(
+        f"seed must be a whole number from 0 to 2**63-1, got {seed}."
+    )
+    code, err = run_cli(["sweep", *tiny_grid(data_dir), "--seeds", seed, "--out", str(tmp_path / "s")])
+    assert code == 2 and "seed must be a whole number from 0 to 2**63-1" in one_sentence(err, "sweep")
+    assert not os.listdir(tmp_path)
