@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, copy_sweep, one_sentence, run_cli, snapshot, tiny_run
+from helpers import ROOT, copy_sweep, exit_code, one_sentence, run_cli, snapshot, tiny_run
 
 from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
+from resgrad.files import MARKER, OWN_NAMES
 from resgrad.report.sweepdata import load_sweep
 from resgrad.rundir import check_run, save_run
 from resgrad.train import train
@@ -89,6 +91,28 @@ def test_train_into_a_file_is_refused_before_training(tmp_path: Path, data_dir: 
         f"{target} is a file, not a run folder; give --out a new or empty folder (the file is left as it is)."
     )
     assert sorted(os.listdir(tmp_path)) == ["results.txt"] and target.read_text() == "my results\n"
+
+
+def test_the_run_files_train_help_lists_are_those_save_run_writes(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    sentence = text[text.index("The run directory holds") : text.index("Steps count from 0")]
+    listed = re.findall(r"[\w-]+\.(?:json|csv|parquet|pt)\b", sentence)
+    assert listed == [name for name in OWN_NAMES["run"] if name != MARKER]  # made from the list
+    config = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=2,
+        train_subset=64,
+        test_subset=50,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
+    save_run(train(config, progress=False), tmp_path / "run")
+    assert sorted(os.listdir(tmp_path / "run")) == sorted(listed)
 
 
 # ---------------------------------------------------------------- whole or damaged

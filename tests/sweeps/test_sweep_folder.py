@@ -14,12 +14,19 @@ from helpers import copy_sweep, snapshot
 from resgrad.errors import UsageError
 from resgrad.report.sweepdata import load_sweep
 from resgrad.rundir import check_run
+from resgrad.sweeps.folder import SUMMARY_COLUMNS
 from resgrad.sweeps.grid import SweepSpec
 from resgrad.sweeps.sweep import run_sweep
 
 
 def _spec(sweep: Path) -> SweepSpec:
     return SweepSpec.from_dict(json.loads((sweep / "sweep.json").read_text()))
+
+
+def test_summary_csv_has_the_listed_columns_and_a_row_per_run(tiny_sweep: Path) -> None:
+    summary = pd.read_csv(tiny_sweep / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert sorted(summary.run_id) == sorted(p.name for p in (tiny_sweep / "runs").iterdir())
 
 
 def test_a_sweep_never_replaces_a_run_folder_holding_a_user_file(tiny_sweep: Path, tmp_path: Path) -> None:
