@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resgrad.bench.timing import PEAK_MATMUL_N
 from resgrad.sweeps.grid import SweepSpec
 from resgrad.sweeps.sweep import run_sweep
 
@@ -18,6 +19,16 @@ from resgrad.sweeps.sweep import run_sweep
 @pytest.fixture(autouse=True)
 def _one_thread_per_test(one_thread: None) -> None:
     """Every test gets ``one_thread``: one torch thread, and what the test sets is undone after it."""
+
+
+@pytest.fixture
+def small_peak_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`resgrad bench` measures the CPU's peak GFLOP/s with a 256 x 256 matmul instead of 2048 x 2048.
+
+    The full size costs a test core about 1.5 s per bench run; what the tests check of the peak (a
+    positive GFLOP/s, its precision, the % of peak beside each point) does not depend on the size.
+    """
+    monkeypatch.setitem(PEAK_MATMUL_N, "cpu", 256)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, B
 from resgrad.bench.report import bench_markdown, speedup_table, write_bench
 from resgrad.bench.run import run_bench
 from resgrad.bench.timing import (
+    PEAK_MATMUL_N,
     OutOfMemoryError,
     convs_use_tf32,
     count_flops,
@@ -46,9 +47,15 @@ TINY = dict(
 # ---------------------------------------------------------------- rows
 
 
+# Every test here that runs a bench measures the CPU's peak with a small matmul (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("small_peak_matmul")
+
+
 @pytest.fixture(scope="module")
 def tiny_result():
-    return run_bench(BenchConfig(devices=["cpu"], **TINY), progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # small_peak_matmul, for the module
+        patch.setitem(PEAK_MATMUL_N, "cpu", 256)
+        return run_bench(BenchConfig(devices=["cpu"], **TINY), progress=False)
 
 
 def test_tiny_grid_has_the_issue_columns_and_positive_values(tiny_result, tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -103,26 +101,12 @@ def test_bad_input_exits_2_with_one_clear_sentence(tmp_path: Path, capsys, argv:
 
 
 def test_missing_mnist_exits_2_naming_the_folder(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resgrad",
-            "train",
-            "--steps",
-            "1",
-            "--data-dir",
-            str(tmp_path / "nowhere"),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
-    assert f"MNIST is not in {tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in proc.stderr
-    assert "t10k-labels-idx1-ubyte.gz" in proc.stderr
+    argv = ["train", "--steps", "1", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
+    code, err = run_cli(argv)
+    assert code == 2
+    line = one_sentence(err, "train")
+    assert f"MNIST is not in {tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in line
+    assert "t10k-labels-idx1-ubyte.gz" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -135,11 +119,9 @@ def test_asking_for_absent_cuda_exits_2(tmp_path: Path, capsys) -> None:
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_help_explains_the_flags() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "resgrad", "train", "--help"], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0
+def test_help_explains_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code(["train", "--help"]) == 0
+    out = capsys.readouterr().out
     for flag in (
         "--arch",
         "--depth",
@@ -150,7 +132,7 @@ def test_help_explains_the_flags() -> None:
         "--threads",
         "--quiet",
     ):
-        assert flag in proc.stdout
+        assert flag in out
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,7 @@ def test_bench_graphs_axis_applies_to_cuda_points_only() -> None:
         BenchConfig(devices=["cuda"], cuda_graphs=["yes"]).validate()
 
 
+@pytest.mark.usefixtures("small_peak_matmul")
 def test_bench_cuda_graphs_flag_alone_means_both_side_by_side(tmp_path: Path, capsys) -> None:
     out = tmp_path / "b"
     argv = [
@@ -149,6 +150,7 @@ def test_bench_cuda_graphs_flag_alone_means_both_side_by_side(tmp_path: Path, ca
     assert "unknown cuda-graphs 'maybe'; allowed: off, on." in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("small_peak_matmul")
 def test_eager_vs_graphed_table_divides_matching_cuda_points(tmp_path: Path) -> None:
     tiny = dict(
         archs=["plain", "residual"],

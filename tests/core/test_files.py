@@ -195,6 +195,7 @@ def test_a_full_disk_in_train_is_one_sentence_and_keeps_the_earlier_run(small_di
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("small_peak_matmul")
 def test_a_full_disk_in_sweep_report_and_bench_is_one_sentence(
     small_disk: Path, data_dir: Path, tiny_sweep: Path
 ) -> None:
