@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import exit_code
+from helpers import TINY_BENCH, exit_code, one_sentence, run_cli
 from torch import nn
 
 from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig, is_noisy
 from resgrad.bench.report import bench_markdown, speedup_table, write_bench
 from resgrad.bench.run import run_bench
 from resgrad.bench.timing import (
+    PEAK_MATMUL_N,
     OutOfMemoryError,
     convs_use_tf32,
     count_flops,
@@ -45,9 +47,15 @@ TINY = dict(
 # ---------------------------------------------------------------- rows
 
 
+# Every test here that runs a bench measures the CPU's peak with a small matmul (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("small_peak_matmul")
+
+
 @pytest.fixture(scope="module")
 def tiny_result():
-    return run_bench(BenchConfig(devices=["cpu"], **TINY), progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # small_peak_matmul, for the module
+        patch.setitem(PEAK_MATMUL_N, "cpu", 256)
+        return run_bench(BenchConfig(devices=["cpu"], **TINY), progress=False)
 
 
 def test_tiny_grid_has_the_issue_columns_and_positive_values(tiny_result, tmp_path):
@@ -302,6 +310,14 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, flags, message
     assert exit_code(["bench", "--devices", "cpu", *flags, "--quiet", "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_non_finite_min_run_time_is_one_sentence_and_writes_nothing(tmp_path):
+    code, err = run_cli(["bench", *TINY_BENCH, "--min-run-time", "inf", "--out", str(tmp_path / "b")])
+    assert code == 2 and one_sentence(err, "bench").endswith(
+        "min-run-time must be a finite number of seconds, got inf."
+    )
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(

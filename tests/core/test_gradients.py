@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import autograd_norms
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
@@ -22,19 +25,6 @@ from resgrad.schedules import every, log_spaced
 
 def _hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
-
-
-def _reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[str], signal: list[str]):
-    """Norms from torch.autograd.grad on a fresh forward pass: no recorder, no tensor hooks."""
-    named = dict(model.named_modules())
-    outputs: dict[str, torch.Tensor] = {}
-    handles = [named[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, o)) for n in signal]
-    loss = F.cross_entropy(model(x), y)
-    for h in handles:
-        h.remove()
-    weights = [named[n].weight for n in layers]
-    grads = torch.autograd.grad(loss, weights + [outputs[n] for n in signal])
-    return [g.double().norm().item() for g in grads]  # float64: no underflow at 1e-23
 
 
 def _recorded(model: nn.Module, x, y, **kw) -> tuple[GradientRecorder, np.ndarray]:
@@ -61,7 +51,7 @@ def test_recorded_norms_equal_autograd_reference(arch: str, norm: str, shortcut:
     model = build_model(arch, 14, width=4, norm=norm, shortcut=shortcut, activation="tanh")
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     rec, got = _recorded(model, x, y)
-    expected = _reference(model, x, y, rec.layers, rec.blocks)
+    expected = autograd_norms(model, x, y, rec.layers, rec.blocks).array(rec.layers, rec.blocks)
     assert len(got) == len(expected)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
@@ -118,7 +108,7 @@ def test_recorder_works_on_a_model_with_inplace_activations() -> None:
     for m in reference_model.modules():
         if isinstance(m, nn.ReLU):
             m.inplace = False
-    expected = _reference(reference_model, x, y, rec.layers, ["0", "2", "3"])
+    expected = autograd_norms(reference_model, x, y, rec.layers, ["0", "2", "3"]).array(rec.layers, ["0", "2", "3"])
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert len(rec.layers) == 1 + 2 * 2 + 1
 
@@ -139,16 +129,33 @@ def test_hooks_are_removed_on_exit_and_on_exception() -> None:
 
 
 def test_no_gradient_tensor_is_kept_alive() -> None:
+    """Every gradient the recorder saw (at each block's output, and each weight's .grad) is freed once the
+    step is over and the model lets go of its .grad: the recorder keeps norms, not tensors (nor views of them)."""
     model = build_model("plain", 8, width=2)
+    seen: list[weakref.ref] = []
+
+    def keep_weakrefs(grad: torch.Tensor) -> None:
+        seen.extend([weakref.ref(grad), weakref.ref(grad.untyped_storage())])
+
+    def watch(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        out.register_hook(keep_weakrefs)
+
+    named = dict(model.named_modules())
     with GradientRecorder(model) as rec:
-        rec.begin_step(0)
-        F.cross_entropy(model(torch.randn(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
-        rec.end_step()
-    for record in rec._records:
-        values = record.values
-        assert (
-            values.dim() == 1 and values.dtype == torch.float64 and values.grad_fn is None and not values.requires_grad
-        )
+        hooks = [named[n].register_forward_hook(watch) for n in rec.blocks]
+        for step in range(2):
+            rec.begin_step(step)
+            F.cross_entropy(model(torch.randn(2, 1, 28, 28)), torch.tensor([1, 2])).backward()
+            rec.end_step()
+            seen += [weakref.ref(model.get_parameter(f"{n}.weight").grad) for n in rec.layers]
+            model.zero_grad(set_to_none=True)
+        for h in hooks:
+            h.remove()
+        gc.collect()
+        frame = rec.to_frame()  # the recorder is alive and has what it recorded
+    assert len(seen) == 2 * (2 * len(rec.blocks) + len(rec.layers)) and len(rec.blocks) == 3
+    assert [ref() is None for ref in seen] == [True] * len(seen)
+    assert sorted(frame.step.unique()) == [0, 1] and frame.norm.notna().any()
 
 
 def test_schedule_picks_the_recorded_steps() -> None:
@@ -294,14 +301,7 @@ def test_norms_of_a_real_net_match_float64_when_the_loss_is_scaled(loss_scale: f
         (F.cross_entropy(model(x), y) * loss_scale).backward()
         rec.end_step()
     got = pd_order(rec.to_frame())
-    named = dict(model.named_modules())
-    outputs: dict[str, torch.Tensor] = {}
-    handles = [named[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, o)) for n in rec.blocks]
-    loss = F.cross_entropy(model(x), y) * loss_scale
-    for h in handles:
-        h.remove()
-    grads = torch.autograd.grad(loss, [named[n].weight for n in rec.layers] + [outputs[n] for n in rec.blocks])
-    expected = [g.double().norm().item() for g in grads]
+    expected = autograd_norms(model, x, y, rec.layers, rec.blocks, scale=loss_scale).array(rec.layers, rec.blocks)
     assert all(0 < e < math.inf for e in expected)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
@@ -312,7 +312,7 @@ def test_plain_56_at_init_records_the_first_layers_tiny_gradients() -> None:
     model = build_model("plain", 56, width=16)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     rec, got = _recorded(model, x, y)
-    expected = _reference(model, x, y, rec.layers, rec.blocks)
+    expected = autograd_norms(model, x, y, rec.layers, rec.blocks).array(rec.layers, rec.blocks)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert rec.layers[0] == "stem" and 1e-26 < got[0] < 1e-20  # float32 sums of squares made this 0.0
 
@@ -344,18 +344,19 @@ def test_a_module_run_twice_in_a_step_gets_the_norm_over_both_outputs() -> None:
         F.cross_entropy(model(x), y).backward()
         rec.end_step()
     frame = rec.to_frame().set_index(["quantity", "layer"])["norm"]
-    # Reference: autograd w.r.t. both outputs of enc, and the inputs of both calls of act.
+    # Reference: autograd w.r.t. both outputs of enc (over both calls), and the inputs of both calls of act.
+    expected = autograd_norms(model, x, y, ["enc"], ["enc"])
+    assert frame["activation_grad", "enc"] == pytest.approx(expected.activation_grad["enc"], rel=1e-6, abs=0)
+    assert frame["weight_grad", "enc"] == pytest.approx(expected.weight_grad["enc"], rel=1e-6, abs=0)
     outs: list[torch.Tensor] = []
     acts: list[torch.Tensor] = []
     h1 = model.enc.register_forward_hook(lambda m, i, o: outs.append(o))
     h2 = model.act.register_forward_pre_hook(lambda m, i: acts.append(i[0].detach().double()))
     loss = F.cross_entropy(model(x), y)
     h1.remove(), h2.remove()
-    g1, g2, gw = torch.autograd.grad(loss, [*outs, model.enc.weight])
-    n1, n2 = g1.double().norm().item(), g2.double().norm().item()
+    n1, n2 = (g.double().norm().item() for g in torch.autograd.grad(loss, outs))
     assert abs(n1 - n2) > 0.1 * n1  # the two calls differ, so taking either one alone would be wrong
-    assert frame["activation_grad", "enc"] == pytest.approx(math.hypot(n1, n2), rel=1e-6, abs=0)
-    assert frame["weight_grad", "enc"] == pytest.approx(gw.double().norm().item(), rel=1e-6, abs=0)
+    assert expected.activation_grad["enc"] == pytest.approx(math.hypot(n1, n2), rel=1e-12, abs=0)
     z = torch.cat([a.flatten() for a in acts])
     assert frame["act_deriv", "act"] == pytest.approx((1 - torch.tanh(z) ** 2).mean().item(), rel=1e-6, abs=0)
 
@@ -375,21 +376,11 @@ def test_gradient_accumulation_over_micro_batches_matches_the_whole_batch() -> N
     got_w = frame[frame.quantity == "weight_grad"].sort_values("layer_index").norm.to_numpy()
     got_a = frame[frame.quantity == "activation_grad"].sort_values("layer_index").norm.to_numpy()
     np.testing.assert_allclose(got_w, weights, rtol=1e-6)  # the accumulated .grad
-    per_half = [_reference_scaled(model, xb, yb, rec.blocks, 0.5) for xb, yb in halves]
+    per_half = [autograd_norms(model, xb, yb, signal=rec.blocks, scale=0.5).array([], rec.blocks) for xb, yb in halves]
     np.testing.assert_allclose(got_a, np.hypot(*per_half), rtol=1e-6)
     # ... which is the norm of the whole batch's gradient, as one backward of the mean loss over 8 gives it.
-    whole = _reference_scaled(model, x, y, rec.blocks, 1.0)
+    whole = autograd_norms(model, x, y, signal=rec.blocks).array([], rec.blocks)
     np.testing.assert_allclose(got_a, whole, rtol=1e-5)
-
-
-def _reference_scaled(model: nn.Module, x, y, signal: list[str], scale: float) -> np.ndarray:
-    named = dict(model.named_modules())
-    outputs: dict[str, torch.Tensor] = {}
-    handles = [named[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, o)) for n in signal]
-    loss = F.cross_entropy(model(x), y) * scale
-    for h in handles:
-        h.remove()
-    return np.array([g.double().norm().item() for g in torch.autograd.grad(loss, [outputs[n] for n in signal])])
 
 
 class Growing(nn.Module):
