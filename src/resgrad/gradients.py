@@ -235,8 +235,15 @@ class GradientRecorder:
                     buf.zero_()
         return self._active
 
-    def end_step(self) -> None:
-        """Call after ``backward()`` and before the gradients are cleared."""
+    def end_step(self, loss_scale: float | torch.Tensor | None = None, grads_scaled: bool = False) -> None:
+        """Call after ``backward()`` and before the gradients are cleared.
+
+        Args:
+            loss_scale: the factor the loss was multiplied by before ``backward()`` (a
+                ``GradScaler``'s scale, a tensor: no host sync); the backward signal is divided by it.
+            grads_scaled: the ``.grad`` are still multiplied by ``loss_scale`` (not yet unscaled):
+                divide weight_grad and param_grad by it too.
+        """
         self._check_hooked("end_step")
         for name in self.layers[self._dropped :]:  # layers seen for the first time: their order hook is done
             handle = self._order_handles.pop(name, None)
@@ -264,6 +271,9 @@ class GradientRecorder:
                 norms64([(grads, param_grad), (weights, weight_norm)])  # one fused norm
                 self._weight_grads(param_grad, weight_grad)
                 self._signal_norms(signal)
+                if loss_scale is not None:
+                    for part in (signal, weight_grad, param_grad) if grads_scaled else (signal,):
+                        part.div_(loss_scale)
                 self._act_means(act)
             self._records.append(Record(self._step, self._epoch, sizes, values))
         self._act_count = {}

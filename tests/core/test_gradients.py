@@ -691,3 +691,19 @@ def test_weight_norm_follows_the_weights_the_step_used_layer_by_layer() -> None:
         np.testing.assert_allclose(w.norm.to_numpy(), norms, rtol=1e-12)
         assert g.norm.isna().all() == (step == 1)
     assert not np.allclose(expected[0], expected[2])  # the updates moved the weights
+
+
+def test_end_step_divides_by_the_loss_scale_what_the_scale_multiplied() -> None:
+    """A loss multiplied by S (a GradScaler's scale), end_step(loss_scale=S): the numbers of the unscaled loss."""
+    frames = []
+    for scale, grads_scaled in ((None, False), (torch.tensor([1024.0]), True), (2.0**-20, True)):
+        torch.manual_seed(0)
+        model = build_model("residual", 8, width=2)
+        x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+        with GradientRecorder(model) as rec:
+            rec.begin_step(0)
+            (F.cross_entropy(model(x), y) * (1.0 if scale is None else scale)).backward()
+            rec.end_step(scale, grads_scaled=grads_scaled)
+        frames.append(rec.to_frame())
+    pd.testing.assert_frame_equal(frames[0], frames[1], rtol=1e-12)
+    pd.testing.assert_frame_equal(frames[0], frames[2], rtol=1e-12)
