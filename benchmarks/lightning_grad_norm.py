@@ -117,7 +117,7 @@ def measure(depth: int, width: int, batch_size: int, rounds: int, steps: int, da
                 times[v].append(timers[v].timeit(steps).mean * 1e3)
     for v in ("grad_norm", "resgrad"):
         ratios = [t / base for t, base in zip(times[v], times["none"])]
-        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
         result[f"{v}_ratio"], result[f"{v}_q"] = statistics.median(ratios), (q1, q3)
         result[f"{v}_ms"] = statistics.median(times[v])
     result["none_ms"], result["threads"] = statistics.median(times["none"]), threads
