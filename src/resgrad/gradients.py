@@ -135,6 +135,7 @@ class GradientRecorder:
             nn.modules.module.register_module_module_registration_hook,
         ):
             self._handles.append(register(lambda *args: setattr(self, "_params_dirty", True)))
+        self._params_dirty = True  # what was registered between __init__ and now
         self._hooked = True
         return self
 
