@@ -261,8 +261,8 @@ class GradientRecorder:
         grads = [p.grad if p is not None else None for p in self._params]
         n_w, n_s, n_a, n_p = len(weights), len(self._signal_modules), len(self.activations), len(grads)
         sizes = (n_w, n_w, n_s, n_a, n_a, n_p)  # QUANTITIES
-        buffers = [b for b in (self._sig_buf, self._act_buf) if b is not None]
-        device = weights[0].device if weights else buffers[0].device if buffers else torch.device("cpu")
+        present = [*weights, *(p for p in self._params if p is not None), self._sig_buf, self._act_buf]
+        device = next((t.device for t in present if t is not None), torch.device("cpu"))
         if sum(sizes):
             # Few torch calls, written into one new tensor: between a step's big kernels each small op
             # costs tens of µs on the CPU.
