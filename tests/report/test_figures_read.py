@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 from resgrad.report.figures import FIGURES, GAIN_FIGURE, figure_block_gain, figure_test_error
 from resgrad.report.plotting import png
 from resgrad.report.sweepdata import load_sweep
+from resgrad.report.theory import sweep_theory
+from resgrad.report.theory_page import DRAWN as THEORY_DRAWN
 
 
 def _labels(axis: object) -> list[str]:
@@ -88,8 +90,10 @@ def test_test_error_bars_are_min_max_over_seeds_within_0_and_100(small_sweep: Pa
 @pytest.mark.slow
 def test_every_report_figure_keeps_its_title_clear_of_the_legend(small_sweep: Path) -> None:
     sweep = load_sweep(small_sweep)
-    for name, _, make in [*FIGURES, GAIN_FIGURE]:
-        fig, _ = _styled(make, sweep)
+    theory = sweep_theory(sweep)
+    drawn = [(name, make, (sweep,)) for name, _, make in [*FIGURES, GAIN_FIGURE]]
+    for name, make, args in [*drawn, *((name, make, (sweep, theory)) for name, make in THEORY_DRAWN)]:
+        fig, _ = _styled(make, *args)
         renderer = fig.canvas.get_renderer()
         title = fig._suptitle.get_window_extent(renderer)
         for legend in fig.legends:

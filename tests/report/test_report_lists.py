@@ -1,5 +1,5 @@
 """The lists that describe a report are the code's: it writes exactly the tables of resgrad.report.page.TABLES
-that apply and the figures of resgrad.report.figures.FIGURES and GAIN_FIGURE (and the lesion figures with a
+that apply and the figures of resgrad.report.figures.FIGURES, GAIN_FIGURE and the theory section's (and the lesion figures with a
 lesion study), in that order; `resgrad report --help` names them from the same lists."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from resgrad.experiments.lesion import LesionConfig, run_lesion, write_lesion
 from resgrad.report.figures import FIGURES, GAIN_FIGURE
 from resgrad.report.lesion import FIGURES as LESION_FIGURES
 from resgrad.report.page import TABLES, make_report
+from resgrad.report.theory_page import FIGURES as THEORY_FIGURES
 
-MAIN_FIGURES = [name for name, _, _ in [*FIGURES, GAIN_FIGURE]]
+MAIN_FIGURES = [name for name, _, _ in [*FIGURES, GAIN_FIGURE]] + list(THEORY_FIGURES)
 
 
 def _written(out: Path) -> tuple[list[str], list[str], list[str]]:

@@ -125,7 +125,7 @@ def docs_table(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def docs_values(table: pd.DataFrame, taps: pd.DataFrame) -> dict[str, str]:
-    """The generated blocks of docs/theory.md, from ``gain_vs_theory.csv`` and ``theory_tap_shape.csv`` as read back.
+    """The generated blocks of docs/theory.md (results/make_docs.py's section ``theory``), from the two tables as read back.
 
     Keys: ``agreement`` (the first- and last-step sentences, the one without option-A stride-2 blocks
     and the one on training), ``table`` (:func:`docs_table` as Markdown) and ``taps`` (:func:`tap_sentence`).
@@ -133,7 +133,7 @@ def docs_values(table: pd.DataFrame, taps: pd.DataFrame) -> dict[str, str]:
     keys = list(table.columns[: list(table.columns).index("when")])
     sentences = [*agreement_sentences(table, keys), exact_sentence(table), training_sentence(table, keys)]
     return {
-        "agreement": "\n\n".join(s for s in sentences if s) + "\n",
-        "table": markdown_table(docs_table(table, keys)),
-        "taps": tap_sentence(taps).replace("CSV: `tables/theory_tap_shape.csv`.", "").rstrip() + "\n",
+        "agreement": "\n\n".join(s for s in sentences if s),
+        "table": markdown_table(docs_table(table, keys)).rstrip("\n"),
+        "taps": tap_sentence(taps).replace(" CSV: `tables/theory_tap_shape.csv`.", ""),
     }
