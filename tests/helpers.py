@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from resgrad.cli import main
 
@@ -16,3 +24,61 @@ def exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code)
+
+
+def dead_pid() -> int:
+    """The id of a process that ran and is gone (what a killed run leaves in its temp names)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """Exit code and stderr of `resgrad ARGV` run in this process."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = exit_code(argv)
+    return code, err.getvalue()
+
+
+def one_sentence(stderr: str, command: str) -> str:
+    """The error line of a command that failed cleanly: one line, no traceback."""
+    lines = [line for line in stderr.splitlines() if line.startswith(f"resgrad {command}: error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr and "Exception" not in stderr, stderr
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path) -> SHA-256 of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def leftovers(folder: Path) -> list[str]:
+    """resgrad's temp and set-aside names left anywhere under ``folder``."""
+    return [str(p) for p in folder.rglob(".resgrad-*") if p.name != ".resgrad.json"]
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str = "size=1m") -> Iterator[Path]:
+    """A small filesystem of its own at ``path`` (a tmpfs: root only; the test is skipped where mount is refused)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(disk: Path) -> None:
+    """Fill ``disk`` to the last byte with a file of the test's own."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        for block in (4096, 1):  # then what the last block left room for
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * block)

@@ -226,6 +226,12 @@ class TrainConfig:
             config = dataclasses.replace(self, depth=depth, width=width, norm="none", activation="relu", shortcut="A")
             shape = ("depth", "width")
         checked = {f.name: check_value(f.name, getattr(config, f.name)) for f in FIELDS.values() if f.name not in shape}
+        for name in WEIGHT_FACTORS:  # the optimiser multiplies float32 weights by these: a larger one overflows
+            if checked[name] > FLOAT32_MAX:
+                raise UsageError(
+                    f"{options.flag(TrainConfig, name)[2:]} must be at most {FLOAT32_MAX:.4g}, the largest float32 "
+                    f"(the run's weights are float32 whatever --dtype says), got {checked[name]!r}."
+                )
         if self.epochs is not None and self.steps is not None:
             raise UsageError(f"give epochs or steps, not both (got epochs={self.epochs}, steps={self.steps}).")
         return dataclasses.replace(config, **checked)
@@ -264,6 +270,8 @@ class TrainConfig:
 
 # ---------------------------------------------------------------- what the declarations give
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+WEIGHT_FACTORS = ("lr", "momentum", "weight_decay")  # the optimiser's factors on the weights and their gradients
 FIELDS: dict[str, dataclasses.Field] = options.fields(TrainConfig)
 
 

@@ -59,6 +59,7 @@ def test_train_writes_the_documented_run_directory(data_dir: Path, tmp_path: Pat
     )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".resgrad.json",  # the manifest: every file resgrad wrote here, with its SHA-256
         "config.json",
         "grad_norms.parquet",
         "metrics.csv",

@@ -22,8 +22,8 @@ from tensorboard.plugins.hparams import metadata as hp_metadata  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from resgrad.cli import main  # noqa: E402
-from resgrad.files import write_csv, write_parquet  # noqa: E402
 from resgrad.gradients import GradientRecorder  # noqa: E402
+from resgrad.rundir import load_run, save_run  # noqa: E402
 
 RUN_FLAGS = [
     "--arch",
@@ -165,11 +165,11 @@ def test_export_writes_every_value_and_a_second_export_adds_no_duplicate(
 
 def test_zero_tiny_huge_nan_and_inf_norms_are_written_as_they_are(trained: tuple[Path, Path], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    shutil.copytree(trained[0], run_dir)
-    norms = pd.read_parquet(run_dir / "grad_norms.parquet")
+    result = load_run(trained[0])  # saved again with the edge values: a whole run folder that holds them
+    norms = result.grad_norms
     edge = [0.0, 1e-40, 1e30, math.inf, math.nan]
     norms.loc[: len(edge) - 1, "norm"] = edge
-    write_parquet(run_dir / "grad_norms.parquet", norms)
+    save_run(result, run_dir)
     assert main(["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")]) == 0
     run_id = json.loads((run_dir / "summary.json").read_text())["run_id"]
     check_run_events(run_dir, tmp_path / "tb" / run_id)
@@ -229,13 +229,12 @@ def test_a_diverged_run_keeps_its_non_finite_loss_and_has_no_final_metrics(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    shutil.copytree(trained[0], run_dir)
     # The folder as train() leaves a run whose loss is inf at step 12: everything up to that step.
-    metrics = pd.read_csv(run_dir / "metrics.csv").query("step <= 12").copy()
-    metrics.loc[metrics.step == 12, "train_loss"] = math.inf
-    write_csv(run_dir / "metrics.csv", metrics)
-    write_parquet(run_dir / "grad_norms.parquet", pd.read_parquet(run_dir / "grad_norms.parquet").query("step <= 12"))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    result = load_run(trained[0])
+    result.metrics = result.metrics.query("step <= 12").copy()
+    result.metrics.loc[result.metrics.step == 12, "train_loss"] = math.inf
+    result.grad_norms = result.grad_norms.query("step <= 12")
+    summary = result.summary
     summary.update(
         status="diverged",
         final_test_acc=None,
@@ -244,7 +243,7 @@ def test_a_diverged_run_keeps_its_non_finite_loss_and_has_no_final_metrics(
         steps=13,
         diverged_at_step=12,
     )
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    save_run(result, run_dir)
     assert main(["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")]) == 0
     run_tb = tmp_path / "tb" / summary["run_id"]
     check_run_events(run_dir, run_tb)
@@ -260,7 +259,7 @@ def test_a_diverged_run_keeps_its_non_finite_loss_and_has_no_final_metrics(
         ("not-a-run", "is neither a run folder (config.json, summary.json) nor a sweep folder (sweep.json)"),
         ("logdir-file", "is a file; give a folder"),
         ("logdir-in-run", "give a folder outside the runs it exports"),
-        ("foreign-run-folder", "exists and was not written by resgrad"),
+        ("foreign-run-folder", "holds files resgrad did not write (notes.txt); give --tensorboard a new or empty"),
         ("failed-run", "holds no finished run to export"),
     ],
 )

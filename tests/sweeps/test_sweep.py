@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import dead_pid
 
 from resgrad.cli import main
 from resgrad.config import TrainConfig
@@ -23,7 +24,8 @@ from resgrad.sweeps.folder import load_spec
 from resgrad.sweeps.grid import DEFAULT_GRID, GRID_OPTIONS, SweepSpec
 from resgrad.sweeps.sweep import SUMMARY_COLUMNS, run_sweep, summary_row
 
-RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json"}
+# and the manifest, .resgrad.json: every file resgrad wrote there, with its SHA-256
+RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json", ".resgrad.json"}
 
 
 def tiny(data_dir: Path, steps: int | None = 6) -> list[str]:
@@ -323,9 +325,10 @@ def test_a_run_folder_caught_between_two_renames_is_put_back(
     assert main(argv) == 0
     (run,) = run_folders(out)
     files = snapshot(run)
-    # What a kill leaves inside atomic_dir: the old folder set aside, a half-written new one.
-    os.replace(run, run.with_name(f".resgrad-old-4242-{run.name}"))
-    half = out / "runs" / f".resgrad-tmp-{run.name}-abc123"
+    # What a kill leaves inside atomic_dir: the old folder set aside, a half-written new one, by a process now gone.
+    pid = dead_pid()
+    os.replace(run, run.with_name(f".resgrad-old-{pid}-{run.name}"))
+    half = out / "runs" / f".resgrad-tmp-{pid}-{run.name}-abc12345"
     half.mkdir()
     (half / "config.json").write_text("{}")
     capsys.readouterr()
@@ -467,7 +470,7 @@ def test_a_raising_run_is_recorded_as_failed_and_retried_on_rerun(
     assert (summary.status == "failed").all() and summary.error.str.contains("the GPU caught fire").all()
     monkeypatch.undo()
     for run_id in summary.run_id:
-        assert {p.name for p in (out / "runs" / run_id).iterdir()} == {"config.json", "summary.json"}
+        assert {p.name for p in (out / "runs" / run_id).iterdir()} == {"config.json", "summary.json", ".resgrad.json"}
 
     assert main([*grid, *tiny(data_dir)[:-1]]) == 0  # the same runs, retried, now whole
     assert "2 complete, 0 diverged, 0 failed (2 run now, 0 already done)" in capsys.readouterr().out

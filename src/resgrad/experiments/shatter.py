@@ -251,7 +251,13 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
     d = directions(len(images), config.direction_seed).to(device, dtype)
     rows = []
     for net in tqdm(nets, desc="shatter", unit="net", disable=not progress_enabled(progress)):
-        model = net.build(device, dtype)
+        try:
+            model = net.build(device, dtype)
+        except UsageError as exc:  # a trained run whose weights do not load is left out by name
+            if net.run_dir is None:
+                raise
+            log.warning("shatter: left out %s: %s", net.run_dir.name, exc)
+            continue
         batch_size = config.batch_size or POINT_BATCH.get(device.type, 256)
         r = correlations(model, images, labels, d, config.distances, batch_size).numpy()
         c = net.config
@@ -291,7 +297,7 @@ def write_shatter(frame: pd.DataFrame, out: str | os.PathLike[str], at_distance:
     """Write ``shatter.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
     out = check_out(out)
     figures = shatter_figures(frame, at_distance if at_distance is not None else frame.attrs.get("at_distance"))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "shatter") as tmp:
         write_csv(tmp / "shatter.csv", frame)
         for name, (_, data, _) in figures.items():
             write_bytes(tmp / f"{name}.png", data)
