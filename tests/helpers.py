@@ -75,10 +75,12 @@ def tmpfs(path: Path, options: str = "size=1m") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def fill(disk: Path) -> None:
-    """Fill ``disk`` to the last byte with a file of the test's own."""
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill ``disk`` with a file of the test's own: to the last byte, or to ``leave`` bytes short of it."""
     with open(disk / "filler", "wb", buffering=0) as f:
         for block in (4096, 1):  # then what the last block left room for
             with contextlib.suppress(OSError):
                 while True:
                     f.write(b"\0" * block)
+        if leave:
+            f.truncate(max(0, f.tell() - leave))
