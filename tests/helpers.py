@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from resgrad.cli import main
+from resgrad.ownership import MARKER, file_record, manifest
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 
@@ -84,3 +86,14 @@ def fill(disk: Path, leave: int = 0) -> None:
                     f.write(b"\0" * block)
         if leave:
             f.truncate(max(0, f.tell() - leave))
+
+
+def rerecord(run_dir: Path) -> None:
+    """Record a run folder's files as they are now, as ``save_run`` records them: whole by its records again.
+
+    For a folder whose content a test changed on purpose (a model.pt that is not a state dict).
+    """
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["files"] = file_record(run_dir, sorted(summary["files"]))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / MARKER).write_text(json.dumps(manifest(run_dir, "run")))

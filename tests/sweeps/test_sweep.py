@@ -20,6 +20,7 @@ from helpers import dead_pid
 from resgrad.cli import main
 from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
+from resgrad.rundir import check_run
 from resgrad.sweeps.folder import load_spec
 from resgrad.sweeps.grid import DEFAULT_GRID, GRID_OPTIONS, SweepSpec
 from resgrad.sweeps.sweep import SUMMARY_COLUMNS, run_sweep, summary_row
@@ -149,6 +150,9 @@ def test_bad_grid_raises_usage_error_naming_it(grid: dict, fixed: dict, message:
         (["--widths", "0"], None, "width must be a whole number >= 1"),
         (["--seeds", "-3"], None, "seed must be a whole number from 0 to 2**63-1"),
         (["--ray-address", "auto"], None, "only applies to --executor ray"),
+        (["--workers", "100000000"], None, "workers must be a whole number from 1 to 1,024, got 100000000."),
+        ([], "workers = 100000000\n", "workers must be a whole number from 1 to 1,024"),
+        ([], "gpus_per_run = 'one'\n", "key 'gpus_per_run' in"),
         ([], "depths = [8, 14\n", "is not valid TOML"),
         ([], "depths = []\n", "depth is an empty list"),
         ([], "depths = ['eight']\n", "depth must be a whole number"),
@@ -578,3 +582,51 @@ def test_ray_and_process_pool_give_the_same_numbers_as_in_process(tmp_path: Path
     again = run_sweep(spec, tmp_path / "ray", executor="ray", ray_address="ray://127.0.0.1:1", progress=False)
     assert (again.attrs["ran"], again.attrs["skipped"]) == (0, 2)
     pd.testing.assert_frame_equal(again, ray_)
+
+
+# ---------------------------------------------------------------- damage that must not go unnoticed
+
+
+def _grid(out: Path, data_dir: Path, *seeds: str) -> list[str]:
+    return ["sweep", "--out", str(out), "--archs", "residual", "--depths", "8", "--seeds", *seeds, *tiny(data_dir, 2)]
+
+
+def _rerun_names_and_mends(out: Path, data_dir: Path, run: Path, seeds: list[str], caplog, why: str) -> None:
+    assert main(_grid(out, data_dir, *seeds)) == 0
+    assert f"{run.name} is damaged ({why}" in caplog.text and "it runs again" in caplog.text
+    assert check_run(run) is None
+    summary = pd.read_csv(out / "summary.csv").set_index("run_id")
+    assert summary.loc[run.name, "status"] == "complete"
+
+
+def test_a_damaged_run_of_an_earlier_grid_is_named_and_runs_again(
+    tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "sweep"
+    assert main(_grid(out, data_dir, "0", "1")) == 0
+    run = next(p for p in run_folders(out) if "-s1-" in p.name)
+    os.truncate(run / "metrics.csv", 20)  # `truncate -s 20`
+    # A narrower grid: seed 1 is no longer in it, but its run is still the sweep's.
+    _rerun_names_and_mends(out, data_dir, run, ["0"], caplog, "metrics.csv has 20 bytes")
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        ("{not json", "summary.json cannot be read"),
+        ("final_test_acc 0.99", "summary.json "),  # valid JSON, a better number: its size or SHA-256 tells
+    ],
+)
+def test_a_summary_json_damaged_or_edited_is_named_and_runs_again(
+    tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture, edit: str, why: str
+) -> None:
+    out = tmp_path / "sweep"
+    assert main(_grid(out, data_dir, "0")) == 0
+    (run,) = run_folders(out)
+    if edit.startswith("{"):
+        (run / "summary.json").write_text(edit)
+    else:
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "final_test_acc": 0.99}, indent=2))
+    _rerun_names_and_mends(out, data_dir, run, ["0"], caplog, why)
+    assert json.loads((run / "summary.json").read_text())["final_test_acc"] != 0.99

@@ -212,8 +212,9 @@ def _nets(config: ShatterConfig) -> Iterator[_Net]:
                 log.warning("shatter: left out %s: %s", run.path.name, run.unusable())
         usable = [r for r in runs if not r.unusable() and not r.config.arch.startswith("seed-")]
         if not usable:
+            reasons = "; ".join(f"{r.path.name}: {r.unusable()}" for r in runs if r.unusable()) or "no run folders"
             raise UsageError(
-                f"{config.sweep} holds no complete plain/residual run with saved weights (model.pt); "
+                f"{config.sweep} holds no complete plain/residual run with saved weights (model.pt) ({reasons}); "
                 "runs made before resgrad saved weights have none: rerun them."
             )
         for run in usable:
@@ -249,14 +250,15 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
     test = load_split(False, config.data_dir, config.images)
     images, labels = test.images.to(device, dtype), test.labels.to(device)
     d = directions(len(images), config.direction_seed).to(device, dtype)
-    rows = []
+    rows, left_out = [], []
     for net in tqdm(nets, desc="shatter", unit="net", disable=not progress_enabled(progress)):
         try:
             model = net.build(device, dtype)
         except UsageError as exc:  # a trained run whose weights do not load is left out by name
             if net.run_dir is None:
                 raise
-            log.warning("shatter: left out %s: %s", net.run_dir.name, exc)
+            left_out.append(f"{net.run_dir.name}: {exc}")
+            log.warning("shatter: left out %s", left_out[-1])
             continue
         batch_size = config.batch_size or POINT_BATCH.get(device.type, 256)
         r = correlations(model, images, labels, d, config.distances, batch_size).numpy()
@@ -280,6 +282,8 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
                     images=len(finite),
                 )
             )
+    if left_out and len(left_out) == sum(net.run_dir is not None for net in nets):  # --sweep, and no trained net
+        raise UsageError(f"no trained run of {config.sweep} could be loaded ({'; '.join(left_out[:3])}).")
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame.attrs["at_distance"] = config.at_distance
     return frame
