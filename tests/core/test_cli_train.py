@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import exit_code
+from helpers import exit_code, one_sentence, run_cli
 
 from resgrad.cli import main
 
@@ -151,3 +151,23 @@ def test_help_explains_the_flags() -> None:
         "--quiet",
     ):
         assert flag in proc.stdout
+
+
+def _overcommit_refuses_huge() -> bool:
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_huge(), reason="needs a kernel that refuses an impossible allocation")
+def test_a_model_too_large_for_memory_is_one_sentence_saying_how_much(data_dir: Path, tmp_path: Path) -> None:
+    width = 200_000
+    asked = 4 * 9 * width * width  # the first width x width 3x3 convolution's float32 weights, in bytes
+    argv = ["train", "--arch", "residual", "--depth", "8", "--width", str(width), "--steps", "1", "--threads", "1"]
+    code, err = run_cli([*argv, "--device", "cpu", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")])
+    assert code == 2 and one_sentence(err, "train").endswith(
+        "out of memory: the model or its batches needed more memory than this machine could give "
+        f"(one allocation of {asked / 2**30:,.2f} GiB); give a smaller --width, --depth or --batch-size."
+    )
+    assert not (tmp_path / "run").exists()

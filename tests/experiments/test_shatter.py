@@ -266,3 +266,16 @@ def test_a_trained_run_that_cannot_be_read_is_named_in_one_sentence(
     code, err = run_cli([*argv, "--out", str(tmp_path / "out")])
     line = one_sentence(err, "shatter")
     assert code == 2 and f"{run.name}: " in line and why in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(
+    Path("/proc/sys/vm/overcommit_memory").read_text().strip() not in ("0", "2")
+    if Path("/proc/sys/vm/overcommit_memory").exists()
+    else True,
+    reason="needs a kernel that refuses an impossible allocation",
+)
+def test_a_net_too_large_for_memory_is_one_sentence(data_dir: Path, tmp_path: Path) -> None:
+    argv = ["shatter", "--archs", "residual", "--depths", "8", "--widths", "200000", "--images", "2", "--quiet"]
+    code, err = run_cli([*argv, "--device", "cpu", "--data-dir", str(data_dir), "--out", str(tmp_path / "out")])
+    assert code == 2 and "out of memory: the model or its batches needed more memory" in one_sentence(err, "shatter")
+    assert not (tmp_path / "out").exists()
