@@ -189,3 +189,34 @@ def test_the_largest_lr_allowed_trains_to_a_diverged_run_not_a_traceback(data_di
         weight_decay=FLOAT32_MAX,
     ).validate()
     assert train(config, progress=False).summary["status"] in ("complete", "diverged")
+
+
+# ---------------------------------------------------------------- --threads and --workers are bounded everywhere
+
+BOUNDED = {  # each command with --threads or --workers, with what else it needs to parse
+    "train": ["train"],
+    "sweep": ["sweep", "--out", "{out}"],
+    "lesion": ["lesion", "{out}"],
+    "shatter": ["shatter", "--out", "{out}"],
+    "bench": ["bench", "--out", "{out}"],
+}
+
+
+def test_every_command_with_threads_is_checked_here() -> None:
+    parser = make_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    with_threads = {n for n, p in commands.items() if any("--threads" in a.option_strings for a in p._actions)}
+    assert with_threads == set(BOUNDED)
+
+
+@pytest.mark.parametrize("command", sorted(BOUNDED))
+@pytest.mark.parametrize(("flag", "value"), [("--threads", "100000"), ("--threads", "1000000000000")])
+def test_threads_past_the_bound_are_one_sentence_for_every_command(
+    tmp_path: Path, command: str, flag: str, value: str
+) -> None:
+    argv = [a.format(out=tmp_path / "out") for a in BOUNDED[command]]
+    code, err = run_cli([*argv, flag, value])
+    assert code == 2 and one_sentence(err, command).endswith(
+        f"threads must be a whole number from 1 to 1,024, got {value}."
+    )
+    assert not (tmp_path / "out").exists()
