@@ -1,7 +1,7 @@
 """Tables and figures of a block-lesion study (``lesion.csv``, written by :mod:`resgrad.experiments.lesion`).
 
 Read by ``resgrad lesion`` (its figures and printed table) and by ``resgrad report`` (the
-lesion section of a sweep that holds ``lesion/lesion.csv``). Imports no torch.
+lesion section of a sweep that holds ``lesion/lesion.csv``). Draws from the CSV alone.
 """
 
 from __future__ import annotations

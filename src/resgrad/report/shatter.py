@@ -1,6 +1,6 @@
 """Figures of a shattered-gradients study (``shatter.csv``, written by :mod:`resgrad.experiments.shatter`).
 
-Imports no torch.
+Draws from the CSV alone: no net is built or run here.
 """
 
 from __future__ import annotations
