@@ -311,7 +311,9 @@ def dispose(aside: Path, path: Path, kind: str) -> None:
     kept = [rel for rel in foreign(aside, kind) if _put_back(aside / rel.rstrip("/"), path / rel.rstrip("/"))]
     for rel in sorted(files):
         target = aside / rel
-        if target.is_file() or target.is_symlink():
+        # Through real folders only: a link put where resgrad made a folder leads to someone else's files.
+        real = not any(p.is_symlink() for p in target.parents if p != aside and aside in p.parents)
+        if real and (target.is_symlink() or target.is_file()):
             target.unlink()
     for rel in sorted(folders, key=lambda f: f.count("/"), reverse=True):
         try:

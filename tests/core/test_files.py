@@ -10,6 +10,7 @@ and exit code 2 for every command that writes. Killed runs are real processes, k
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,3 +326,20 @@ def test_every_writing_command_is_tested_here() -> None:
 
     names = {add.__name__.removeprefix("add_") for add in ALL}
     assert names == set(COMMANDS)
+
+
+def test_a_link_put_where_resgrad_made_a_folder_is_never_followed_when_the_old_folder_goes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "b.png").write_bytes(b"mine")  # the name of a file resgrad wrote into its folder sub/
+    aside = earlier(tmp_path / "aside", "report")
+    shutil.rmtree(aside / "sub")
+    (aside / "sub").symlink_to(mine)  # sub, now a link to the user's folder
+    out = earlier(tmp_path / "out", "report")  # the folder that replaced it, with a sub/ of its own
+    gone = tmp_path / f".resgrad-old-{dead_pid()}-out"
+    os.replace(aside, gone)
+    clean_leftovers(tmp_path)
+    assert (mine / "b.png").read_bytes() == b"mine" and (out / "sub" / "b.png").read_bytes() == b"earlier"
+    assert (gone / "sub").is_symlink() and f"{gone} holds files that could not move back" in caplog.text

@@ -7,9 +7,9 @@
   ``activation_grad/<index>_<block>`` and any other quantity ``grad_norms`` holds;
 - the run's configuration and final metrics for the HPARAMS tab (``hparam/final_test_acc``, ...),
 
-and ``resgrad-run.json``, the mark that resgrad wrote the folder. Each run folder is
-written in a temp folder and swapped in whole, so exporting again replaces a run's
-events instead of adding to them. ``tensorboard`` is an optional dependency
+and ``resgrad-run.json`` (the run folder it came from), with resgrad's manifest beside them. Each
+run folder is written in a temp folder and swapped in whole (:func:`resgrad.files.atomic_dir`),
+so exporting again replaces a run's events instead of adding to them. ``tensorboard`` is an optional dependency
 (``pip install 'resgrad[tensorboard]'``); without it every entry point raises ``UsageError``.
 """
 
@@ -185,7 +185,7 @@ def _writer_errors_raised() -> Iterator[list[OSError]]:
     before = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        if isinstance(args.exc_value, OSError):
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
             failed.append(args.exc_value)
         else:
             before(args)
