@@ -224,6 +224,7 @@ def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsamplin
             == 0
         )
         assert sorted(p.name for p in out.iterdir()) == [
+            ".resgrad.json",  # the manifest: every file resgrad wrote here
             "lesion.csv",
             "lesion_n_deleted.png",
             "lesion_single_block.png",

@@ -190,6 +190,7 @@ def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(
         assert exit_code(_argv(data_dir, out, "--sweep", str(trained_sweep))) == 0
     assert (outs[0] / "shatter.csv").read_bytes() == (outs[1] / "shatter.csv").read_bytes()
     assert sorted(p.name for p in outs[0].iterdir()) == [
+        ".resgrad.json",  # the manifest: every file resgrad wrote here
         "shatter.csv",
         "shatter_correlation_vs_depth.png",
         "shatter_correlation_vs_distance.png",
