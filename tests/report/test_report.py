@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import leftovers, one_sentence, run_cli, snapshot
+from helpers import leftovers, one_sentence, rerecord, run_cli, snapshot
 
 import resgrad.report.page
 from resgrad.cli import main
@@ -92,14 +92,18 @@ def _copy(sweep_dir: Path, tmp_path: Path) -> Path:
 
 
 def _record_files(run_dir: Path) -> None:
-    """Rewrite summary.json's record of files after a test edited them, as if the run had written them so."""
+    """Rewrite the records of files after a test edited them, as if the run had written them so.
+
+    summary.json records every other file; the manifest (.resgrad.json) every file, summary.json too.
+    """
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["files"] = {
         p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         for p in sorted(run_dir.iterdir())
-        if p.name != "summary.json"
+        if p.name not in ("summary.json", ".resgrad.json")
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    rerecord(run_dir)
 
 
 def _make_failed(run_dir: Path, error: str) -> None:
