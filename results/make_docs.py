@@ -29,7 +29,7 @@ import pandas as pd
 
 from resgrad.files import write_text
 from resgrad.report.gain import sweep_gain_table
-from resgrad.report.lesion import lesion_display, lesion_table, read_lesion
+from resgrad.report.lesion import lesion_curve, lesion_display, lesion_table, read_lesion
 from resgrad.report.markdown import markdown_table
 from resgrad.report.sweepdata import Sweep, load_sweep
 from resgrad.report.tables import acc_by_eval_display, acc_by_eval_table, headline_display, headline_table
@@ -335,22 +335,21 @@ def lesion() -> dict[str, str]:
 
     for arch in ("plain", "residual"):
         for d in (20, 56):
-            v[f"intact_{arch}_{d}"] = pct(cell(arch, d, "intact") / 100)
-    # accuracy against the number of deleted blocks, as lesion_n_deleted.png draws it: k = 1 is every single
-    # block that does not downsample (the blocks a random set draws from), k >= 2 the random sets
-    curve_rows = frame[(frame["kind"] != "single") | frame["downsampling"].eq(False)]
-    curve = 100 * curve_rows.groupby(["depth", "arch", "n_deleted"])["test_acc"].mean().unstack()
+            v[f"intact_{arch}_{d}"] = pct(cell(arch, d, "intact"))
+    # accuracy against the number of deleted identity-shortcut blocks, as lesion_n_deleted.png draws it
+    # (lesion_curve: k = 1 every single such block, k >= 2 the random sets; the lesion table's definition)
+    curve = 100 * lesion_curve(frame).set_index(["depth", "arch", "n_deleted"])["test_acc_mean"].unstack()
     shown = curve.map(lambda x: "" if pd.isna(x) else f"{x:.1f}").reset_index()
     shown.columns = [str(c) for c in shown.columns]
     v["curve"] = table(shown)
     res56 = curve.loc[(56, "residual")]
-    v["res56_one"] = pct(cell("residual", 56, "one mean", "downsampling") / 100)
-    v["pla56_one"] = pct(cell("plain", 56, "one mean", "downsampling") / 100)
-    v["pla56_worst"] = pct(cell("plain", 56, "worst", "downsampling") / 100)
-    v["res56_down"] = pct(cell("residual", 56, "downsampling mean") / 100)
-    v["res20_down"] = pct(cell("residual", 20, "downsampling mean") / 100)
+    v["res56_one"] = pct(cell("residual", 56, "one mean", "downsampling"))
+    v["pla56_one"] = pct(cell("plain", 56, "one mean", "downsampling"))
+    v["pla56_worst"] = pct(cell("plain", 56, "worst", "downsampling"))
+    v["res56_down"] = pct(cell("residual", 56, "downsampling mean"))
+    v["res20_down"] = pct(cell("residual", 20, "downsampling mean"))
     for d in (20, 56):
-        lost = cell("residual", d, "intact") - cell("residual", d, "one mean", "downsampling")
+        lost = 100 * (cell("residual", d, "intact") - cell("residual", d, "one mean", "downsampling"))
         v[f"res{d}_lost"] = f"{lost:.1f}"
         v[f"blocks_{d}"] = str(3 * ((d - 2) // 6))
     v["res56_curve_1_4"] = ", ".join(f"{res56[k]:.1f}" for k in range(1, 5))

@@ -15,7 +15,6 @@ import math
 import os
 import pickle
 import platform
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from resgrad.errors import UsageError, check_choice
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model, count_params
 from resgrad.options import DEVICES
+from resgrad.progress import progress_enabled
 from resgrad.rundir import METRIC_COLUMNS, RunResult, first_line
 from resgrad.schedules import every, log_spaced
 
@@ -98,11 +98,6 @@ def evaluate(
     model.train(was_training)
     n = len(split)
     return total_loss.item() / n, correct.item() / n
-
-
-def progress_enabled(progress: bool | None) -> bool:
-    """A progress bar shows when asked, or by default when stderr is a terminal."""
-    return sys.stderr.isatty() if progress is None else progress
 
 
 def train_step(

@@ -1,20 +1,23 @@
-"""MNIST as device tensors: values equal torchvision's transform pipeline."""
+"""MNIST as device tensors: values equal torchvision's transform pipeline; damaged files are named."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import one_sentence, run_cli
+from helpers import mnist_copy, one_sentence, run_cli, tiny_run
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
+from resgrad.config import TrainConfig
 from resgrad.data import IDX_MD5, MNIST_FILES, DataError, batches, load_split, resolve_data_dir
+from resgrad.train import train
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -70,6 +73,45 @@ def test_missing_files_offline_name_the_folder_and_the_files(tmp_path: Path) -> 
 def test_subset_must_be_positive(data_dir: Path) -> None:
     with pytest.raises(ValueError, match="at least 1 image"):
         load_split(False, data_dir, subset=0)
+
+
+# ---------------------------------------------------------------- damaged MNIST
+
+
+def test_a_truncated_gz_is_named_with_its_md5(tmp_path: Path, data_dir: Path) -> None:
+    raw = mnist_copy(data_dir, tmp_path)
+    gz = raw / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:300])
+    found, expected = hashlib.md5(gz.read_bytes()).hexdigest(), dict(MNIST.resources)[gz.name]
+    code, err = run_cli(["train", *tiny_run(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert one_sentence(err, "train").endswith(
+        f"{gz} has MD5 {found}, expected {expected}; replace it with the official file."
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_garbage_idx_file_is_named_as_damaged(tmp_path: Path, data_dir: Path) -> None:
+    load = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=1,
+        train_subset=64,
+        test_subset=50,
+        threads=1,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
+    train(load, progress=False)  # torchvision has unpacked the four files beside their .gz
+    raw = mnist_copy(data_dir, tmp_path, gz_only=False)
+    (raw / "train-labels-idx1-ubyte").write_bytes(os.urandom(1000))
+    code, err = run_cli(["train", *tiny_run(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert one_sentence(err, "train").endswith(
+        f"{raw / 'train-labels-idx1-ubyte'} is damaged (its header is not that of MNIST's file); "
+        "delete it to have it unpacked again from its .gz."
+    )
 
 
 # ---------------------------------------------------------------- damaged unpacked files

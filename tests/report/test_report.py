@@ -406,10 +406,11 @@ def test_one_arch_one_seed(sweep_dir: Path, tmp_path: Path) -> None:
     assert "one seed per point" in (sweep / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_diverged_run_counts_as_finished_without_accuracy(tmp_path: Path, data_dir: Path) -> None:
     spec = SweepSpec(
         grid={"arch": ["residual"], "depth": [8], "width": [2], "lr": [1000.0], "seed": [0]},
-        fixed=_fixed(data_dir, steps=12, train_subset=256, test_subset=200, record_every=2, eval_every=4, momentum=0.9),
+        fixed=_fixed(data_dir, steps=12, train_subset=256, test_subset=100, record_every=2, eval_every=4, momentum=0.9),
     )
     summary = run_sweep(spec, tmp_path / "sweep", progress=False)
     assert list(summary["status"]) == ["diverged"]
@@ -656,12 +657,13 @@ def test_markdown_table_escapes_pipes_and_aligns_numbers_right() -> None:
     assert markdown_table(frame, lambda v, c: f"<{c}>").splitlines()[2] == "| <name\\|x> | <ms> |"
 
 
+@pytest.mark.slow
 def test_the_sweep_paragraph_names_the_depth_the_runs_have_not_the_grid(tmp_path: Path, data_dir: Path) -> None:
     """The seed archs have one depth (7) whatever the grid's depths: the report says what the runs are."""
     out = tmp_path / "seed"
     spec = SweepSpec(
         grid={"arch": ["seed-residual", "seed-plain"], "depth": [8, 14, 20], "seed": [0]},
-        fixed=_fixed(data_dir, steps=3, eval_every=3, record_every=3),
+        fixed=_fixed(data_dir, steps=2, eval_every=2, record_every=2, train_subset=64, test_subset=50),
     )
     assert len(run_sweep(spec, out, progress=False)) == 2
     assert _report([str(out)])[0] == 0
