@@ -3,7 +3,9 @@
 - running commands: :func:`exit_code`, :func:`run_cli` (in this process), :func:`run_child` (a child process,
   optionally with a file-size limit), :func:`one_sentence` (the one error line of a clean failure);
 - tiny runs: :func:`tiny_run` and :func:`tiny_grid` (flags of a train or sweep of a second or two), ``TINY_BENCH``;
-- folders: :func:`snapshot`, :func:`leftovers`, :func:`strict_json`, :func:`copy_sweep`, :func:`mnist_copy`;
+- folders: :func:`snapshot`, :func:`leftovers`, :func:`strict_json`, :func:`copy_sweep`, :func:`mnist_copy`,
+  :func:`rerecord` (a run folder's records made to match what a test put there);
+- disks and processes: :func:`tmpfs` (a small filesystem of its own), :func:`fill`, :func:`dead_pid`;
 - the autograd reference: :func:`autograd_norms` (float64 norms of weight gradients and of the backward
   signal at named modules, from ``torch.autograd.grad`` on a fresh forward pass).
 """
@@ -20,16 +22,18 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from resgrad.cli import main
+from resgrad.ownership import MARKER, file_record, manifest
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 
@@ -76,7 +80,7 @@ def run_child(
 def one_sentence(stderr: str, command: str) -> str:
     """The error line of a command that failed cleanly: one line, no traceback."""
     lines = [line for line in stderr.splitlines() if line.startswith(f"resgrad {command}: error: ")]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and "Traceback" not in stderr and "Exception in thread" not in stderr, stderr
     return lines[0]
 
 
@@ -120,8 +124,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    """resgrad's temp names left anywhere under ``folder``."""
-    return [str(p) for p in folder.rglob(".resgrad-*")]
+    """resgrad's temp and set-aside names left anywhere under ``folder`` (its manifests, .resgrad.json, are no leftovers)."""
+    return [str(p) for p in folder.rglob(".resgrad-*") if p.name != MARKER]
 
 
 def strict_json(path: Path) -> object:
@@ -148,6 +152,51 @@ def copy_sweep(sweep_dir: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "sweep"
     shutil.copytree(sweep_dir, dst)
     return dst
+
+
+def rerecord(run_dir: Path) -> None:
+    """Record a run folder's files as they are now, as ``save_run`` records them: whole by its records again.
+
+    For a folder whose content a test changed on purpose (a model.pt that is not a state dict).
+    """
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["files"] = file_record(run_dir, sorted(summary["files"]))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / MARKER).write_text(json.dumps(manifest(run_dir, "run")))
+
+
+# ---------------------------------------------------------------- disks and processes
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str = "size=1m") -> Iterator[Path]:
+    """A small filesystem of its own at ``path`` (a tmpfs: root only; the test is skipped where mount is refused)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill ``disk`` with a file of the test's own: to the last byte, or to ``leave`` bytes short of it."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        for block in (4096, 1):  # then what the last block left room for
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * block)
+        if leave:
+            f.truncate(max(0, f.tell() - leave))
+
+
+def dead_pid() -> int:
+    """The id of a process that ran and is gone (what a killed run leaves in its temp names)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 # ---------------------------------------------------------------- the autograd reference

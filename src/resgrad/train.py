@@ -16,7 +16,7 @@ import os
 import pickle
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +330,7 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
     run_dir = Path(run_dir)
     try:
         config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
-    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError):  # JSON and UTF-8 errors are ValueErrors
         raise UsageError(f"{run_dir} is not a run folder: it has no readable config.json.") from None
     weights = run_dir / "model.pt"
     if not weights.is_file():
@@ -340,8 +340,11 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
         )
     model = build_model(config.arch, **config.model_kwargs())
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(
             f"{weights} cannot be loaded into the model its config.json describes ({first_line(exc)})."
         ) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import TINY_BENCH, exit_code, one_sentence, run_cli
+from helpers import TINY_BENCH, exit_code, fill, leftovers, one_sentence, run_cli, snapshot, tmpfs
 from torch import nn
 
 from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig, is_noisy
@@ -29,7 +29,7 @@ from resgrad.bench.timing import (
 )
 from resgrad.cli import make_parser
 from resgrad.cli.bench import bench_config
-from resgrad.errors import UsageError
+from resgrad.errors import OutputError, UsageError
 from resgrad.models import FIXED_ARCHS, build_model
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
@@ -115,6 +115,20 @@ def test_a_rerun_into_the_same_folder_leaves_no_file_of_the_earlier_run(tiny_res
     write_bench(dataclasses.replace(tiny_result, rows=oom), out)
     assert sorted(p.name for p in out.iterdir()) == ["bench.csv", "bench.md", "notes.txt"]
     assert (pd.read_csv(out / "bench.csv")["status"] == "oom").all()
+
+
+def test_a_disk_that_fills_while_the_set_is_written_leaves_the_earlier_set_as_it_was(tiny_result, tmp_path):
+    with tmpfs(tmp_path / "disk") as disk:
+        out = write_bench(tiny_result, disk / "bench")
+        before = snapshot(out)
+        assert {"bench.csv", "bench.md", "bench.png"} <= set(before)
+        slower = dataclasses.replace(
+            tiny_result, rows=tiny_result.rows.assign(median_ms=tiny_result.rows.median_ms * 3)
+        )
+        fill(disk, leave=12 * 1024)  # room for a new bench.csv and bench.md, not for a new bench.png
+        with pytest.raises(OutputError, match="No space left on device"):
+            write_bench(slower, out)
+        assert snapshot(out) == before and leftovers(disk) == []
 
 
 def test_a_fixed_arch_is_timed_once_with_its_own_shape():

@@ -58,6 +58,7 @@ def test_train_writes_the_documented_run_directory(data_dir: Path, tmp_path: Pat
     )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".resgrad.json",  # the manifest: every file resgrad wrote here, with its SHA-256
         "config.json",
         "grad_norms.parquet",
         "metrics.csv",
@@ -173,3 +174,23 @@ def test_dtype_help_says_the_recorded_norms_are_float64_as_they_are(data_dir: Pa
     argv += ["--train-subset", "64", "--test-subset", "50", "--threads", "1", "--data-dir", str(data_dir)]
     assert exit_code([*argv, "--out", str(out), "--quiet"]) == 0
     assert pd.read_parquet(out / "grad_norms.parquet")["norm"].dtype == "float64"
+
+
+def _overcommit_refuses_huge() -> bool:
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_huge(), reason="needs a kernel that refuses an impossible allocation")
+def test_a_model_too_large_for_memory_is_one_sentence_saying_how_much(data_dir: Path, tmp_path: Path) -> None:
+    width = 200_000
+    asked = 4 * 9 * width * width  # the first width x width 3x3 convolution's float32 weights, in bytes
+    argv = ["train", "--arch", "residual", "--depth", "8", "--width", str(width), "--steps", "1", "--threads", "1"]
+    code, err = run_cli([*argv, "--device", "cpu", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")])
+    assert code == 2 and one_sentence(err, "train").endswith(
+        "out of memory: the model or its batches needed more memory than this machine could give "
+        f"(one allocation of {asked / 2**30:,.2f} GiB); give a smaller --width, --depth or --batch-size."
+    )
+    assert not (tmp_path / "run").exists()

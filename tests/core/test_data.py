@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from resgrad.config import TrainConfig
-from resgrad.data import MNIST_FILES, DataError, batches, load_split, resolve_data_dir
+from resgrad.data import IDX_MD5, MNIST_FILES, DataError, batches, load_split, resolve_data_dir
 from resgrad.train import train
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -109,3 +112,49 @@ def test_a_garbage_idx_file_is_named_as_damaged(tmp_path: Path, data_dir: Path) 
         f"{raw / 'train-labels-idx1-ubyte'} is damaged (its header is not that of MNIST's file); "
         "delete it to have it unpacked again from its .gz."
     )
+
+
+# ---------------------------------------------------------------- damaged unpacked files
+
+
+def _unpacked_copy(data_dir: Path, tmp_path: Path) -> Path:
+    """The four official .gz files, and each unpacked beside it (as torchvision leaves them)."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        gz = data_dir / "MNIST" / "raw" / name
+        shutil.copy(gz, raw / name)
+        (raw / name.removesuffix(".gz")).write_bytes(gzip.decompress(gz.read_bytes()))
+    return raw
+
+
+def test_the_md5_sums_of_the_unpacked_files_are_those_of_the_official_gz_files_unpacked(data_dir: Path) -> None:
+    for gz_name, gz_md5 in MNIST.resources:
+        gz = (data_dir / "MNIST" / "raw" / gz_name).read_bytes()
+        assert hashlib.md5(gz).hexdigest() == gz_md5  # torchvision's sum: the official file
+        assert hashlib.md5(gzip.decompress(gz)).hexdigest() == IDX_MD5[gz_name.removesuffix(".gz")]
+
+
+@pytest.mark.parametrize("name", ["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte"])
+def test_an_unpacked_file_with_mnists_header_and_size_but_other_bytes_is_named_before_training(
+    tmp_path: Path, data_dir: Path, name: str
+) -> None:
+    raw = _unpacked_copy(data_dir, tmp_path)
+    load_split(False, tmp_path / "data", subset=10)  # the whole set loads
+    idx = raw / name
+    data = bytearray(idx.read_bytes())
+    header = 8 if "labels" in name else 16
+    # Labels up to 255 (IndexError mid-training once), or pixels of noise (trained on, exit 0, once).
+    data[header:] = random.Random(0).randbytes(len(data) - header)
+    idx.write_bytes(bytes(data))
+    argv = ["train", "--arch", "residual", "--depth", "8", "--width", "2", "--steps", "2", "--train-subset", "64"]
+    argv += ["--test-subset", "50", "--threads", "1", "--device", "cpu", "--quiet"]
+    code, err = run_cli([*argv, "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    found = hashlib.md5(bytes(data)).hexdigest()
+    assert code == 2 and one_sentence(err, "train").endswith(
+        f"{idx} is damaged (MD5 {found}, not that of the official file, {IDX_MD5[name]}); "
+        "delete it to have it unpacked again from its .gz."
+    )
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match="not that of the official file"):
+        load_split("train" in name, tmp_path / "data", subset=10)

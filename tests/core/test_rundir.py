@@ -13,7 +13,7 @@ from helpers import ROOT, copy_sweep, exit_code, one_sentence, run_cli, snapshot
 
 from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
-from resgrad.files import MARKER, OWN_NAMES
+from resgrad.ownership import MARKER, OWN_NAMES
 from resgrad.report.sweepdata import load_sweep
 from resgrad.rundir import check_run, save_run
 from resgrad.train import train
@@ -112,7 +112,7 @@ def test_the_run_files_train_help_lists_are_those_save_run_writes(
         data_dir=str(data_dir),
     )
     save_run(train(config, progress=False), tmp_path / "run")
-    assert sorted(os.listdir(tmp_path / "run")) == sorted(listed)
+    assert sorted(os.listdir(tmp_path / "run")) == sorted([*listed, MARKER])  # and the manifest
 
 
 # ---------------------------------------------------------------- whole or damaged
@@ -124,6 +124,7 @@ def test_folders_saved_before_the_record_are_checked_by_their_contents(tiny_swee
     summary = json.loads((run / "summary.json").read_text())
     del summary["files"]  # as resgrad wrote summary.json before it kept a record
     (run / "summary.json").write_text(json.dumps(summary))
+    (run / MARKER).unlink()  # and before it kept a manifest
     assert check_run(run) is None
     text = (run / "metrics.csv").read_text()
     (run / "metrics.csv").write_text(text[: text.rindex("\n", 0, len(text) - 1) + 1])  # a whole row missing

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import exit_code
+from helpers import exit_code, one_sentence, rerecord, run_cli
 from torch import nn
 
 from resgrad.cli import main
@@ -224,6 +224,7 @@ def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsamplin
             == 0
         )
         assert sorted(p.name for p in out.iterdir()) == [
+            ".resgrad.json",  # the manifest: every file resgrad wrote here
             "lesion.csv",
             "lesion_n_deleted.png",
             "lesion_single_block.png",
@@ -297,6 +298,7 @@ def _make_old(sweep: Path) -> None:
         summary = json.loads((run_dir / "summary.json").read_text())
         summary.pop("files", None)
         (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / ".resgrad.json").unlink()  # no manifest either
 
 
 @pytest.mark.slow
@@ -314,6 +316,30 @@ def test_a_damaged_run_is_left_out_by_name_and_the_others_are_lesioned(
         f"{json.loads((plain / 'summary.json').read_text())['files']['model.pt']['bytes']} recorded"
     ]
     assert plain.name in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["model.pt holds a list", "config.json is not JSON"])
+def test_a_run_that_cannot_be_read_is_left_out_of_a_sweep_by_name_and_alone_is_one_sentence(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, sweep, ignore=shutil.ignore_patterns("lesion"))
+    plain = next((sweep / "runs").glob("plain-*"))
+    if damage == "model.pt holds a list":  # whole by its records: only loading it tells
+        torch.save([torch.zeros(3)], plain / "model.pt")
+        rerecord(plain)
+        why = "cannot be loaded into the model its config.json describes (it holds a list, not a state dict)"
+    else:
+        (plain / "config.json").write_text("{not json")
+        why = "config.json"
+    flags = ["--device", "cpu", "--data-dir", str(data_dir), "--max-deleted", "2", "--draws", "1", "--quiet"]
+    code, err = run_cli(["lesion", str(sweep), *flags])
+    assert code == 0 and "Traceback" not in err, err
+    assert pd.read_csv(sweep / "lesion" / "lesion.csv")["arch"].unique().tolist() == ["residual"]
+    assert f"left out {plain.name}: " in caplog.text and why in caplog.text
+    code, err = run_cli(["lesion", str(plain), *flags, "--out", str(tmp_path / "alone")])
+    assert code == 2 and why in one_sentence(err, "lesion") and not (tmp_path / "alone").exists()
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import exit_code
+from helpers import exit_code, one_sentence, rerecord, run_cli
 
 from resgrad.cli import main
 from resgrad.experiments.shatter import ShatterConfig, correlations, directions, input_gradients, pearson, run_shatter
@@ -192,6 +192,7 @@ def test_shatter_is_deterministic_and_measures_the_sweeps_trained_nets(
         assert exit_code(_argv(data_dir, out, "--sweep", str(trained_sweep))) == 0
     assert (outs[0] / "shatter.csv").read_bytes() == (outs[1] / "shatter.csv").read_bytes()
     assert sorted(p.name for p in outs[0].iterdir()) == [
+        ".resgrad.json",  # the manifest: every file resgrad wrote here
         "shatter.csv",
         "shatter_correlation_vs_depth.png",
         "shatter_correlation_vs_distance.png",
@@ -238,6 +239,7 @@ def test_a_sweep_without_weights_and_a_foreign_output_folder_exit_2(
         summary = json.loads((run_dir / "summary.json").read_text())
         summary.pop("files", None)
         (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / ".resgrad.json").unlink()  # no manifest either
     assert exit_code(_argv(data_dir, tmp_path / "out", "--sweep", str(old))) == 2
     assert "holds no complete plain/residual run with saved weights" in capsys.readouterr().err
     mine = tmp_path / "mine"
@@ -310,3 +312,38 @@ def test_shatter_writes_into_a_default_folder_like_lesion(
     (run,) = (sweep / "runs").iterdir()
     assert exit_code([*argv, "--sweep", str(run)]) == 0
     assert (run.parent / f"{run.name}-shatter" / "shatter.csv").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["model.pt holds a list", "config.json is not JSON"])
+def test_a_trained_run_that_cannot_be_read_is_named_in_one_sentence(
+    trained_sweep: Path, data_dir: Path, tmp_path: Path, damage: str
+) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(trained_sweep, sweep)
+    (run,) = (sweep / "runs").iterdir()  # the sweep's only run: nothing trained is left to measure
+    if damage == "model.pt holds a list":  # whole by its records: only loading it tells
+        torch.save([torch.zeros(3)], run / "model.pt")
+        rerecord(run)
+        why = "it holds a list, not a state dict"
+    else:
+        (run / "config.json").write_text("{not json")
+        why = "damaged: config.json cannot be read"
+    argv = ["shatter", "--archs", "residual", "--depths", "8", "--widths", "4", "--seeds", "0", "--images", "2"]
+    argv += ["--device", "cpu", "--data-dir", str(data_dir), "--quiet", "--sweep", str(sweep)]
+    code, err = run_cli([*argv, "--out", str(tmp_path / "out")])
+    line = one_sentence(err, "shatter")
+    assert code == 2 and f"{run.name}: " in line and why in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(
+    Path("/proc/sys/vm/overcommit_memory").read_text().strip() not in ("0", "2")
+    if Path("/proc/sys/vm/overcommit_memory").exists()
+    else True,
+    reason="needs a kernel that refuses an impossible allocation",
+)
+def test_a_net_too_large_for_memory_is_one_sentence(data_dir: Path, tmp_path: Path) -> None:
+    argv = ["shatter", "--archs", "residual", "--depths", "8", "--widths", "200000", "--images", "2", "--quiet"]
+    code, err = run_cli([*argv, "--device", "cpu", "--data-dir", str(data_dir), "--out", str(tmp_path / "out")])
+    assert code == 2 and "out of memory: the model or its batches needed more memory" in one_sentence(err, "shatter")
+    assert not (tmp_path / "out").exists()

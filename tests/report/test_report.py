@@ -13,11 +13,15 @@ import io
 import json
 import math
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import leftovers, one_sentence, rerecord, run_cli, snapshot
 
 import resgrad.report.page
 from resgrad.cli import main
@@ -91,14 +95,18 @@ def _copy(sweep_dir: Path, tmp_path: Path) -> Path:
 
 
 def _record_files(run_dir: Path) -> None:
-    """Rewrite summary.json's record of files after a test edited them, as if the run had written them so."""
+    """Rewrite the records of files after a test edited them, as if the run had written them so.
+
+    summary.json records every other file; the manifest (.resgrad.json) every file, summary.json too.
+    """
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["files"] = {
         p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         for p in sorted(run_dir.iterdir())
-        if p.name != "summary.json"
+        if p.name not in ("summary.json", ".resgrad.json")
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    rerecord(run_dir)
 
 
 def _make_failed(run_dir: Path, error: str) -> None:
@@ -523,7 +531,11 @@ def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it
     sweep = _copy(sweep_dir, tmp_path)
     assert _report([str(sweep)])[0] == 0
     out = sweep / "report"
+    # A report of an older version: no manifest, and a figure this version does not make, which its report.md names.
+    (out / ".resgrad.json").unlink()
     (out / "figures" / "from_an_old_version.png").write_bytes(PNG_MAGIC)
+    with open(out / "report.md", "a") as f:
+        f.write("\n![old](figures/from_an_old_version.png)\n")
     assert _report([str(sweep)])[0] == 0
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{name}.png" for name in FIGURES)
     assert sorted(p.name for p in (out / "tables").iterdir()) == sorted(f"{name}.csv" for name in TABLES)
@@ -538,7 +550,7 @@ def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it
     with pytest.raises(OSError, match="No space"):
         resgrad.report.page.make_report(sweep)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert not [p.name for p in sweep.iterdir() if p.name.startswith(".report")]  # no temp folder left
+    assert not [p.name for p in sweep.iterdir() if p.name.startswith(".resgrad-")]  # no temp folder left
 
 
 # ---------------------------------------------------------------- bad input
@@ -592,6 +604,39 @@ def test_out_that_holds_something_else_is_refused(
     assert main(["report", str(sweep_dir), "--out", str(mine)]) == 2
     assert "holds files resgrad did not write (notes.txt)" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("made_before_the_manifest", [False, True])
+def test_a_file_the_user_added_to_an_earlier_reports_figures_or_tables_refuses_the_report_and_stays(
+    report: tuple[Path, str], tmp_path: Path, made_before_the_manifest: bool
+) -> None:
+    out = tmp_path / "report"
+    shutil.copytree(report[0], out)
+    if made_before_the_manifest:  # then its report.md says which figures and tables are its own
+        (out / ".resgrad.json").unlink()
+    (out / "figures" / "my_annotated_plot.png").write_bytes(PNG_MAGIC)
+    (out / "tables" / "my_table.csv").write_text("mine\n")
+    before = snapshot(out)
+    code, err = run_cli(["report", str(report[0].parent), "--out", str(out)])
+    assert code == 2
+    assert "(figures/my_annotated_plot.png, tables/my_table.csv)" in one_sentence(err, "report")
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_report_into_the_place_of_a_killed_report_cleans_up_after_it(sweep_dir: Path, tmp_path: Path) -> None:
+    sweep = _copy(sweep_dir, tmp_path)
+    code = (
+        "import os, signal\nfrom resgrad.files import atomic_dir\n"
+        f"with atomic_dir({str(sweep / 'report')!r}, 'report') as tmp:\n"
+        "    (tmp / 'report.md').write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == -signal.SIGKILL
+    assert len(leftovers(sweep)) == 1
+    assert _report([str(sweep)])[0] == 0
+    assert leftovers(sweep) == [] and (sweep / "report" / "report.md").read_text() != "half"
 
 
 @pytest.mark.slow

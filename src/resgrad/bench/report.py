@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from resgrad.bench.config import COLUMNS, MODES, NOISY_IQR, PARTIAL_NAME, STATUS_COLUMNS, BenchResult
-from resgrad.files import prepare_output, write_bytes, write_csv, write_text
+from resgrad.files import prepare_output, write_files
 from resgrad.models import FIXED_ARCHS
 from resgrad.report.markdown import markdown_table
 
@@ -244,24 +244,28 @@ def bench_plot(rows: pd.DataFrame) -> bytes | None:
 def write_bench(result: BenchResult, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``bench.csv``, ``bench.md``, ``bench.png`` (and ``speedup.csv`` for two devices) into ``out_dir``.
 
-    Each file is written atomically. A ``speedup.csv`` or ``bench.png`` that this result does
-    not make is removed, so none is left from an earlier run; so is the checkpoint file of
-    :func:`run_bench`. Other files in ``out_dir`` are left alone (``benchmarks/gpu.sh``
-    keeps its log and other stages' folders there), which is why the folder is not swapped
-    whole. A folder that is neither new, empty nor a bench folder is refused (``UsageError``).
+    The files are written as one set (:func:`resgrad.files.write_files`): all of them, or on a
+    failed write (a full disk) none, the earlier set left as it was. A ``speedup.csv`` or
+    ``bench.png`` that this result does not make is removed with the set, so none is left
+    from an earlier run; so is the checkpoint file of :func:`run_bench`, which a failed write
+    keeps. Other files in ``out_dir`` are left alone (``benchmarks/gpu.sh`` keeps its log and
+    other stages' folders there), which is why the folder is not swapped whole. A folder that
+    is neither new, empty nor a bench folder is refused (``UsageError``).
     """
     out_dir = prepare_output(out_dir, "bench")  # new, empty or a bench folder; refused before any write
-    write_csv(out_dir / "bench.csv", result.rows[COLUMNS + STATUS_COLUMNS])
-    write_text(out_dir / "bench.md", bench_markdown(result, out_dir))
-    made = set()
+    frame = result.rows[COLUMNS + STATUS_COLUMNS]
+    markdown = bench_markdown(result, out_dir)
+    writers: dict[str, Callable[[Path], None]] = {
+        "bench.csv": lambda p: frame.to_csv(p, index=False),
+        "bench.md": lambda p: p.write_text(markdown, encoding="utf-8"),
+    }
     if result.rows["device"].nunique() > 1:
-        made.add(write_csv(out_dir / "speedup.csv", speedup_table(result.rows)).name)
+        speedup = speedup_table(result.rows)
+        writers["speedup.csv"] = lambda p: speedup.to_csv(p, index=False)
     png = bench_plot(result.rows)
     if png is not None:
-        made.add(write_bytes(out_dir / "bench.png", png).name)
+        writers["bench.png"] = lambda p: p.write_bytes(png)
     else:
         log.warning("no successful point of a plain or residual net: bench.png not drawn.")
-    for name in set(OPTIONAL_FILES) - made:
-        (out_dir / name).unlink(missing_ok=True)
-    (out_dir / PARTIAL_NAME).unlink(missing_ok=True)
+    write_files(out_dir, writers, remove=[*OPTIONAL_FILES, PARTIAL_NAME])
     return out_dir

@@ -13,7 +13,7 @@ log = logging.getLogger("resgrad")
 
 
 def epilog_train() -> str:
-    from resgrad.files import OWN_NAMES
+    from resgrad.ownership import OWN_NAMES
     from resgrad.records import COLUMNS
     from resgrad.rundir import METRIC_COLUMNS
 
@@ -164,7 +164,16 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         help="runs at a time; local: processes, 1 = in this process (default: 1); ray: CPUs of a local Ray",
     )
     g.add_argument(
-        "--ray-address", metavar="ADDR", help="a Ray cluster (e.g. auto, ray://host:10001); default: start a local Ray"
+        "--ray-address",
+        metavar="ADDR",
+        help="a Ray cluster (e.g. auto, ray://host:10001); default: $RAY_ADDRESS, else start a local Ray",
+    )
+    g.add_argument(
+        "--gpus-per-run",
+        type=float,
+        metavar="N",
+        help="ray: the GPUs each run asks Ray for, so that no more runs share the cluster's GPUs than that allows; "
+        "a fraction (0.5) puts several runs on one GPU (default: 1 for runs on CUDA, else 0)",
     )
     g.add_argument("--force", action="store_true", help="rerun points already complete or diverged")
     g.add_argument(
@@ -200,6 +209,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=opts.get("workers", 1),
         force=args.force,
         ray_address=opts.get("ray_address"),
+        gpus_per_run=opts.get("gpus_per_run"),
         progress=False if args.quiet else None,
         tensorboard=args.tensorboard,
     )

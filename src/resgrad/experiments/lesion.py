@@ -221,9 +221,19 @@ def run_lesion(
             c = run.config
             head = dict(run_id=run.path.name, arch=c.arch, depth=c.depth, width=c.width, norm=c.norm, seed=c.seed)
             tail = dict(recorded_test_acc=(run.summary or {}).get("final_test_acc"), test_images=len(test))
-            model = load_model(run.path, device)
+            try:
+                model = load_model(run.path, device)
+            except UsageError as exc:  # weights that do not load: one run of a sweep is left out, a run folder fails
+                if not is_sweep or len(usable) == 1:
+                    raise
+                skipped.append(f"{run.path.name}: {exc}")
+                log.warning("lesion: left out %s", skipped[-1])
+                shown.done(run.path.name)
+                continue
             rows += [{**head, **row, **tail} for row in lesion_model(model, test, config)]
             shown.done(run.path.name)
+    if not rows:
+        raise UsageError(f"no run of {path} could be lesioned ({'; '.join(skipped[:3])}).")
     frame = pd.DataFrame(rows, columns=COLUMNS).astype(
         {"draw": "Int64", "block_index": "Int64", "downsampling": "boolean"}
     )
@@ -248,7 +258,7 @@ def write_lesion(result: LesionResult, out: str | os.PathLike[str]) -> list[Path
     """Write ``lesion.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
     out = check_out(out)
     figures = lesion_figures(result.frame)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "lesion") as tmp:
         write_csv(tmp / "lesion.csv", result.frame)
         for name, (_, data, _) in figures.items():
             write_bytes(tmp / f"{name}.png", data)

@@ -212,8 +212,9 @@ def _nets(config: ShatterConfig) -> Iterator[_Net]:
                 log.warning("shatter: left out %s: %s", run.path.name, run.unusable())
         usable = [r for r in runs if not r.unusable() and not r.config.arch.startswith("seed-")]
         if not usable:
+            reasons = "; ".join(f"{r.path.name}: {r.unusable()}" for r in runs if r.unusable()) or "no run folders"
             raise UsageError(
-                f"{config.sweep} holds no complete plain/residual run with saved weights (model.pt); "
+                f"{config.sweep} holds no complete plain/residual run with saved weights (model.pt) ({reasons}); "
                 "runs made before resgrad saved weights have none: rerun them."
             )
         for run in usable:
@@ -249,10 +250,18 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
     test = load_split(False, config.data_dir, config.images)
     images, labels = test.images.to(device, dtype), test.labels.to(device)
     d = directions(len(images), config.direction_seed).to(device, dtype)
-    rows = []
+    rows, left_out = [], []
     with Progress(len(nets), "shatter", "net", progress) as shown:
         for net in nets:
-            model = net.build(device, dtype)
+            try:
+                model = net.build(device, dtype)
+            except UsageError as exc:  # a trained run whose weights do not load is left out by name
+                if net.run_dir is None:
+                    raise
+                left_out.append(f"{net.run_dir.name}: {exc}")
+                log.warning("shatter: left out %s", left_out[-1])
+                shown.done(f"{net.run_dir.name}, left out")
+                continue
             batch_size = config.batch_size or POINT_BATCH.get(device.type, 256)
             r = correlations(model, images, labels, d, config.distances, batch_size).numpy()
             c = net.config
@@ -276,6 +285,8 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
                     )
                 )
             shown.done(f"{c.arch}-d{c.depth}-w{c.width} seed {c.seed}, {net.state}")
+    if left_out and len(left_out) == sum(net.run_dir is not None for net in nets):  # --sweep, and no trained net
+        raise UsageError(f"no trained run of {config.sweep} could be loaded ({'; '.join(left_out[:3])}).")
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame.attrs["at_distance"] = config.at_distance
     nets_without = unmeasured(frame)
@@ -309,7 +320,7 @@ def write_shatter(frame: pd.DataFrame, out: str | os.PathLike[str], at_distance:
     """Write ``shatter.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
     out = check_out(out)
     figures = shatter_figures(frame, at_distance if at_distance is not None else frame.attrs.get("at_distance"))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "shatter") as tmp:
         write_csv(tmp / "shatter.csv", frame)
         for name, (_, data, _) in figures.items():
             write_bytes(tmp / f"{name}.png", data)

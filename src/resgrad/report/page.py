@@ -334,7 +334,7 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     page.heading(2, "How to read the tables")
     page.bullets(NOTES)
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "report") as tmp:
         (tmp / "figures").mkdir()
         (tmp / "tables").mkdir()
         for name, _, png, _ in figures:
