@@ -54,6 +54,13 @@ def small_disk(tmp_path: Path):
 
 
 @pytest.fixture
+def report_disk(tmp_path: Path):
+    """An 8 MiB filesystem of its own: room for a whole report of the tiny sweep (about 1.3 MB) before it is filled."""
+    with tmpfs(tmp_path / "disk", "size=8m") as disk:
+        yield disk
+
+
+@pytest.fixture
 def read_only(tmp_path: Path):
     """A folder nobody here can write in: a read-only tmpfs for root, else a folder without write permission."""
     folder = tmp_path / "ro"
@@ -218,8 +225,9 @@ def test_a_full_disk_in_train_is_one_sentence_and_keeps_the_earlier_run(small_di
 @pytest.mark.slow
 @pytest.mark.usefixtures("small_peak_matmul")
 def test_a_full_disk_in_sweep_report_and_bench_is_one_sentence(
-    small_disk: Path, data_dir: Path, tiny_sweep: Path
+    report_disk: Path, data_dir: Path, tiny_sweep: Path
 ) -> None:
+    small_disk = report_disk
     report = small_disk / "report"
     assert run_cli(["report", str(tiny_sweep), "--out", str(report)])[0] == 0
     earlier = snapshot(report)
