@@ -144,7 +144,7 @@ def _final_name(exc: OSError, tmp: Path, path: Path) -> Path:
 # A folder resgrad claims before it writes anything there (see mark_output): {"kind": ...}.
 MARKER = ".resgrad.json"
 # What resgrad writes into each kind of output folder, and the files that mark a folder as
-# resgrad's. Run, report, lesion and shatter folders are replaced whole; sweep and bench folders are written
+# resgrad's. Run, report, lesion, shatter and landscape folders are replaced whole; sweep and bench folders are written
 # into, and files of other names there are left alone.
 OWN_NAMES = {
     "run": ("config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json", MARKER),
@@ -153,6 +153,14 @@ OWN_NAMES = {
     "bench": ("bench.csv", "bench.md", "bench.png", "speedup.csv", "bench.partial.csv", MARKER),
     "lesion": ("lesion.csv", "lesion_single_block.png", "lesion_n_deleted.png", MARKER),
     "shatter": ("shatter.csv", "shatter_correlation_vs_distance.png", "shatter_correlation_vs_depth.png", MARKER),
+    "landscape": (
+        "landscape.csv",
+        "curvature.csv",
+        "landscape_2d.png",
+        "landscape_1d.png",
+        "landscape_init_final.png",
+        MARKER,
+    ),
 }
 SIGNATURES = {
     "sweep": ("sweep.json", ".lock"),
@@ -161,8 +169,9 @@ SIGNATURES = {
     "run": ("summary.json", "config.json"),
     "lesion": ("lesion.csv",),
     "shatter": ("shatter.csv",),
+    "landscape": ("landscape.csv",),
 }
-REPLACED_WHOLE = ("run", "report", "lesion", "shatter")
+REPLACED_WHOLE = ("run", "report", "lesion", "shatter", "landscape")
 # Files in a report's subfolders: its figures and tables.
 _REPORT_SUFFIXES = {"figures": ".png", "tables": ".csv"}
 
@@ -252,7 +261,7 @@ def prepare_output(path: str | os.PathLike[str], kind: str, force: bool = False)
 
     Args:
         path: the output folder.
-        kind: ``run``, ``sweep``, ``report``, ``bench``, ``lesion`` or ``shatter``.
+        kind: ``run``, ``sweep``, ``report``, ``bench``, ``lesion``, ``shatter`` or ``landscape``.
         force: allow replacing an existing run folder.
 
     Raises:
