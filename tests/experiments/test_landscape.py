@@ -3,6 +3,7 @@ extremes against autograd's full Hessian, the init rebuilt as `resgrad train` bu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -24,7 +25,12 @@ from resgrad.experiments.landscape import (
     path_rows,
     surface_rows,
 )
-from resgrad.experiments.landscape_numerics import filter_normalise, lanczos_extremes, random_directions
+from resgrad.experiments.landscape_numerics import (
+    filter_normalise,
+    fold_batch_norm,
+    lanczos_extremes,
+    random_directions,
+)
 from resgrad.files import OWN_NAMES
 from resgrad.models import build_model
 from resgrad.train import evaluate, initial_model, load_model, make_optimizer, train_step
@@ -76,6 +82,59 @@ def test_twins_draw_the_same_directions_and_another_seed_others() -> None:
     for d in a:
         for x, p in zip(d, plain.parameters()):
             assert x.shape == p.shape and (p.dim() > 1 or not x.any())
+
+
+# ---------------------------------------------------------------- batch norm folded into the convolutions
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    """Non-trivial running statistics and affine parameters for every batch norm (eval mode uses them)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("arch", ["plain", "residual"])
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_folding_batch_norm_into_the_convolutions_keeps_the_function(arch: str, shortcut: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, depth=8, width=4, norm="batch", shortcut=shortcut, init="kaiming").eval()
+    _randomise_norms(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded, scales = fold_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    # the stem, two convs per block, and the projections that run (a plain block never calls its shortcut)
+    assert len(scales) == 1 + 2 * 3 + (2 if shortcut == "B" and arch == "residual" else 0)
+    for name, s in scales.items():
+        norm = model.get_submodule(name.removesuffix(".weight").replace("conv", "bn").replace("stem", "stem_norm"))
+        if isinstance(norm, nn.BatchNorm2d):  # a projection's norm sits beside it in a Sequential
+            assert torch.allclose(s, norm.weight / torch.sqrt(norm.running_var + norm.eps))
+    x = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_the_surface_of_a_batch_norm_net_is_that_of_the_net_moved_by_hand() -> None:
+    torch.manual_seed(0)
+    model = build_model("residual", depth=8, width=4, norm="batch", shortcut="B", init="kaiming").eval()
+    _randomise_norms(model)
+    data = Split(torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,)))
+    rows = surface_rows(model, data, LandscapeConfig(grid=3, span=0.5, direction_seed=2), batch_size=8)
+    params = list(model.parameters())
+    d, e = (filter_normalise(raw, params) for raw in random_directions(params, 2))
+    for row in rows:
+        moved = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, dp, ep in zip(moved.parameters(), d, e):
+                p += (row["alpha"] * dp + row["beta"] * ep).float()
+        loss, acc = evaluate(moved, data, 8)
+        assert row["loss"] == pytest.approx(loss, rel=1e-5) and row["accuracy"] == acc
+    assert {r["kind"] for r in rows} == {"2d", "1d"} and len(rows) == 9 + 5
 
 
 # ---------------------------------------------------------------- the surface of a known quadratic

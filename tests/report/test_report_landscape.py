@@ -45,7 +45,9 @@ def _curvature() -> pd.DataFrame:
         dict(run_id="plain-run", arch="plain", lambda_max=40.0, lambda_min=-4.0, loss=0.05, accuracy=0.98),
     ]
     extra = dict(depth=20, width=8, norm="batch", seed=0, lambda_max_error=0.0, lambda_min_error=0.0)
-    frame = pd.DataFrame([{**r, **extra, "hessian_products": 20, "params": 1000, "images": 1000} for r in rows])
+    frame = pd.DataFrame(
+        [{**r, **extra, "hessian_products": 20, "params": 1000, "images": 1000, "seconds": 1.0} for r in rows]
+    )
     return frame.assign(abs_min_over_max=(frame["lambda_min"] / frame["lambda_max"]).abs())[CURVATURE_COLUMNS]
 
 
@@ -69,7 +71,8 @@ def test_the_table_has_one_row_per_twin_with_its_curvature_and_path() -> None:
     assert table["monotone"].tolist() == [False, True]
     shown = landscape_display(table)
     assert shown["init→final monotone"].tolist() == ["no", "yes"]
-    assert shown["|λ_min/λ_max|"].tolist() == ["0.1", "0.001"] and shown["accuracy (%)"].tolist() == ["98.00", "99.50"]
+    assert shown["|λ_min/λ_max|"].tolist() == ["0.1", "0.001"]
+    assert shown["accuracy (%)"].tolist() == ["98.00", "99.50"]
 
 
 @pytest.mark.slow  # three figures: about 10 s on a busy 2-core machine

@@ -258,13 +258,15 @@ def epilog_landscape() -> str:
         "draws for every net of the same shape (the twins of one depth); the same along d alone at 2G-1 points; "
         "the straight line from the run's initial state, rebuilt from its seed as `resgrad train` builds it, to "
         "its trained state at 2G-1 points (Goodfellow et al. 2015); and the largest and smallest eigenvalue of the "
-        "loss's Hessian at the trained weights by Lanczos on Hessian-vector products (at most K; it stops when "
-        "both are within 1 % of lambda_max, as Li et al.'s eigsh).",
+        "loss's Hessian (all parameters) at the trained weights by K Lanczos steps on Hessian-vector products; "
+        "they bound the spectrum from inside. The surface is evaluated on a copy with batch norm folded into "
+        "the convolutions (the same function; channels-last on the CPU).",
         f"DIR (default SWEEP_DIR/landscape, or RUN_DIR-landscape) gets landscape.csv ({', '.join(COLUMNS)}; kind "
         "is 2d, 1d or init-final, whose alpha is t from 0 at init to 1 trained and beta empty; accuracies are "
         f"fractions), curvature.csv (one row per run: {', '.join(CURVATURE_COLUMNS)}; the errors are Lanczos "
-        f"residual bounds) and {', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier landscape "
-        "folder there is replaced, a folder holding anything else is refused. `resgrad report` adds a loss "
+        "residual bounds; seconds is the wall time of the run's whole measurement) and "
+        f"{', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier landscape folder there is replaced, "
+        "a folder holding anything else is refused. `resgrad report` adds a loss "
         "landscape section when SWEEP_DIR/landscape exists. Runs that are not complete or have no model.pt are "
         "left out with a note.",
     )

@@ -4,16 +4,20 @@
   random directions;
 - :func:`move_to` and :func:`move_between`: write θ + αδ + βη, or the point t of the way from
   one state to another, into a model in place;
+- :func:`fold_batch_norm`: the same function with each eval-mode batch norm folded into the
+  convolution before it (one pass over the activations fewer per layer);
 - :func:`hessian_vector_product` and :func:`lanczos_extremes`: λ_max and λ_min of the training
   loss's Hessian from Hessian-vector products (Lanczos with full reorthogonalisation).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -88,9 +92,46 @@ def move_to(
 def move_between(
     targets: Sequence[torch.Tensor], start: Sequence[torch.Tensor], end: Sequence[torch.Tensor], t: float
 ) -> None:
-    """Write the point ``t`` of the way from ``start`` to ``end`` into ``targets`` (exactly ``start`` at 0, ``end`` at 1)."""
+    """Write the point ``t`` of the way from ``start`` to ``end`` into ``targets`` (``start`` at 0, ``end`` at 1,
+    exactly)."""
     for target, a, b in zip(targets, start, end, strict=True):
         target.copy_(torch.lerp(a, b, t))
+
+
+def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A copy of ``model`` for eval mode with every batch norm that alone reads a convolution folded into it.
+
+    In eval mode batch norm is an affine map per channel, y = s·x + (β − s·μ) with
+    s = γ / √(σ² + ε), so conv-then-norm is one convolution with weight s·W and bias
+    s·(b − μ) + β. The batch-norm parameters stay as they are, so a move of W by δ is a move
+    of the folded weight by s·δ. A model without batch norm comes back as it is.
+
+    Returns:
+        The folded copy (a ``torch.fx.GraphModule`` in eval mode, sharing nothing with
+        ``model``), and s for each folded convolution's weight, by the weight's name.
+    """
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model, {}
+    graph = torch.fx.symbolic_trace(copy.deepcopy(model).eval())
+    modules = dict(graph.named_modules())
+    scales = {}
+    for node in list(graph.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        source = node.args[0] if bn is not None else None
+        conv = modules.get(source.target) if isinstance(source, torch.fx.Node) and source.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or not isinstance(conv, nn.Conv2d) or len(source.users) != 1:
+            continue
+        with torch.no_grad():
+            s = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight = nn.Parameter(conv.weight * s.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(s * (bias - bn.running_mean) + bn.bias)
+        scales[f"{source.target}.weight"] = s.detach().clone()
+        node.replace_all_uses_with(source)
+        graph.graph.erase_node(node)
+    graph.delete_all_unused_submodules()
+    graph.recompile()
+    return graph.eval(), scales
 
 
 def floating_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

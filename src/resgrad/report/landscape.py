@@ -35,6 +35,7 @@ CURVATURE_COLUMNS = [
     "loss",
     "accuracy",
     "images",
+    "seconds",
 ]
 FIGURES = {
     "landscape_2d": "Loss surfaces around the trained weights",
