@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RESGRAD := $(VENV)/bin/resgrad
 SHARED_MNIST := ../shared/data/MNIST
 
-.PHONY: setup demo test test-fast lint format results results-lesion data clean
+.PHONY: setup demo test test-fast lint format results results-lesion results-landscape data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,14 @@ results-lesion: setup data
 	results/record.sh results/shattered $(RESGRAD) shatter --archs plain residual --depths 8 14 20 32 44 56 110 \
 		--widths 8 --norms batch --inits kaiming --seeds 0 1 2 --sweep results/lesion --images 32 \
 		--threads 1 --device cpu --out results/shattered
+
+# Loss landscapes of the trained twins of results/lesion (Li et al. 2018): 21 x 21 surfaces, the line
+# from init and the Hessian's extremes, on 1,000 training images. Needs results/lesion's runs (make
+# results-lesion). Time on a quiet 2-core CPU: see docs/landscape.md.
+results-landscape: setup data
+	rm -f results/landscape/PROVENANCE.md
+	results/record.sh results/landscape $(RESGRAD) landscape results/lesion --out results/landscape \
+		--threads 2 --device cpu --quiet
 
 clean:
 	rm -rf runs .pytest_cache .benchmarks
