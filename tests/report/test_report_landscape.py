@@ -46,7 +46,7 @@ def _curvature() -> pd.DataFrame:
     ]
     extra = dict(depth=20, width=8, norm="batch", seed=0, lambda_max_error=0.0, lambda_min_error=0.0)
     frame = pd.DataFrame(
-        [{**r, **extra, "hessian_products": 20, "params": 1000, "images": 1000, "seconds": 1.0} for r in rows]
+        [{**r, **extra, "hessian_products": 20, "weights": 1000, "images": 1000, "seconds": 1.0} for r in rows]
     )
     return frame.assign(abs_min_over_max=(frame["lambda_min"] / frame["lambda_max"]).abs())[CURVATURE_COLUMNS]
 

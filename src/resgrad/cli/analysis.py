@@ -258,7 +258,8 @@ def epilog_landscape() -> str:
         "draws for every net of the same shape (the twins of one depth); the same along d alone at 2G-1 points; "
         "the straight line from the run's initial state, rebuilt from its seed as `resgrad train` builds it, to "
         "its trained state at 2G-1 points (Goodfellow et al. 2015); and the largest and smallest eigenvalue of the "
-        "loss's Hessian (all parameters) at the trained weights by K Lanczos steps on Hessian-vector products; "
+        "loss's Hessian with respect to the conv and linear weights (as Li et al.'s code) at the trained weights by K "
+        "Lanczos steps on Hessian-vector products; "
         "they bound the spectrum from inside. The surface is evaluated on a copy with batch norm folded into "
         "the convolutions (the same function; channels-last on the CPU).",
         f"DIR (default SWEEP_DIR/landscape, or RUN_DIR-landscape) gets landscape.csv ({', '.join(COLUMNS)}; kind "

@@ -12,8 +12,9 @@ For every complete run with saved weights θ, on a fixed set of training images 
   :func:`resgrad.train.initial_model`, as ``resgrad train`` builds it) to its final one
   (Goodfellow, Vinyals & Saxe, ICLR 2015), 2G − 1 points for t in [0, 1]. Every floating
   entry of the state moves: weights, biases, batch-norm parameters and running statistics.
-- **curvature**: λ_max and λ_min of the Hessian of the loss at θ (all parameters) by Lanczos
-  on Hessian-vector products, and |λ_min / λ_max| (Li et al. Sec. 6: near 0, locally convex).
+- **curvature**: λ_max and λ_min of the Hessian of the loss at θ with respect to the weights the
+  surface moves (as Li et al.'s code) by Lanczos on Hessian-vector products, and |λ_min / λ_max|
+  (Li et al. Sec. 6: near 0, locally convex).
 
 The loss is the mean cross-entropy (no weight decay) with batch norm in eval mode: it uses its
 running statistics, so each image's loss is its own and the surface does not depend on the batch.
@@ -220,11 +221,15 @@ def path_rows(
 def curvature(
     model: nn.Module, data: Split, config: LandscapeConfig, batch_size: int, step: Callable[[], None] = lambda: None
 ) -> dict[str, object]:
-    """λ_max, λ_min, their residual bounds and |λ_min/λ_max| of the loss's Hessian at ``model``'s parameters."""
+    """λ_max, λ_min, their residual bounds and |λ_min/λ_max| of the loss's Hessian at ``model``'s weights.
+
+    The Hessian is taken with respect to the parameters the surface moves, the conv and linear
+    weights (biases and batch norm held fixed), as in Li et al.'s code.
+    """
     model.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    n = sum(p.numel() for p in params)
-    hvp = hessian_vector_product(model, params, data, batch_size)
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    n = sum(p.numel() for p in weights)
+    hvp = hessian_vector_product(model, weights, data, batch_size)
     found = lanczos_extremes(hvp, n, config.hessian_steps, config.direction_seed, data.images.device, on_step=step)
     ratio = abs(found.lambda_min / found.lambda_max) if found.lambda_max != 0 else math.nan
     return dict(
@@ -234,7 +239,7 @@ def curvature(
         lambda_max_error=found.max_error,
         lambda_min_error=found.min_error,
         hessian_products=found.steps,
-        params=n,
+        weights=n,
     )
 
 

@@ -31,7 +31,7 @@ CURVATURE_COLUMNS = [
     "lambda_max_error",
     "lambda_min_error",
     "hessian_products",
-    "params",
+    "weights",
     "loss",
     "accuracy",
     "images",

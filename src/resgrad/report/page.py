@@ -272,7 +272,8 @@ def _landscape_section(
         f"The training loss of {frame['run_id'].nunique()} trained runs around their weights and on the straight "
         "line from their init, from `landscape/` (`resgrad landscape`), on the first "
         f"{int(curvature['images'].max()):,} training images, batch norm in eval mode. One row per run: the loss "
-        "and accuracy at the trained weights; λ_max and λ_min of the loss's Hessian there (Lanczos; "
+        "and accuracy at the trained weights; λ_max and λ_min of the loss's Hessian with respect to the conv and "
+        "linear weights there (Lanczos; "
         "|λ_min/λ_max| near 0: locally convex, Li et al. 2018); whether the loss falls monotonically from init "
         "(Goodfellow et al. 2015) and the largest rise between neighbouring points of that line."
     )
