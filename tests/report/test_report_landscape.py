@@ -51,13 +51,16 @@ def _curvature() -> pd.DataFrame:
     return frame.assign(abs_min_over_max=(frame["lambda_min"] / frame["lambda_max"]).abs())[CURVATURE_COLUMNS]
 
 
-def test_a_rise_on_the_line_from_init_is_found_and_rounding_is_not_one() -> None:
-    frame = _frame({"plain": [3.0, 2.5, 2.7, 1.0, 0.05], "residual": [3.0, 2.0, 1.0, 1.0 + 1e-6, 0.02]})
+def test_the_barrier_on_the_line_from_init_is_found_and_rounding_is_not_one() -> None:
+    frame = _frame({"plain": [3.0, 2.5, 2.7, 2.9, 1.0, 0.05], "residual": [3.0, 2.0, 1.0, 0.5, 0.02, 0.02 + 1e-8]})
     found = path_monotone(frame).set_index("run_id")
-    assert found.loc["plain-run", "path_max_rise"] == pytest.approx(0.2)
+    assert found.loc["plain-run", "path_barrier"] == pytest.approx(0.4)  # 2.9 above the 2.5 before it
     assert not found.loc["plain-run", "monotone"]
-    assert found.loc["residual-run", "path_max_rise"] == pytest.approx(1e-6)
-    assert found.loc["residual-run", "monotone"]  # 1e-6 < FLAT x 3.0: float32 rounding, not a barrier
+    assert found.loc["residual-run", "path_barrier"] == pytest.approx(1e-8)
+    assert found.loc["residual-run", "monotone"]  # 1e-8 < FLAT x 0.02: float32 rounding, not a barrier
+    # a climb at the end of a line that started high is a climb all the same
+    end = path_monotone(_frame({"residual": [2e4, 10.0, 0.0447, 0.0494]})).set_index("run_id")
+    assert not end.loc["residual-run", "monotone"] and end.loc["residual-run", "path_barrier"] == pytest.approx(0.0047)
     nan = path_monotone(_frame({"plain": [3.0, math.nan, 1.0]})).set_index("run_id")
     assert not nan.loc["plain-run", "monotone"]
 

@@ -42,8 +42,8 @@ FIGURES = {
     "landscape_1d": "Loss along one filter-normalised direction",
     "landscape_init_final": "Loss on the straight line from init to the trained weights",
 }
-# A rise of the loss along the init-final line smaller than this fraction of the line's largest loss is
-# float32 rounding, not a bump: the line still counts as monotone.
+# A climb of the loss along the init-final line smaller than this fraction of the loss where it ends is float32
+# rounding (each loss is a float32 mean over the images), not a barrier: the line still counts as monotone.
 FLAT = 1e-5
 LEVELS = 30  # log-spaced contour levels per figure
 NETS = ["norm", "width", "depth"]
@@ -71,27 +71,30 @@ def read_curvature(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def path_monotone(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run: the largest rise of the loss between neighbouring points of the init-final line and whether
-    the line is monotone (no rise above :data:`FLAT` of its largest loss)."""
+    """Per run: the barrier on the init-final line and whether the line is monotone.
+
+    The barrier is the largest climb of the loss above its lowest value earlier on the line,
+    max over t of loss(t) − min over s ≤ t of loss(s) (0 for a line that only falls); the line is
+    monotone when no climb exceeds :data:`FLAT` of the loss where it ends, and every loss is finite.
+    """
     rows = []
     for run_id, g in frame[frame["kind"] == "init-final"].groupby("run_id", sort=False):
         loss = g.sort_values("alpha")["loss"].to_numpy(dtype="float64")
-        rise = float(np.max(np.diff(loss), initial=0.0))
+        climb = loss - np.minimum.accumulate(loss) if len(loss) else loss
         finite = bool(np.isfinite(loss).all())
-        rows.append(
-            dict(run_id=run_id, path_max_rise=rise, monotone=finite and rise <= FLAT * np.max(loss, initial=0.0))
-        )
-    return pd.DataFrame(rows, columns=["run_id", "path_max_rise", "monotone"])
+        monotone = finite and bool((climb <= FLAT * np.abs(loss)).all())
+        rows.append(dict(run_id=run_id, path_barrier=float(np.max(climb, initial=0.0)), monotone=monotone))
+    return pd.DataFrame(rows, columns=["run_id", "path_barrier", "monotone"])
 
 
 def landscape_table(frame: pd.DataFrame, curvature: pd.DataFrame) -> pd.DataFrame:
     """One row per run (twin): the loss and accuracy at its trained weights, λ_max, λ_min, |λ_min/λ_max|, and
-    whether the loss falls monotonically along the straight line from its init."""
+    whether the loss falls monotonically along the straight line from its init (and the barrier if not)."""
     table = curvature.merge(path_monotone(frame), on="run_id", how="left")
     table = table.sort_values([*NETS, "arch", "seed"], kind="stable")
     table = table.assign(accuracy=100 * table["accuracy"])
     keep = [*NETS, "arch", "seed", "loss", "accuracy", "lambda_max", "lambda_min", "abs_min_over_max"]
-    return table[[*keep, "monotone", "path_max_rise", "hessian_products"]].reset_index(drop=True)
+    return table[[*keep, "monotone", "path_barrier", "hessian_products"]].reset_index(drop=True)
 
 
 def landscape_display(table: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +105,7 @@ def landscape_display(table: pd.DataFrame) -> pd.DataFrame:
         "lambda_min": "λ_min",
         "abs_min_over_max": "|λ_min/λ_max|",
         "monotone": "init→final monotone",
-        "path_max_rise": "largest rise",
+        "path_barrier": "barrier (loss)",
         "hessian_products": "Hessian-vector products",
     }
 
@@ -166,7 +169,7 @@ def _contours(frame: pd.DataFrame) -> tuple[str, bytes, str]:
         ScalarMappable(norm=norm, cmap="viridis"),
         ax=axes,
         label="training loss (log scale)",
-        shrink=0.8,
+        shrink=0.5,
     )
     note = f" {bad} points with a non-finite or zero loss are left blank." if bad else ""
     caption = (
@@ -221,6 +224,6 @@ def landscape_figures(frame: pd.DataFrame) -> dict[str, tuple[str, bytes, str]]:
             "Training loss (log scale) and accuracy at (1 − t)·θ₀ + t·θ, from each run's initial state θ₀ "
             "(rebuilt from its seed) to its trained state θ; every weight, bias and batch-norm statistic "
             "moves. Cf. Goodfellow, Vinyals & Saxe (2015): a monotone fall means no barrier on the "
-            "straight path. Lines: mean over seeds, band: min–max.",
+            "straight path. Lines: mean over seeds, band: min–max. Grey line: chance (10 %).",
         )
     return out

@@ -275,7 +275,8 @@ def _landscape_section(
         "and accuracy at the trained weights; λ_max and λ_min of the loss's Hessian with respect to the conv and "
         "linear weights there (Lanczos; "
         "|λ_min/λ_max| near 0: locally convex, Li et al. 2018); whether the loss falls monotonically from init "
-        "(Goodfellow et al. 2015) and the largest rise between neighbouring points of that line."
+        "(Goodfellow et al. 2015) and, if not, the barrier: the largest climb of the loss above its lowest value "
+        "earlier on that line."
     )
     page.table(landscape_display(table), "landscape")
     return _figures(page, [(name, *figure) for name, figure in landscape_figures(frame).items()], first)
