@@ -10,7 +10,7 @@ SHARED_MNIST := ../shared/data/MNIST
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,ray,tensorboard]'
+	$(PY) -m pip install --quiet -e '.[dev,ray,tensorboard,lightning]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -3,8 +3,11 @@
     pytest benchmarks/test_scripts.py --benchmark-disable     # each script's function once (CI)
 
 The sizes here are far too small for the numbers to mean anything: the figures come
-from running the scripts themselves (see their docstrings). These tests check that each
-script's importable function runs end to end and returns what its ``main`` prints.
+from running the scripts themselves (see their docstrings). The timing functions get
+smoke tests (they run end to end and return a row of the promised shape; their ratios
+are not recomputed here). What a script could get wrong without any timing showing it
+is checked against an independent computation: the step that tutorial_vs_resgrad.py
+times as "resgrad's step" trains exactly what `resgrad.train` trains.
 The recorder-overhead script is covered in benchmarks/test_recorder.py.
 """
 
@@ -15,7 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 from sweep_scaling import run_scaling
-from tutorial_vs_resgrad import compare_bench, compare_training
+from tutorial_vs_resgrad import BATCH, ResgradSteps, compare_bench, compare_training
+
+from resgrad.config import TrainConfig
+from resgrad.data import load_split
+from resgrad.gradients import GradientRecorder
+from resgrad.models import build_model
+from resgrad.schedules import every
+from resgrad.train import train
 
 # Toy sizes on a shared machine: one torch thread here (sweep_scaling's runs use one each anyway).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,24 +51,53 @@ def test_sweep_scaling_script_runs(benchmark, data_dir: Path) -> None:
     assert row["runs"] == 2 and row["steps"] == 2 and row["threads_per_run"] == 1
     for n in (1, 2):
         assert row[f"workers_{n}_wall_s"] > 0 and row[f"workers_{n}_run_mean_s"] > 0
-    assert row["speedup"] == pytest.approx(row["workers_1_wall_s"] / row["workers_2_wall_s"])
     # The in-process sweep and the two-process one trained the same seeded runs: identical numbers.
     assert row["same_numbers"] is True
 
 
+def test_the_timed_resgrad_step_trains_what_resgrad_train_trains(data_dir: Path) -> None:
+    """Comparison 1 times "resgrad's step": from one seed, its weights after 6 steps (across an epoch's end,
+    with the recorder on) are those of `resgrad train` with the tutorial's settings, bit for bit."""
+    steps, images = 6, 256  # 4 steps an epoch
+    config = TrainConfig(
+        arch="seed-residual",
+        batch_size=BATCH,
+        lr=0.01,
+        momentum=0.5,
+        steps=steps,
+        train_subset=images,
+        test_subset=10,
+        threads=1,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
+    reference = train(config, progress=False).model_state
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model("seed-residual")
+    with GradientRecorder(model, every(10)) as rec:
+        timed = ResgradSteps(load_split(True, str(data_dir), images, cpu), model, cpu, rec)
+        timed.run(4)
+        timed.run(steps - 4)  # kept across calls like one long run
+    state = model.state_dict()
+    assert state.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.equal(state[name], value), name
+    assert not torch.equal(state["fc.weight"], build_model("seed-residual").state_dict()["fc.weight"])
+
+
 def test_tutorial_vs_resgrad_training_step_runs(benchmark, data_dir: Path) -> None:
-    """Comparison 1 of `python benchmarks/tutorial_vs_resgrad.py`: the tutorial's loop against resgrad's step."""
+    """Smoke test of comparison 1 of `python benchmarks/tutorial_vs_resgrad.py`: the tutorial's loop against
+    resgrad's step, one repeat of two steps each."""
     steps, repeats = 2, 1
     r = benchmark.pedantic(compare_training, args=(steps, repeats, torch.device("cpu"), str(data_dir), True), rounds=1)
     assert len(r["tutorial_runs"]) == len(r["resgrad_runs"]) == repeats
-    assert r["tutorial_images_per_s"] > 0 and r["resgrad_images_per_s"] > 0
-    assert r["ratio"] == pytest.approx(r["resgrad_images_per_s"] / r["tutorial_images_per_s"])
+    assert r["tutorial_images_per_s"] > 0 and r["resgrad_images_per_s"] > 0 and r["ratio"] > 0
     benchmark.extra_info["images_per_s"] = r["resgrad_images_per_s"]
 
 
 def test_tutorial_vs_resgrad_bench_against_hand_timer_runs(benchmark) -> None:
-    """Comparison 2: `resgrad bench`'s median for one point against a hand-written Timer of the same step."""
+    """Smoke test of comparison 2: `resgrad bench`'s median for one point against a hand-written Timer."""
     r = benchmark.pedantic(compare_bench, args=("residual", 8, 2, 2, torch.device("cpu"), 0.01, 1), rounds=1)
     assert len(r["bench_runs"]) == len(r["hand_runs"]) == 1
-    assert r["bench_ms"] > 0 and r["hand_ms"] > 0
-    assert r["ratio"] == pytest.approx(r["bench_ms"] / r["hand_ms"])
+    assert r["bench_ms"] > 0 and r["hand_ms"] > 0 and r["ratio"] > 0

@@ -79,7 +79,14 @@ def test_no_resgrad_import_inside_a_function_outside_the_cli() -> None:
 
 
 def test_the_recorder_imports_nothing_from_resgrad_beyond_its_numerics() -> None:
-    assert GRAPH["resgrad.gradients"] <= {"resgrad.norms", "resgrad.schedules", "resgrad.records", "resgrad.errors"}
+    assert GRAPH["resgrad.gradients"] <= {
+        "resgrad.norms",
+        "resgrad.activations",
+        "resgrad.watched",
+        "resgrad.schedules",
+        "resgrad.records",
+        "resgrad.errors",
+    }
 
 
 def test_no_facade_re_exports_a_name_it_does_not_use() -> None:

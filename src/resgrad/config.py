@@ -172,7 +172,7 @@ class TrainConfig:
     dtype: str = option(
         "float32",
         "compute dtype of forward and loss: bfloat16 runs them under torch.autocast on the "
-        "run's device (weights, their gradients and the recorded norms stay float32)",
+        "run's device (weights and their gradients stay float32; the recorded norms are formed in float64)",
         group="speed",
         choices=DTYPES,
     )
@@ -226,6 +226,15 @@ class TrainConfig:
             config = dataclasses.replace(self, depth=depth, width=width, norm="none", activation="relu", shortcut="A")
             shape = ("depth", "width")
         checked = {f.name: check_value(f.name, getattr(config, f.name)) for f in FIELDS.values() if f.name not in shape}
+        for name in WEIGHT_FACTORS:  # the optimiser multiplies float32 weights by these: a larger one overflows
+            adam = name == "lr" and checked["optimizer"] == "adam"
+            top = FLOAT32_MAX * (1 - ADAM_BETA1) if adam else FLOAT32_MAX
+            if checked[name] > top:
+                why = "adam's first step is lr / (1 - beta1) = 10 x lr, and " if adam else "the largest float32: "
+                raise UsageError(
+                    f"{options.flag(TrainConfig, name)[2:]} must be at most {top:.4g} ({why}the run's weights are "
+                    f"float32 whatever --dtype says), got {checked[name]!r}."
+                )
         if self.epochs is not None and self.steps is not None:
             raise UsageError(f"give epochs or steps, not both (got epochs={self.epochs}, steps={self.steps}).")
         return dataclasses.replace(config, **checked)
@@ -264,6 +273,9 @@ class TrainConfig:
 
 # ---------------------------------------------------------------- what the declarations give
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+WEIGHT_FACTORS = ("lr", "momentum", "weight_decay")  # the optimiser's factors on the weights and their gradients
+ADAM_BETA1 = 0.9  # torch.optim.Adam's default, which train() uses: its first step is lr / (1 - beta1)
 FIELDS: dict[str, dataclasses.Field] = options.fields(TrainConfig)
 
 

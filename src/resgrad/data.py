@@ -55,6 +55,13 @@ _IDX_SHAPES = {
     "t10k-images-idx3-ubyte": (10_000, (28, 28)),
     "t10k-labels-idx1-ubyte": (10_000, ()),
 }
+# The MD5 sums of the unpacked files: of the bytes gunzip makes of the .gz files above.
+IDX_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
 
 
 def _not_found(raw: Path, why: str) -> DataError:
@@ -64,12 +71,20 @@ def _not_found(raw: Path, why: str) -> DataError:
     )
 
 
+# MD5 sums this process has computed, by (path, size, mtime): a sweep checks the files once per run.
+_MD5_SEEN: dict[tuple[str, int, int], str] = {}
+
+
 def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MD5_SEEN:
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _MD5_SEEN[key] = digest.hexdigest()
+    return _MD5_SEEN[key]
 
 
 def _idx_problem(path: Path, items: int, shape: tuple[int, ...]) -> str | None:
@@ -90,8 +105,8 @@ def _idx_problem(path: Path, items: int, shape: tuple[int, ...]) -> str | None:
 def check_mnist(data_dir: str | os.PathLike[str] | None = None, require: bool = False) -> None:
     """Check the MNIST files in ``DATA_DIR/MNIST/raw`` without loading them.
 
-    Each ``.gz`` must have torchvision's MD5 sum, and each unpacked idx file MNIST's header
-    and size. A file that is absent is left to torchvision, which downloads it, unless
+    Each ``.gz`` must have torchvision's MD5 sum, and each unpacked idx file MNIST's header,
+    size and the MD5 sum of the official unpacked file (:data:`IDX_MD5`). A file that is absent is left to torchvision, which downloads it, unless
     ``require``, when it is an error too.
 
     Raises:
@@ -108,6 +123,8 @@ def check_mnist(data_dir: str | os.PathLike[str] | None = None, require: bool = 
                 raise DataError(f"{gz} has MD5 {found}, expected {expected}; replace it with the official file.")
         if idx.is_file():
             problem = _idx_problem(idx, *_IDX_SHAPES[idx.name])
+            if problem is None and (found := _md5(idx)) != IDX_MD5[idx.name]:
+                problem = f"MD5 {found}, not that of the official file, {IDX_MD5[idx.name]}"
             if problem:
                 fix = "delete it to have it unpacked again from its .gz" if gz.is_file() else "replace it"
                 raise DataError(f"{idx} is damaged ({problem}); {fix}.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import math
+import re
 
 
 class UsageError(ValueError):
@@ -43,3 +44,50 @@ class OutputError(OSError):
         self.errno = cause.errno
         self.path = path
         self.reason = reason
+
+
+# Allocation failures: torch's OutOfMemoryError (CUDA), and those that surface as a plain RuntimeError:
+# the CPU allocator's, cuDNN's and cuBLAS's.
+_OOM_MESSAGES = ("can't allocate memory", "out of memory", "ALLOC_FAILED")
+_OOM_SIZE = re.compile(r"(?:tried to allocate|Tried to allocate)\s+([\d.]+)\s*(bytes|[KMGT]iB|B)?")
+_UNITS = {"bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def says_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` itself says an allocation failed (CUDA or CPU); :func:`out_of_memory` follows the chain."""
+    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES)
+
+
+def oom_cause(exc: BaseException) -> BaseException | None:
+    """The first exception that says an allocation failed: ``exc`` itself, or one it was raised from or while handling.
+
+    The chain matters under ``--compile``: dynamo and inductor re-raise an out-of-memory
+    error wrapped in their own exception (``BackendCompilerFailed`` and the like).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # a chain can loop back on itself
+        if says_out_of_memory(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """One sentence for an allocation failure in ``exc`` or its chain, saying how much was asked for; else None."""
+    cause = oom_cause(exc)
+    if cause is None:
+        return None
+    match = _OOM_SIZE.search(str(cause))
+    asked = ""
+    if match:
+        size = float(match[1]) * _UNITS.get(match[2] or "bytes", 1)
+        asked = f" (one allocation of {size / 2**30:,.2f} GiB)" if size >= 2**30 else f" (one of {size:,.0f} bytes)"
+    where = "the GPU" if "CUDA" in str(cause) or "GPU" in str(cause) else "this machine"
+    return (
+        f"out of memory: the model or its batches needed more memory than {where} could give{asked}; "
+        "give a smaller --width, --depth or --batch-size."
+    )

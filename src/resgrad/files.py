@@ -2,18 +2,21 @@
 
 A crash never leaves half a result that looks whole; a failed write raises
 ``OutputError`` naming the path; :func:`prepare_output` refuses, before any work,
-a path that holds something resgrad did not write.
+a path that holds something resgrad did not write; :func:`atomic_dir` checks again at
+the moment it swaps a folder in, and never deletes a file resgrad did not write
+(which files those are: :mod:`resgrad.ownership`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,21 @@ from typing import Any
 import pandas as pd
 
 from resgrad.errors import OutputError, UsageError
+from resgrad.ownership import (
+    MARKER,
+    OLD_PREFIX,
+    TMP_PREFIX,
+    WRITTEN_INTO,
+    clean_leftovers,
+    dispose,
+    folder_kind,
+    foreign,
+    manifest,
+    swap_in,
+    tmp_prefix,
+)
 
-# Temp files and folders, and a folder set aside while its replacement moves in, carry these
-# prefixes, so that clean-up after a crash can never take a user's file for resgrad's.
-TMP_PREFIX = ".resgrad-tmp-"
-OLD_PREFIX = ".resgrad-old-"
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -38,7 +51,8 @@ def _umask() -> int:
 def _temp_beside(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
+        clean_leftovers(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), dir=path.parent)
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
     except OutputError:
@@ -96,38 +110,85 @@ def write_parquet(path: str | os.PathLike[str], frame: pd.DataFrame) -> Path:
     return atomic_write(path, lambda p: frame.to_parquet(p, index=False))
 
 
+def write_files(
+    folder: str | os.PathLike[str], writers: Mapping[str, Callable[[Path], None]], remove: Sequence[str] = ()
+) -> list[Path]:
+    """Write a set of files into ``folder`` as a whole: all of them, or none.
+
+    Each ``writers[name](tmp_path)`` writes to a temp name first; only when every file is
+    written are they renamed into place, one rename each, and the files named in
+    ``remove`` (an earlier set's that this one lacks) deleted. A failed write (a full
+    disk) removes the temp files and leaves the folder as it was.
+    """
+    folder = Path(folder)
+    temps: dict[str, Path] = {}
+    name = ""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, write in writers.items():
+            clean_leftovers(folder, name)
+            fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(name), dir=folder)
+            os.close(fd)
+            temps[name] = Path(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+            write(Path(tmp))
+    except BaseException as exc:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(folder / name, exc) from exc
+        raise
+    try:
+        for name, tmp in temps.items():
+            os.replace(tmp, folder / name)
+        for name in remove:
+            if name not in temps:
+                (folder / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(folder / name, exc) from exc
+    return [folder / name for name in temps]
+
+
+# ---------------------------------------------------------------- a folder swapped in whole
+
+
 @contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     """Fill a temp folder beside ``path``, then swap it in whole; on error nothing changes.
 
-    An existing ``path`` is replaced (callers check first, with :func:`prepare_output`, that
-    it holds only resgrad's files). Between the two renames a reader may see no folder at
-    all, never a half-written one. An ``OSError`` becomes an ``OutputError`` naming the file
-    as it would have been called in ``path``.
+    The filled folder gets its manifest (``.resgrad.json``: ``kind`` and every file, see
+    :mod:`resgrad.ownership`), so a later run knows which files are resgrad's. An existing
+    ``path`` (checked first by :func:`prepare_output`) is set aside and checked again at the
+    swap: a file added to it meanwhile moves into the new folder, or, where the new folder
+    has a file of that name, nothing is replaced (``UsageError``). Then only resgrad's own
+    files of the old folder are deleted, one by one. A reader may see no folder between
+    the two renames, never a half-written one. Leftovers of a killed run into ``path`` are
+    cleaned up first. An ``OSError`` becomes an ``OutputError`` naming the file as it would
+    have been called in ``path``.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent))
+        clean_leftovers(path.parent, path.name)
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(path.name), dir=path.parent))
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as exc:
         raise OutputError(path, exc) from exc
-    old = None
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f"{OLD_PREFIX}{os.getpid()}-{path.name}")
-            os.replace(path, old)
-        os.replace(tmp, path)
+        # Inside the temp folder no write needs to be atomic: the folder moves in whole.
+        (tmp / MARKER).write_text(json.dumps(manifest(tmp, kind), indent=1) + "\n", encoding="utf-8")
+        aside = swap_in(tmp, path, kind)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not path.exists():
-            os.replace(old, path)  # stopped between the two renames: the earlier folder goes back
         if isinstance(exc, OSError):
             raise OutputError(_final_name(exc, tmp, path), exc) from exc
         raise
-    if old is not None:
-        shutil.rmtree(old)
+    if aside is not None:
+        try:
+            dispose(aside, path, kind)
+        except OSError as exc:  # the new folder is in place; the next run into path finishes the clean-up
+            log.warning("could not remove the earlier %s folder set aside as %s (%s)", kind, aside, exc)
 
 
 def _final_name(exc: OSError, tmp: Path, path: Path) -> Path:
@@ -140,55 +201,6 @@ def _final_name(exc: OSError, tmp: Path, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- which folders resgrad may write
-
-# A folder resgrad claims before it writes anything there (see mark_output): {"kind": ...}.
-MARKER = ".resgrad.json"
-# What resgrad writes into each kind of output folder, and the files that mark a folder as
-# resgrad's. Run, report, lesion, shatter and landscape folders are replaced whole; sweep and bench folders are written
-# into, and files of other names there are left alone.
-OWN_NAMES = {
-    "run": ("config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json", MARKER),
-    "sweep": ("sweep.json", "summary.csv", "runs", "report", ".lock", MARKER),
-    "report": ("report.md", "report.html", "figures", "tables", MARKER),
-    "bench": ("bench.csv", "bench.md", "bench.png", "speedup.csv", "bench.partial.csv", MARKER),
-    "lesion": ("lesion.csv", "lesion_single_block.png", "lesion_n_deleted.png", MARKER),
-    "shatter": ("shatter.csv", "shatter_correlation_vs_distance.png", "shatter_correlation_vs_depth.png", MARKER),
-    "landscape": (
-        "landscape.csv",
-        "curvature.csv",
-        "landscape_2d.png",
-        "landscape_1d.png",
-        "landscape_init_final.png",
-        MARKER,
-    ),
-}
-SIGNATURES = {
-    "sweep": ("sweep.json", ".lock"),
-    "report": ("report.md",),
-    "bench": ("bench.csv", "bench.partial.csv"),
-    "run": ("summary.json", "config.json"),
-    "lesion": ("lesion.csv",),
-    "shatter": ("shatter.csv",),
-    "landscape": ("landscape.csv",),
-}
-REPLACED_WHOLE = ("run", "report", "lesion", "shatter", "landscape")
-# Files in a report's subfolders: its figures and tables.
-_REPORT_SUFFIXES = {"figures": ".png", "tables": ".csv"}
-
-
-def folder_kind(path: str | os.PathLike[str]) -> str | None:
-    """The kind of output (run, sweep, report, bench) a folder holds, by its own files; None if none."""
-    path = Path(path)
-    try:
-        kind = json.loads((path / MARKER).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None
-    if kind in OWN_NAMES:
-        return kind
-    for kind, names in SIGNATURES.items():
-        if any((path / name).exists() for name in names):
-            return kind
-    return None
 
 
 def mark_output(path: str | os.PathLike[str], kind: str) -> Path:
@@ -203,35 +215,13 @@ def mark_output(path: str | os.PathLike[str], kind: str) -> Path:
     return path
 
 
-def _entries(path: Path) -> list[str]:
+def _entries(path: Path, flag: str) -> list[str]:
     """The names in ``path``, less resgrad's own temp names."""
     try:
         names = os.listdir(path)
     except OSError as exc:
-        raise UsageError(f"cannot read folder {path} ({exc.strerror}); give --out a folder you can use.") from None
+        raise UsageError(f"cannot read folder {path} ({exc.strerror}); give {flag} a folder you can use.") from None
     return sorted(n for n in names if not n.startswith((TMP_PREFIX, OLD_PREFIX)))
-
-
-def _recorded(run_dir: Path) -> set[str]:
-    """The file names a run's summary.json records as written with it."""
-    try:
-        files = json.loads((run_dir / "summary.json").read_text()).get("files")
-    except (OSError, ValueError, AttributeError):
-        return set()
-    return set(files) if isinstance(files, dict) else set()
-
-
-def _owned(path: Path, kind: str, name: str) -> bool:
-    """Whether ``path / name`` is something resgrad writes into a ``kind`` folder."""
-    if kind == "run" and name in _recorded(path):
-        return True
-    if name not in OWN_NAMES[kind]:
-        return False
-    suffix = _REPORT_SUFFIXES.get(name) if kind == "report" else None
-    if suffix is None:
-        return True
-    sub = path / name
-    return sub.is_dir() and all(p.is_file() and p.suffix == suffix for p in sub.iterdir())
 
 
 def _some(names: list[str]) -> str:
@@ -239,113 +229,120 @@ def _some(names: list[str]) -> str:
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _probe(folder: Path) -> None:
+def _probe(folder: Path, flag: str) -> None:
     """Create and remove a temp file in ``folder``: a read-only or full filesystem answers here."""
     try:
-        fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}probe-", dir=folder)
+        fd, name = tempfile.mkstemp(prefix=tmp_prefix("probe"), dir=folder)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise UsageError(f"cannot write in {folder} ({reason}); give --out a folder you can write to.") from None
+        raise UsageError(f"cannot write in {folder} ({reason}); give {flag} a folder you can write to.") from None
 
 
-def prepare_output(path: str | os.PathLike[str], kind: str, force: bool = False) -> Path:
+def check_writable(path: str | os.PathLike[str], flag: str = "--out") -> None:
+    """Refuse a folder that cannot be written (read-only, no permission), or while absent, the folder it goes in."""
+    path = Path(path)
+    _probe(next((p for p in (path, *path.parents) if p.is_dir()), Path(".")), flag)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_path(path: str | os.PathLike[str], flag: str = "--out", replaced: bool = True) -> Path:
+    """Refuse an output path that cannot be reached or named: a link loop, a name too long, a path under a file.
+
+    ``replaced``: the folder is swapped in whole, so its name must leave room for resgrad's
+    temp name beside it. Raises ``UsageError``; changes nothing.
+    """
+    path = Path(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UsageError(f"{path} is a symbolic link to nothing; give {flag} a folder.") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{path} is a symbolic link loop; give {flag} a real folder.") from None
+        if exc.errno == errno.ENOTDIR:
+            parent = next((p for p in path.parents if os.path.lexists(p) and not os.path.isdir(p)), path.parent)
+            raise UsageError(
+                f"{parent} is a file, so {path} cannot be made inside it; give {flag} a path in a folder."
+            ) from None
+        if exc.errno != errno.ENAMETOOLONG:
+            raise UsageError(f"{path} cannot be reached ({exc.strerror or exc}); give {flag} another folder.") from None
+    base = next((p for p in (path.parent, *path.parent.parents) if p.is_dir()), Path("."))
+    limit = _name_max(base)
+    if any(len(os.fsencode(part)) > limit for part in path.parent.parts):
+        raise UsageError(f"a folder name in {path} is longer than {limit} bytes; give {flag} shorter names.")
+    size = len(os.fsencode(path.name))
+    room = limit - (len(os.fsencode(tmp_prefix(""))) + 8 if replaced else 0)  # the temp name beside it is longer
+    if size > room:
+        raise UsageError(
+            f"the name {path.name[:24]}... is too long ({size} bytes; at most {room} here); give {flag} a shorter name."
+        )
+    return path
+
+
+def prepare_output(path: str | os.PathLike[str], kind: str, force: bool = False, flag: str = "--out") -> Path:
     """Check, before any work starts, that resgrad may write output of ``kind`` at ``path``.
 
     Allowed: an absent path, an empty folder, or a folder resgrad made for the same kind
     (recognised by its own files). An existing run folder is replaced only with ``force``,
-    and a run or report folder that also holds files resgrad did not write never is. A path
-    under a file, the current folder as a folder to replace, and a place that cannot be
-    written are refused too. Nothing is created or changed.
+    and a folder replaced whole that also holds anything resgrad did not write, at any
+    depth, never is. A path under a file, a link loop, a name too long, the current folder
+    as a folder to replace, and a place that cannot be written are refused too. Nothing is
+    created or changed.
 
     Args:
         path: the output folder.
-        kind: ``run``, ``sweep``, ``report``, ``bench``, ``lesion``, ``shatter`` or ``landscape``.
+        kind: ``run``, ``sweep``, ``report``, ``bench``, ``lesion``, ``shatter``, ``tensorboard``,
+            or a new experiment's kind (replaced whole, like every kind but sweep and bench).
         force: allow replacing an existing run folder.
+        flag: the option that named ``path``, for the messages.
 
     Raises:
         UsageError: one sentence naming the path and what to do.
     """
-    path = Path(path)
+    replaced = kind not in WRITTEN_INTO
+    path = check_path(path, flag, replaced)
     what = f"{kind} folder"
     where, cwd = path.resolve(), Path.cwd().resolve()
-    if kind in REPLACED_WHOLE and (where == cwd or where in cwd.parents):
+    if replaced and (where == cwd or where in cwd.parents):
         raise UsageError(
             f"{path} is the current folder or holds it, and a {what} is replaced whole; "
-            f"give --out a new folder, such as {path / kind}."
+            f"give {flag} a new folder, such as {path / kind}."
         )
-    for parent in path.parents:  # nearest first
-        if parent.exists():  # only the nearest existing one can be a file
-            if not parent.is_dir():
-                raise UsageError(
-                    f"{parent} is a file, so {path} cannot be made inside it; give --out a path in a folder."
-                )
-            break
-    if path.is_symlink() and kind in REPLACED_WHOLE:
-        raise UsageError(f"{path} is a symbolic link, which a {what} would replace; give --out the folder itself.")
+    if path.is_symlink() and replaced:
+        raise UsageError(f"{path} is a symbolic link, which a {what} would replace; give {flag} the folder itself.")
     if path.exists() and not path.is_dir():
         raise UsageError(
-            f"{path} is a file, not a {what}; give --out a new or empty folder (the file is left as it is)."
+            f"{path} is a file, not a {what}; give {flag} a new or empty folder (the file is left as it is)."
         )
     existing = path.is_dir()
-    entries = _entries(path) if existing else []
+    entries = _entries(path, flag) if existing else []
     if entries:
         found = folder_kind(path)
         if found is None:
             raise UsageError(
-                f"{path} holds files resgrad did not write ({_some(entries)}); give --out a new or empty folder."
+                f"{path} holds files resgrad did not write ({_some(entries)}); give {flag} a new or empty folder."
             )
         if found != kind:
-            raise UsageError(f"{path} is a resgrad {found} folder, not a {what}; give --out another folder.")
-        foreign = [n for n in entries if not _owned(path, kind, n)] if kind in REPLACED_WHOLE else []
-        if foreign:
+            raise UsageError(f"{path} is a resgrad {found} folder, not a {what}; give {flag} another folder.")
+        others = foreign(path, kind) if replaced else []
+        if others:
             raise UsageError(
-                f"{path} also holds files resgrad did not write ({_some(foreign)}), which replacing "
-                f"the {what} would delete; move them away or give --out another folder."
+                f"{path} also holds files resgrad did not write ({_some(others)}), which replacing "
+                f"the {what} would delete; move them away or give {flag} another folder."
             )
         if kind == "run" and not force:
-            raise UsageError(f"{path} already holds a run; add --force to replace it, or give --out another folder.")
+            raise UsageError(f"{path} already holds a run; add --force to replace it, or give {flag} another folder.")
     if existing:
-        _probe(path)
-    if not existing or kind in REPLACED_WHOLE:  # a new folder is made, or the folder swapped, in its parent
-        _probe(next(p for p in (path.parent, *path.parent.parents, where.parent) if p.exists()))
+        _probe(path, flag)
+    if not existing or replaced:  # a new folder is made, or the folder swapped, in its parent
+        _probe(next(p for p in (path.parent, *path.parent.parents, where.parent) if p.exists()), flag)
     return path
-
-
-# ---------------------------------------------------------------- is a folder whole?
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_record(folder: str | os.PathLike[str], names: list[str]) -> dict[str, dict[str, Any]]:
-    """``{name: {"bytes": size, "sha256": hex}}`` for files in ``folder``: what :func:`check_record` checks."""
-    folder = Path(folder)
-    return {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_of(folder / n)} for n in names}
-
-
-def check_record(folder: str | os.PathLike[str], record: Any) -> str | None:
-    """Why the files of ``folder`` differ from ``record`` (see :func:`file_record`); None when they match."""
-    folder = Path(folder)
-    if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
-        return "its record of files is malformed"
-    for name, want in record.items():
-        path = folder / name
-        try:
-            if not path.is_file():
-                return f"{name} is missing"
-            size = path.stat().st_size
-            if size != want.get("bytes"):
-                return f"{name} has {size} bytes, {want.get('bytes')} recorded"
-            if sha256_of(path) != want.get("sha256"):
-                return f"{name} does not match its recorded SHA-256"
-        except OSError as exc:
-            return f"{name} cannot be read ({exc.strerror or exc})"
-    return None

@@ -1,22 +1,12 @@
 """Per-layer gradient-norm recording with hooks, cheap enough to leave on.
 
-Per recorded step (column ``quantity``; the value is in column ``norm``):
-
-- ``weight_grad``: ‖∂L/∂W‖₂ of every weighted layer (a module owning a ``weight``
-  parameter, normalisation layers left out unless asked);
-- ``weight_norm``: ‖W‖₂ of the same layers' weights, as the step's forward pass used them;
-- ``activation_grad``: ‖∂L/∂h‖₂ of the output h of every block (or named module),
-  the backward signal, captured by a tensor hook that a forward hook registers;
-- ``act_deriv``: the mean of the activation's derivative σ′(z) over the input
-  elements z of every activation module (``nn.ReLU``: the fraction of positive
-  inputs; ``nn.Tanh``: mean 1 − tanh²(z); ``nn.Sigmoid``: mean σ(z)(1 − σ(z)));
-- ``act_deriv_sq``: the mean of σ′(z)² over the same elements.
-
-``layer_index`` counts each quantity's modules in the order the forward pass first
-runs them (``weight_norm`` shares ``weight_grad``'s, ``act_deriv_sq`` ``act_deriv``'s). Norms are formed in float64 from the gradient as it is (float32,
-bfloat16, float16), so they neither underflow nor overflow: a norm is 0 only when
-every element is 0. They are computed on the device and stay there as one small
-float64 tensor per recorded step; nothing is copied to the host until
+:class:`GradientRecorder` records, at the steps its schedule picks, the quantities of
+:data:`resgrad.records.QUANTITIES` (what each one means: :mod:`resgrad.records`): gradient and
+weight norms of every weighted layer and of every parameter, the backward signal at the output of
+every block, and the mean σ′ and σ′² of every activation module. Norms are formed in float64 from
+the tensors as they are (float32, bfloat16, float16), so they neither underflow nor overflow: a
+norm is 0 only when every element is 0. They are computed on the device and stay there as one
+small float64 tensor per recorded step; nothing is copied to the host until
 :meth:`GradientRecorder.to_frame`.
 """
 
@@ -30,27 +20,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from resgrad.activations import Sums, reads_output
 from resgrad.errors import UsageError
-from resgrad.norms import ACTIVATION_DERIVATIVES, F64, norm64
-from resgrad.records import QUANTITIES, Record, records_frame, scalars
+from resgrad.norms import F64, buffer64, norm64, norms64
+from resgrad.records import Record, records_frame, scalars
 from resgrad.schedules import Schedule, as_schedule
-
-NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-def default_signal_modules(model: nn.Module) -> list[str]:
-    """Qualified names of the modules whose class sets ``resgrad_block = True``, in module order."""
-    return [name for name, m in model.named_modules() if getattr(type(m), "resgrad_block", False)]
-
-
-def _buffer(buf: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
-    """``buf`` if it is on ``device`` and long enough, else a float64 buffer of zeros there, holding ``buf``'s values."""
-    if buf is not None and len(buf) >= size and buf.device == device:
-        return buf
-    grown = torch.zeros(max(size, 2 * len(buf) if buf is not None else size), dtype=F64, device=device)
-    if buf is not None:
-        grown[: len(buf)] = buf.to(device)
-    return grown
+from resgrad.watched import activation_modules, default_signal_modules, parameters_once, weighted_modules
 
 
 class GradientRecorder:
@@ -66,23 +41,10 @@ class GradientRecorder:
                 opt.step(); opt.zero_grad()
         frame = rec.to_frame()
 
-    What one recorded step (``begin_step`` … ``end_step``) records:
-
-    - a module whose forward runs several times in the step (shared weights): its
-      ``activation_grad`` is the root of the sum of squares over the gradients of all its
-      outputs, and its ``act_deriv`` the mean over the input elements of all its calls;
-    - several ``backward()`` calls before ``end_step`` (gradient accumulation):
-      ``activation_grad`` accumulates over them the same way, so it is the norm of the
-      whole batch's ∂L/∂h, as ``weight_grad`` reads the accumulated ``.grad``;
-    - a module first run after recording began is recorded from the first recorded step
-      it runs in, with the next free ``layer_index``: the set of layers may grow;
-    - NaN means "not measured": a weight whose ``.grad`` is None, a watched module whose
-      output got no gradient, an activation module not run with autograd on or given a
-      NaN input; 0 is a measured zero;
-    - only forward passes that build a graph (output requires grad) count, so an
-      evaluation under ``torch.no_grad()`` inside a recorded step changes nothing;
-    - ``begin_step``/``end_step`` need the hooks: outside the ``with`` block they raise
-      ``RuntimeError`` rather than record half the quantities.
+    What each quantity means, what NaN and 0 mean, and how layers, shared modules, gradient
+    accumulation and ``torch.no_grad()`` evaluations count: :mod:`resgrad.records`.
+    ``begin_step``/``end_step`` need the hooks: outside the ``with`` block they raise
+    ``RuntimeError`` rather than record half the quantities.
 
     Args:
         model: the model to watch.
@@ -92,6 +54,9 @@ class GradientRecorder:
             backward signal; by default every module whose class sets
             ``resgrad_block = True`` (resgrad's blocks, :class:`resgrad.models.Block`).
         include_norm_layers: also record the weight gradient of normalisation layers.
+        activation_types: further module types that are elementwise activations, for
+            ``act_deriv`` by reverse-mode AD (every elementwise activation of ``torch.nn``
+            is known; see :mod:`resgrad.activations`).
 
     Raises:
         UsageError: a bad schedule, ``modules`` given as one string, or a name that is not
@@ -104,6 +69,7 @@ class GradientRecorder:
         schedule: int | Schedule | Iterable[int] = 1,
         modules: Sequence[str] | None = None,
         include_norm_layers: bool = False,
+        activation_types: Iterable[type[nn.Module]] = (),
     ) -> None:
         if isinstance(modules, (str, bytes)):
             raise UsageError(
@@ -119,13 +85,14 @@ class GradientRecorder:
                 f"no module named {', '.join(map(repr, missing))} in the model; names come from model.named_modules()."
             )
         self._signal_modules = [(n, named[n]) for n in names]
-        self._weight_candidates = [
-            (n, m)
-            for n, m in named.items()
-            if isinstance(m._parameters.get("weight"), torch.Tensor)
-            and (include_norm_layers or not isinstance(m, NORM_LAYERS))
-        ]
-        self._act_modules = [(n, m) for n, m in named.items() if type(m) in ACTIVATION_DERIVATIVES]
+        self._weight_candidates = weighted_modules(model, include_norm_layers)
+        self._act_modules = activation_modules(model, activation_types)
+        self._busy = False  # inside an activation hook: the AD path runs module.forward again
+        # Every parameter once (param_grad), its other names if tied; looked at again after a registration.
+        self.params, params, self.tied = parameters_once(model)
+        self._params: list[nn.Parameter | None] = list(params)  # None: no longer in the model
+        self._params_dirty = False
+        self._pos = {id(p): k for k, p in enumerate(params)}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._order_handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._hooked = False
@@ -157,10 +124,18 @@ class GradientRecorder:
                 self._order_handles[name] = module.register_forward_hook(self._order_hook(name))
         for i, (_, module) in enumerate(self._signal_modules):
             self._handles.append(module.register_forward_hook(self._signal_hook(i)))
-        for name, module in self._act_modules:
-            self._handles.append(
-                module.register_forward_hook(self._act_hook(name, ACTIVATION_DERIVATIVES[type(module)]))
-            )
+        for name, module, sums in self._act_modules:
+            hook = self._act_hook(name, sums)
+            if reads_output(module, sums):
+                self._handles.append(module.register_forward_hook(hook))
+            else:  # in place: z is read before the call writes over it
+                self._handles.append(module.register_forward_pre_hook(lambda m, i, hook=hook: hook(m, i, None)))
+        for register in (  # global: any registration anywhere sets a flag, looked at in end_step
+            nn.modules.module.register_module_parameter_registration_hook,
+            nn.modules.module.register_module_module_registration_hook,
+        ):
+            self._handles.append(register(lambda *args: setattr(self, "_params_dirty", True)))
+        self._params_dirty = True  # what was registered between __init__ and now
         self._hooked = True
         return self
 
@@ -199,7 +174,7 @@ class GradientRecorder:
                 def store(grad: torch.Tensor) -> None:
                     if generation != self._generation:
                         return
-                    buf = self._sig_buf = _buffer(self._sig_buf, len(self._signal_modules), grad.device)
+                    buf = self._sig_buf = buffer64(self._sig_buf, len(self._signal_modules), grad.device)
                     slot = buf[index]
                     # hypot: the root of the sum of squares over several outputs, without over/underflow
                     torch.hypot(slot, norm64(grad).to(buf.device), out=slot)
@@ -209,18 +184,32 @@ class GradientRecorder:
 
         return hook
 
-    def _act_hook(self, name: str, deriv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., None]:
+    def _act_hook(self, name: str, sums: Sums) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+            if self._busy:
+                return
             i = self._act_index.get(name)
             if i is None:
                 i = self._act_index[name] = len(self.activations)
                 self.activations.append(name)
-            if not (self._active and isinstance(output, torch.Tensor) and output.requires_grad):
+            z = inputs[0]
+            if output is None:  # before the call: it builds a graph if z or the module's parameters need grad
+                grad = torch.is_grad_enabled() and (
+                    z.requires_grad or any(p.requires_grad for p in module.parameters())
+                )
+            else:
+                grad = isinstance(output, torch.Tensor) and output.requires_grad
+            if not (self._active and grad):
                 return
-            buf = self._act_buf = _buffer(self._act_buf, 2 * i + 2, output.device)
-            # [Σσ′, Σσ′²] in float64, or a count that is both (σ′ is 0 or 1)
-            buf[2 * i : 2 * i + 2].add_(deriv(inputs[0], output).to(buf.device))
-            self._act_count[i] = self._act_count.get(i, 0) + output.numel()
+            self._busy = True
+            try:
+                # [Σσ′, Σσ′²] in float64, or a count that is both (σ′ is 0 or 1)
+                s = sums(module, z, output)  # type: ignore[arg-type]
+            finally:
+                self._busy = False
+            buf = self._act_buf = buffer64(self._act_buf, 2 * i + 2, z.device)
+            buf[2 * i : 2 * i + 2].add_(s.to(buf.device))
+            self._act_count[i] = self._act_count.get(i, 0) + z.numel()
 
         return hook
 
@@ -247,8 +236,15 @@ class GradientRecorder:
                     buf.zero_()
         return self._active
 
-    def end_step(self) -> None:
-        """Call after ``backward()`` and before the gradients are cleared."""
+    def end_step(self, loss_scale: float | torch.Tensor | None = None, grads_scaled: bool = False) -> None:
+        """Call after ``backward()`` and before the gradients are cleared.
+
+        Args:
+            loss_scale: the factor the loss was multiplied by before ``backward()`` (a
+                ``GradScaler``'s scale, a tensor: no host sync); the backward signal is divided by it.
+            grads_scaled: the ``.grad`` are still multiplied by ``loss_scale`` (not yet unscaled):
+                divide weight_grad and param_grad by it too.
+        """
         self._check_hooked("end_step")
         for name in self.layers[self._dropped :]:  # layers seen for the first time: their order hook is done
             handle = self._order_handles.pop(name, None)
@@ -259,35 +255,51 @@ class GradientRecorder:
             return
         self._active = False
         self._generation += 1
+        if self._params_dirty:
+            self._refresh_params()
         weights = [m.weight for m in self._layer_modules]
-        n_w, n_s, n_a = len(weights), len(self._signal_modules), len(self.activations)
-        sizes = dict(zip(QUANTITIES, (n_w, n_w, n_s, n_a, n_a)))
-        buffers = [b for b in (self._sig_buf, self._act_buf) if b is not None]
-        device = weights[0].device if weights else buffers[0].device if buffers else torch.device("cpu")
-        if n_w + n_s + n_a:
+        grads = [p.grad if p is not None else None for p in self._params]
+        n_w, n_s, n_a, n_p = len(weights), len(self._signal_modules), len(self.activations), len(grads)
+        sizes = (n_w, n_w, n_s, n_a, n_a, n_p)  # QUANTITIES
+        present = [*weights, *(p for p in self._params if p is not None), self._sig_buf, self._act_buf]
+        device = next((t.device for t in present if t is not None), torch.device("cpu"))
+        if sum(sizes):
             # Few torch calls, written into one new tensor: between a step's big kernels each small op
             # costs tens of µs on the CPU.
             with torch.no_grad():
-                values = torch.empty(sum(sizes.values()), dtype=F64, device=device)
-                self._weight_norms(weights, values[: 2 * n_w])
-                self._signal_norms(values[2 * n_w : 2 * n_w + n_s])
-                self._act_means(values[2 * n_w + n_s :])
-            self._records.append(Record(self._step, self._epoch, tuple(sizes.values()), values))
+                values = torch.empty(sum(sizes), dtype=F64, device=device)
+                weight_grad, weight_norm, signal, act, param_grad = values.split([n_w, n_w, n_s, 2 * n_a, n_p])
+                norms64([(grads, param_grad), (weights, weight_norm)])  # one fused norm
+                self._weight_grads(param_grad, weight_grad)
+                self._signal_norms(signal)
+                if loss_scale is not None:
+                    for part in (signal, weight_grad, param_grad) if grads_scaled else (signal,):
+                        part.div_(loss_scale)
+                self._act_means(act)
+            self._records.append(Record(self._step, self._epoch, sizes, values))
         self._act_count = {}
 
-    @staticmethod
-    def _weight_norms(weights: list[torch.Tensor], out: torch.Tensor) -> None:
-        """weight_grad then weight_norm of ``weights`` into ``out``: one fused norm over the gradients and weights."""
-        grads = [w.grad for w in weights if w.grad is not None]
-        if len(grads) == len(weights):
-            if weights:
-                torch.stack(torch._foreach_norm(grads + weights, 2, dtype=F64), out=out)
+    def _refresh_params(self) -> None:
+        """After a registration: a new parameter name takes the next free index, a known one follows its parameter."""
+        names, params, self.tied = parameters_once(self.model)
+        now = dict(zip(names, params))
+        self._params = [now.pop(n, None) for n in self.params]
+        self.params += list(now)
+        self._params += list(now.values())
+        self._pos = {id(p): k for k, p in enumerate(self._params) if p is not None}
+        self._params_dirty = False
+
+    def _weight_grads(self, param_grad: torch.Tensor, out: torch.Tensor) -> None:
+        """weight_grad: each layer's weight's param_grad (NaN if its weight is no parameter of the model)."""
+        ks = [self._pos.get(id(m.weight)) for m in self._layer_modules]
+        if None not in ks:
+            if ks:
+                torch.stack([param_grad[k] for k in ks], out=out)
             return
-        norms = torch._foreach_norm(grads + weights, 2, dtype=F64)
-        torch.stack(norms[len(grads) :], out=out[len(weights) :])
-        out[: len(weights)].fill_(math.nan)
-        for k, g in zip([k for k, w in enumerate(weights) if w.grad is not None], norms):
-            out[k] = g
+        out.fill_(math.nan)
+        for i, k in enumerate(ks):
+            if k is not None:
+                out[i] = param_grad[k]
 
     def _signal_norms(self, out: torch.Tensor) -> None:
         if self._sig_buf is None:
@@ -306,7 +318,7 @@ class GradientRecorder:
             return
         # Every activation has a layer_index, also one that so far ran only without autograd and so
         # never reached the buffer: make the buffer as long as the list.
-        self._act_buf = _buffer(self._act_buf, 2 * n, out.device)
+        self._act_buf = buffer64(self._act_buf, 2 * n, out.device)
         sums, means = self._act_buf[: 2 * n].view(n, 2).T, out.view(2, n)
         if out.device.type == "cpu" and len(self._act_count) == n:
             counts = torch.tensor([self._act_count[i] for i in range(n)], dtype=F64)
@@ -350,9 +362,8 @@ class GradientRecorder:
         recorded step or at ``step``. Call it after ``end_step`` of a recorded step; it reads
         the norms on the host (one synchronisation).
         """
-        frame = self.to_frame()
-        if len(frame):
-            last = frame[frame["step"] == frame["step"].iloc[-1]]
+        last = self.last_frame()
+        if len(last):
             for tag, value in scalars(last).items():
                 writer.add_scalar(tag, value, int(last["step"].iloc[0]) if step is None else step)
 
@@ -367,4 +378,11 @@ class GradientRecorder:
             until_step: keep only steps <= this one.
         """
         records = [r for r in self._records if until_step is None or r.step <= until_step]
-        return records_frame(records, {"layers": self.layers, "blocks": self.blocks, "activations": self.activations})
+        return records_frame(records, self._names())
+
+    def last_frame(self) -> pd.DataFrame:
+        """The frame of the last recorded step only (empty before the first): one host transfer, however many steps."""
+        return records_frame(self._records[-1:], self._names())
+
+    def _names(self) -> dict[str, list[str]]:
+        return {"layers": self.layers, "blocks": self.blocks, "activations": self.activations, "params": self.params}

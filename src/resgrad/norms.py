@@ -1,25 +1,21 @@
-"""Exact reductions for the recorder: float64 norms of gradients and sums of activation derivatives.
+"""Exact reductions for the recorder: float64 norms and sums of float32, bfloat16 or float16 tensors.
 
-:func:`norm64` forms ‖t‖₂ with float64's range and precision from a float32, bfloat16 or
-float16 tensor, so that a gradient of elements around 1e-23 (or 1e30) is measured as it is
-rather than underflowing (or overflowing) in a float32 sum of squares.
-:func:`sum64` sums one the same way. :data:`ACTIVATION_DERIVATIVES` gives, per activation module
-type, the sums of σ′(z) and σ′(z)² over the elements of one call, computed so that they do not
-cancel to 0 where σ′ is tiny.
+:func:`norm64` forms ‖t‖₂ with float64's range and precision, so that a gradient of elements
+around 1e-23 (or 1e30) is measured as it is rather than underflowing (or overflowing) in a
+float32 sum of squares. :func:`sum64` sums a tensor the same way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 F64 = torch.float64
 
 
-_ROW = 4096  # float32 sums of this many squares stay within ~1e-8 of float64
+_ROW = 256  # float32 sums of this many terms stay within 2e-7 of float64, also equal terms (4096: 2.5e-6)
 _SAFE = 2.0**-30  # a float32 norm at least this large lost < 1e-7 to squares below float32's normal range
 
 
@@ -36,11 +32,16 @@ def norm64(t: torch.Tensor) -> torch.Tensor:
     return _norm64_cpu(t)
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """t's elements as one dimension, in memory order: no copy of a contiguous or channels-last tensor."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)  # norms and sums ignore element order
+    return t.reshape(-1)
+
+
 def _norm64_cpu(t: torch.Tensor) -> torch.Tensor:
     """The float32 fast path of :func:`norm64`, with the float64 fallback."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        t = t.permute(0, 2, 3, 1)  # the norm ignores element order: flatten in memory order, without a copy
-    flat = t.reshape(-1)
+    flat = _flat(t)
     cut = flat.numel() - flat.numel() % _ROW
     rows = torch.linalg.vector_norm(flat[:cut].view(-1, _ROW), dim=1)
     if cut < flat.numel():
@@ -56,12 +57,13 @@ def sum64(t: torch.Tensor) -> torch.Tensor:
     """The sum of t's elements as a float64 0-d tensor on t's device.
 
     On the CPU a float32 tensor is summed in float32 rows of :data:`_ROW` elements, combined in
-    float64 (a float64 sum of a float32 tensor converts it first, about 10x slower); elsewhere in float64.
+    float64 (a float64 sum of a float32 tensor converts it first, about 10x slower): within ~1e-7 of
+    Σ|t| of the float64 sum. Elsewhere in float64.
     """
     t = t.detach()
     if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() < _ROW:
         return t.sum(dtype=F64)
-    flat = t.reshape(-1)
+    flat = _flat(t)
     cut = flat.numel() - flat.numel() % _ROW
     rows = flat[:cut].view(-1, _ROW).sum(1)
     if cut < flat.numel():
@@ -69,82 +71,28 @@ def sum64(t: torch.Tensor) -> torch.Tensor:
     return rows.sum(dtype=F64)
 
 
-# -- activation derivatives -----------------------------------------------------------------
-
-_SAME_SIZE_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}
-_INF_BITS = {
-    torch.float64: 0x7FF0000000000000,
-    torch.float32: 0x7F800000,
-    torch.bfloat16: 0x7F80,
-    torch.float16: 0x7C00,
-}
-_TINY_MEAN = 2.0**-100  # a float32 σ′ whose mean is at least this lost nothing that matters to elements below 1e-38
-
-
-def _relu_deriv(inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """Σσ′ of one ReLU call, a count (σ′ is 0 or 1, so Σσ′² is the same), read from the output.
-
-    relu(z) > 0 exactly where z > 0, so the output serves also when an in-place ReLU has written
-    over its input. On the CPU, when no element is NaN or −0.0 (their bit patterns are the only
-    non-zero ones that are not positive), counting the non-zero bit patterns reads the tensor once and
-    allocates nothing (a float comparison is ~10x slower); else the count of relu(z) > 0, NaN if any is NaN.
-    """
-    out = output.detach()
-    if out.device.type == "cpu" and out.dtype in _INF_BITS and out.numel():
-        bits = out.view(_SAME_SIZE_INT[out.element_size()])
-        lo, hi = torch.aminmax(bits)
-        if lo.item() >= 0 and hi.item() <= _INF_BITS[out.dtype]:  # .item() costs no device sync on the CPU
-            return torch.count_nonzero(bits)
-    return (out > 0).sum(dtype=F64).masked_fill_(torch.isnan(out).any(), math.nan)  # no host sync (CUDA graphs)
+def norms64(groups: Sequence[tuple[Sequence[torch.Tensor | None], torch.Tensor]]) -> None:
+    """For each ``(tensors, out)``: ‖t‖₂ of every tensor into ``out`` in float64, NaN for None; one fused call for all."""
+    present = [t for tensors, _ in groups for t in tensors if t is not None]
+    norms = torch._foreach_norm(present, 2, dtype=F64) if present else []
+    start = 0
+    for tensors, out in groups:
+        ks = [k for k, t in enumerate(tensors) if t is not None]
+        part, start = norms[start : start + len(ks)], start + len(ks)
+        if len(ks) == len(tensors):
+            if ks:
+                torch.stack(part, out=out)
+            continue
+        out.fill_(math.nan)
+        for k, norm in zip(ks, part):
+            out[k] = norm
 
 
-def _tanh_prime(z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    # 4σ(2z)σ(−2z) = sech²(z): no cancellation where 1 − tanh²(z) is 0 (|z| > 9 in float32), and σ is
-    # vectorised where cosh is not (~10x faster on the CPU).
-    a = torch.mul(z, 2)
-    b = torch.sigmoid(a)
-    return b.mul_(a.neg_().sigmoid_()).mul_(4)
-
-
-def _sigmoid_prime(z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    # σ(z)·σ(−z) rather than σ(z)·(1 − σ(z)), which cancels to 0 for z > 17 in float32.
-    return torch.neg(z).sigmoid_().mul_(torch.sigmoid(z) if out is None else out)
-
-
-def deriv_sums(
-    prime: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], z: torch.Tensor, out: torch.Tensor | None
-) -> torch.Tensor:
-    """[Σσ′(z), Σσ′(z)²] over the elements of one call, in float64: ``prime(z, out)`` gives σ′ elementwise.
-
-    On the CPU σ′ is formed in float32 (from a float32, bfloat16 or float16 z), and again in float64
-    when its mean is below 2⁻¹⁰⁰ (so that σ′ below float32's range does not vanish); elsewhere in
-    float64. A NaN in z makes both sums NaN.
-    """
-    z = z.detach()
-    if z.device.type == "cpu" and z.dtype != F64:
-        d = prime(z.float(), _same(out, torch.float32))
-        total = sum64(d)
-        if not total.item() < z.numel() * _TINY_MEAN:
-            return torch.stack([total, norm64(d).square()])
-    d = prime(z.double(), _same(out, F64))
-    return torch.stack([d.sum(), torch.linalg.vector_norm(d).square()])
-
-
-def _same(out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """The output where it is in ``dtype``; None where it was rounded more coarsely (then σ′ does not use it)."""
-    return out.detach() if out is not None and out.dtype == dtype else None
-
-
-def _elementwise(
-    prime: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return lambda inputs, output: deriv_sums(prime, inputs, output)
-
-
-# Activation module types whose derivative is recorded: type -> f(input, output) of one call, giving
-# [Σσ′, Σσ′²] over its elements in float64, or one count where σ′ is 0 or 1 (then Σσ′² = Σσ′).
-ACTIVATION_DERIVATIVES: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    nn.ReLU: _relu_deriv,
-    nn.Tanh: _elementwise(_tanh_prime),
-    nn.Sigmoid: _elementwise(_sigmoid_prime),
-}
+def buffer64(buf: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
+    """``buf`` if it is on ``device`` and long enough, else a float64 buffer of zeros there, holding ``buf``'s values."""
+    if buf is not None and len(buf) >= size and buf.device == device:
+        return buf
+    grown = torch.zeros(max(size, 2 * len(buf) if buf is not None else size), dtype=F64, device=device)
+    if buf is not None:
+        grown[: len(buf)] = buf.to(device)
+    return grown

@@ -19,16 +19,8 @@ import pandas as pd
 import torch
 
 from resgrad.config import TrainConfig
-from resgrad.files import (
-    atomic_dir,
-    atomic_write,
-    check_record,
-    file_record,
-    prepare_output,
-    write_csv,
-    write_json,
-    write_parquet,
-)
+from resgrad.files import atomic_dir, atomic_write, prepare_output, write_csv, write_json, write_parquet
+from resgrad.ownership import check_record, file_record, read_marker
 
 STATUSES = ("complete", "diverged", "failed")  # a run folder's summary.json "status"
 DONE = ("complete", "diverged")  # runs that trained: a sweep rerun skips them, failed ones run again
@@ -92,11 +84,12 @@ def save_run(result: RunResult, out_dir: str | os.PathLike[str], force: bool = F
     """Write the run directory atomically; an existing run folder is replaced only with ``force``.
 
     ``summary.json`` is written last and records every other file with its size and SHA-256
-    (``"files"``), so that :func:`check_run` can tell a whole run from a damaged one. A folder
+    (``"files"``); the folder's manifest (``.resgrad.json``) records them all, ``summary.json``
+    too, so that :func:`check_run` can tell a whole run from a damaged or edited one. A folder
     holding anything resgrad did not write is refused (``UsageError``), ``force`` or not.
     """
     out_dir = prepare_output(out_dir, "run", force=force)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "run") as tmp:
         write_json(tmp / "config.json", result.config.to_dict())
         write_csv(tmp / "metrics.csv", result.metrics)
         write_parquet(tmp / "grad_norms.parquet", result.grad_norms)
@@ -110,11 +103,15 @@ def save_run(result: RunResult, out_dir: str | os.PathLike[str], force: bool = F
 def check_run(run_dir: str | os.PathLike[str], summary: dict[str, Any] | None = None) -> str | None:
     """Why a run folder is not whole, in a few words; None when it is.
 
-    With the record of files in ``summary.json``: each file is there with its recorded size
-    and SHA-256. Folders saved before the record: the files a run of its status leaves are
+    With the folder's manifest (``.resgrad.json``): every file, ``summary.json`` too, is there
+    with its recorded size and SHA-256. With the record of files in ``summary.json`` only: each
+    file it records. Folders saved before the record: the files a run of its status leaves are
     there and parse, and ``metrics.csv`` holds a whole row for every step.
     """
     run_dir = Path(run_dir)
+    marker = read_marker(run_dir)
+    if marker.get("kind") == "run" and "files" in marker and (problem := check_record(run_dir, marker["files"])):
+        return problem
     summary = summary if summary is not None else read_summary(run_dir)
     if summary is None:
         return "summary.json is missing or unreadable"

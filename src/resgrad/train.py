@@ -15,9 +15,8 @@ import math
 import os
 import pickle
 import platform
-import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from resgrad.errors import UsageError, check_choice
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model, count_params
 from resgrad.options import DEVICES
+from resgrad.progress import progress_enabled
 from resgrad.rundir import METRIC_COLUMNS, RunResult, first_line
 from resgrad.schedules import every, log_spaced
 
@@ -98,11 +98,6 @@ def evaluate(
     model.train(was_training)
     n = len(split)
     return total_loss.item() / n, correct.item() / n
-
-
-def progress_enabled(progress: bool | None) -> bool:
-    """A progress bar shows when asked, or by default when stderr is a terminal."""
-    return sys.stderr.isatty() if progress is None else progress
 
 
 def train_step(
@@ -335,7 +330,7 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
     run_dir = Path(run_dir)
     try:
         config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
-    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError):  # JSON and UTF-8 errors are ValueErrors
         raise UsageError(f"{run_dir} is not a run folder: it has no readable config.json.") from None
     weights = run_dir / "model.pt"
     if not weights.is_file():
@@ -345,8 +340,11 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
         )
     model = build_model(config.arch, **config.model_kwargs())
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(
             f"{weights} cannot be loaded into the model its config.json describes ({first_line(exc)})."
         ) from None

@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import exit_code
+from helpers import TINY_BENCH, exit_code, fill, leftovers, one_sentence, run_cli, snapshot, tmpfs
 from torch import nn
 
-from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig
+from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig, is_noisy
 from resgrad.bench.report import bench_markdown, speedup_table, write_bench
 from resgrad.bench.run import run_bench
 from resgrad.bench.timing import (
+    PEAK_MATMUL_N,
     OutOfMemoryError,
     convs_use_tf32,
     count_flops,
@@ -27,7 +29,7 @@ from resgrad.bench.timing import (
 )
 from resgrad.cli import make_parser
 from resgrad.cli.bench import bench_config
-from resgrad.errors import UsageError
+from resgrad.errors import OutputError, UsageError
 from resgrad.models import FIXED_ARCHS, build_model
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour where CUDA is absent")
@@ -45,9 +47,15 @@ TINY = dict(
 # ---------------------------------------------------------------- rows
 
 
+# Every test here that runs a bench measures the CPU's peak with a small matmul (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("small_peak_matmul")
+
+
 @pytest.fixture(scope="module")
 def tiny_result():
-    return run_bench(BenchConfig(devices=["cpu"], **TINY), progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # small_peak_matmul, for the module
+        patch.setitem(PEAK_MATMUL_N, "cpu", 256)
+        return run_bench(BenchConfig(devices=["cpu"], **TINY), progress=False)
 
 
 def test_tiny_grid_has_the_issue_columns_and_positive_values(tiny_result, tmp_path):
@@ -107,6 +115,20 @@ def test_a_rerun_into_the_same_folder_leaves_no_file_of_the_earlier_run(tiny_res
     write_bench(dataclasses.replace(tiny_result, rows=oom), out)
     assert sorted(p.name for p in out.iterdir()) == ["bench.csv", "bench.md", "notes.txt"]
     assert (pd.read_csv(out / "bench.csv")["status"] == "oom").all()
+
+
+def test_a_disk_that_fills_while_the_set_is_written_leaves_the_earlier_set_as_it_was(tiny_result, tmp_path):
+    with tmpfs(tmp_path / "disk") as disk:
+        out = write_bench(tiny_result, disk / "bench")
+        before = snapshot(out)
+        assert {"bench.csv", "bench.md", "bench.png"} <= set(before)
+        slower = dataclasses.replace(
+            tiny_result, rows=tiny_result.rows.assign(median_ms=tiny_result.rows.median_ms * 3)
+        )
+        fill(disk, leave=12 * 1024)  # room for a new bench.csv and bench.md, not for a new bench.png
+        with pytest.raises(OutputError, match="No space left on device"):
+            write_bench(slower, out)
+        assert snapshot(out) == before and leftovers(disk) == []
 
 
 def test_a_fixed_arch_is_timed_once_with_its_own_shape():
@@ -304,6 +326,14 @@ def test_bad_input_exits_2_before_anything_runs(tmp_path, capsys, flags, message
     assert not out.exists()
 
 
+def test_a_non_finite_min_run_time_is_one_sentence_and_writes_nothing(tmp_path):
+    code, err = run_cli(["bench", *TINY_BENCH, "--min-run-time", "inf", "--out", str(tmp_path / "b")])
+    assert code == 2 and one_sentence(err, "bench").endswith(
+        "min-run-time must be a finite number of seconds, got inf."
+    )
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -426,3 +456,38 @@ def test_command_parses_back_into_the_same_config(config, tmp_path):
     assert bench_config(args) == config.validate()
     assert args.out == out
     assert bench_config(args).min_run_time == config.min_run_time  # exactly: 0.1 + 0.2 is not 0.3
+
+
+# ---------------------------------------------------------------- what a person reads: the table, noisy points
+
+
+def test_a_point_is_noisy_when_its_iqr_is_above_a_quarter_of_its_median():
+    assert not is_noisy(16.0, 4.0) and is_noisy(16.0, 4.01)
+    assert is_noisy(16.0, 784.0)  # repeats of 16 ms and 800 ms, as on the issue's busy machine
+    assert not is_noisy(2.0, 0.0)
+
+
+def test_a_noisy_point_says_so_in_bench_csv_and_bench_md(tiny_result, tmp_path):
+    rows = tiny_result.rows.copy()
+    rows["iqr_ms"] = 0.1 * rows["median_ms"]  # clean points...
+    rows.loc[0, "iqr_ms"] = 0.5 * rows.loc[0, "median_ms"]  # ...but one, as a busy machine measures it
+    rows["noisy"] = [is_noisy(m, i) for m, i in zip(rows["median_ms"], rows["iqr_ms"])]
+    out = write_bench(dataclasses.replace(tiny_result, rows=rows), tmp_path / "b")
+    back = pd.read_csv(out / "bench.csv")
+    assert back["noisy"].tolist() == [True] + [False] * (len(rows) - 1)
+    md = (out / "bench.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| plain |") or line.startswith("| residual |")]
+    assert [" noisy |" in line for line in table] == back["noisy"].tolist()
+    assert f"1 of {len(rows)} points are noisy: their IQR is above 25 % of their median" in md
+
+
+@pytest.mark.slow
+def test_bench_prints_its_main_table(tmp_path, capsys):
+    argv = ["bench", "--devices", "cpu", "--archs", "plain", "residual", "--depths", "8", "--widths", "2"]
+    argv += ["--batch-sizes", "2", "--modes", "forward", "--min-run-time", "0.01", "--warmup", "1", "--threads", "1"]
+    assert exit_code([*argv, "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "b" / "bench.csv")
+    assert "| arch | depth | batch_size | mode | median_ms | iqr_ms | noisy | images_per_s |" in out
+    for _, r in rows.iterrows():
+        assert f"| {r['arch']} | 8 | 2 | forward | {r['median_ms']:.4g} | " in out

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import exit_code
+from helpers import exit_code, one_sentence, run_cli, tiny_grid, tiny_run
 
 from resgrad.cli import main
 
@@ -59,6 +58,7 @@ def test_train_writes_the_documented_run_directory(data_dir: Path, tmp_path: Pat
     )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".resgrad.json",  # the manifest: every file resgrad wrote here, with its SHA-256
         "config.json",
         "grad_norms.parquet",
         "metrics.csv",
@@ -102,26 +102,12 @@ def test_bad_input_exits_2_with_one_clear_sentence(tmp_path: Path, capsys, argv:
 
 
 def test_missing_mnist_exits_2_naming_the_folder(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resgrad",
-            "train",
-            "--steps",
-            "1",
-            "--data-dir",
-            str(tmp_path / "nowhere"),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
-    assert f"MNIST is not in {tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in proc.stderr
-    assert "t10k-labels-idx1-ubyte.gz" in proc.stderr
+    argv = ["train", "--steps", "1", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
+    code, err = run_cli(argv)
+    assert code == 2
+    line = one_sentence(err, "train")
+    assert f"MNIST is not in {tmp_path / 'nowhere' / 'MNIST' / 'raw'}" in line
+    assert "t10k-labels-idx1-ubyte.gz" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -134,11 +120,9 @@ def test_asking_for_absent_cuda_exits_2(tmp_path: Path, capsys) -> None:
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_help_explains_the_flags() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "resgrad", "train", "--help"], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0
+def test_help_explains_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code(["train", "--help"]) == 0
+    out = capsys.readouterr().out
     for flag in (
         "--arch",
         "--depth",
@@ -149,4 +133,64 @@ def test_help_explains_the_flags() -> None:
         "--threads",
         "--quiet",
     ):
-        assert flag in proc.stdout
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "nan"], "lr must be a finite number, got nan."),
+        (["--lr", "inf"], "lr must be a finite number, got inf."),
+        (["--momentum", "nan"], "momentum must be a finite number, got nan."),
+        (["--weight-decay", "inf"], "weight-decay must be a finite number, got inf."),
+        (["--momentum=-inf"], "momentum must be a finite number, got -inf."),
+    ],
+)
+def test_non_finite_train_options_exit_2(flags: list[str], message: str, tmp_path: Path, data_dir: Path) -> None:
+    code, err = run_cli(["train", *tiny_run(data_dir), *flags, "--out", str(tmp_path / "run")])
+    assert code == 2 and one_sentence(err, "train").endswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seed", ["1180591620717411303424", "-1", str(2**63)])
+def test_a_seed_outside_0_to_2_63_is_refused_in_train_and_sweep(seed: str, tmp_path: Path, data_dir: Path) -> None:
+    code, err = run_cli(["train", *tiny_run(data_dir), "--seed", seed, "--out", str(tmp_path / "r")])
+    assert code == 2 and one_sentence(err, "train").endswith(
+        f"seed must be a whole number from 0 to 2**63-1, got {seed}."
+    )
+    code, err = run_cli(["sweep", *tiny_grid(data_dir), "--seeds", seed, "--out", str(tmp_path / "s")])
+    assert code == 2 and "seed must be a whole number from 0 to 2**63-1" in one_sentence(err, "sweep")
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_dtype_help_says_the_recorded_norms_are_float64_as_they_are(data_dir: Path, tmp_path: Path, capsys) -> None:
+    assert exit_code(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    dtype_help = text[text.index("--dtype {float32,bfloat16} ", text.index("options:")) :][:400]
+    assert "norms are formed in float64" in dtype_help and "norms stay float32" not in dtype_help
+    out = tmp_path / "run"
+    argv = ["train", "--arch", "residual", "--depth", "8", "--width", "2", "--steps", "2", "--dtype", "bfloat16"]
+    argv += ["--train-subset", "64", "--test-subset", "50", "--threads", "1", "--data-dir", str(data_dir)]
+    assert exit_code([*argv, "--out", str(out), "--quiet"]) == 0
+    assert pd.read_parquet(out / "grad_norms.parquet")["norm"].dtype == "float64"
+
+
+def _overcommit_refuses_huge() -> bool:
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_huge(), reason="needs a kernel that refuses an impossible allocation")
+def test_a_model_too_large_for_memory_is_one_sentence_saying_how_much(data_dir: Path, tmp_path: Path) -> None:
+    width = 200_000
+    asked = 4 * 9 * width * width  # the first width x width 3x3 convolution's float32 weights, in bytes
+    argv = ["train", "--arch", "residual", "--depth", "8", "--width", str(width), "--steps", "1", "--threads", "1"]
+    code, err = run_cli([*argv, "--device", "cpu", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")])
+    assert code == 2 and one_sentence(err, "train").endswith(
+        "out of memory: the model or its batches needed more memory than this machine could give "
+        f"(one allocation of {asked / 2**30:,.2f} GiB); give a smaller --width, --depth or --batch-size."
+    )
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import one_sentence, run_cli
 
 from resgrad.cli import make_parser
 from resgrad.config import TrainConfig
@@ -135,3 +136,87 @@ def test_checks_live_once_and_agree_with_the_models() -> None:
     ]:
         with pytest.raises(UsageError, match=re.escape(message)):
             build()
+
+
+# ---------------------------------------------------------------- numbers the run's float32 weights cannot take
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the reference: torch's own
+
+
+@pytest.mark.parametrize(
+    ("flags", "name", "value", "top", "why"),
+    [
+        (["--lr", "1e39"], "lr", 1e39, FLOAT32_MAX, "the largest float32: "),
+        (["--lr", "1e308"], "lr", 1e308, FLOAT32_MAX, "the largest float32: "),
+        (["--weight-decay", "1e308"], "weight-decay", 1e308, FLOAT32_MAX, "the largest float32: "),
+        (["--momentum", "1e39"], "momentum", 1e39, FLOAT32_MAX, "the largest float32: "),
+        (
+            ["--optimizer", "adam", "--lr", "3.5e37"],
+            "lr",
+            3.5e37,
+            FLOAT32_MAX / 10,
+            "adam's first step is lr / (1 - beta1) = 10 x lr, and ",
+        ),
+    ],
+)
+def test_an_optimiser_number_past_float32_is_one_sentence_before_anything_runs(
+    tmp_path: Path, flags: list[str], name: str, value: float, top: float, why: str
+) -> None:
+    code, err = run_cli(["train", *flags, "--out", str(tmp_path / "run")])
+    assert code == 2 and one_sentence(err, "train").endswith(
+        f"{name} must be at most {top:.4g} ({why}the run's weights are float32 whatever --dtype says), got {value!r}."
+    )
+    assert not (tmp_path / "run").exists()
+    code, err = run_cli(["sweep", *flags, "--out", str(tmp_path / "sweep")])
+    assert code == 2 and f"{name} must be at most" in one_sentence(err, "sweep") and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_largest_lr_allowed_trains_to_a_diverged_run_not_a_traceback(data_dir: Path, optimizer: str) -> None:
+    config = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=3,
+        train_subset=64,
+        test_subset=50,
+        threads=1,
+        device="cpu",
+        data_dir=str(data_dir),
+        optimizer=optimizer,
+        lr=FLOAT32_MAX if optimizer == "sgd" else FLOAT32_MAX * (1 - 0.9),  # adam: the largest it takes
+        momentum=FLOAT32_MAX if optimizer == "sgd" else 0.5,
+        weight_decay=FLOAT32_MAX,
+    ).validate()
+    assert train(config, progress=False).summary["status"] in ("complete", "diverged")
+
+
+# ---------------------------------------------------------------- --threads and --workers are bounded everywhere
+
+BOUNDED = {  # each command with --threads or --workers, with what else it needs to parse
+    "train": ["train"],
+    "sweep": ["sweep", "--out", "{out}"],
+    "lesion": ["lesion", "{out}"],
+    "shatter": ["shatter", "--out", "{out}"],
+    "bench": ["bench", "--out", "{out}"],
+}
+
+
+def test_every_command_with_threads_is_checked_here() -> None:
+    parser = make_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    with_threads = {n for n, p in commands.items() if any("--threads" in a.option_strings for a in p._actions)}
+    assert with_threads == set(BOUNDED)
+
+
+@pytest.mark.parametrize("command", sorted(BOUNDED))
+@pytest.mark.parametrize(("flag", "value"), [("--threads", "100000"), ("--threads", "1000000000000")])
+def test_threads_past_the_bound_are_one_sentence_for_every_command(
+    tmp_path: Path, command: str, flag: str, value: str
+) -> None:
+    argv = [a.format(out=tmp_path / "out") for a in BOUNDED[command]]
+    code, err = run_cli([*argv, flag, value])
+    assert code == 2 and one_sentence(err, command).endswith(
+        f"threads must be a whole number from 1 to 1,024, got {value}."
+    )
+    assert not (tmp_path / "out").exists()

@@ -1,15 +1,23 @@
-"""MNIST as device tensors: values equal torchvision's transform pipeline."""
+"""MNIST as device tensors: values equal torchvision's transform pipeline; damaged files are named."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import os
+import random
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import mnist_copy, one_sentence, run_cli, tiny_run
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from resgrad.data import MNIST_FILES, DataError, batches, load_split, resolve_data_dir
+from resgrad.config import TrainConfig
+from resgrad.data import IDX_MD5, MNIST_FILES, DataError, batches, load_split, resolve_data_dir
+from resgrad.train import train
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -65,3 +73,88 @@ def test_missing_files_offline_name_the_folder_and_the_files(tmp_path: Path) -> 
 def test_subset_must_be_positive(data_dir: Path) -> None:
     with pytest.raises(ValueError, match="at least 1 image"):
         load_split(False, data_dir, subset=0)
+
+
+# ---------------------------------------------------------------- damaged MNIST
+
+
+def test_a_truncated_gz_is_named_with_its_md5(tmp_path: Path, data_dir: Path) -> None:
+    raw = mnist_copy(data_dir, tmp_path)
+    gz = raw / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:300])
+    found, expected = hashlib.md5(gz.read_bytes()).hexdigest(), dict(MNIST.resources)[gz.name]
+    code, err = run_cli(["train", *tiny_run(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert one_sentence(err, "train").endswith(
+        f"{gz} has MD5 {found}, expected {expected}; replace it with the official file."
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_garbage_idx_file_is_named_as_damaged(tmp_path: Path, data_dir: Path) -> None:
+    load = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=1,
+        train_subset=64,
+        test_subset=50,
+        threads=1,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
+    train(load, progress=False)  # torchvision has unpacked the four files beside their .gz
+    raw = mnist_copy(data_dir, tmp_path, gz_only=False)
+    (raw / "train-labels-idx1-ubyte").write_bytes(os.urandom(1000))
+    code, err = run_cli(["train", *tiny_run(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert one_sentence(err, "train").endswith(
+        f"{raw / 'train-labels-idx1-ubyte'} is damaged (its header is not that of MNIST's file); "
+        "delete it to have it unpacked again from its .gz."
+    )
+
+
+# ---------------------------------------------------------------- damaged unpacked files
+
+
+def _unpacked_copy(data_dir: Path, tmp_path: Path) -> Path:
+    """The four official .gz files, and each unpacked beside it (as torchvision leaves them)."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        gz = data_dir / "MNIST" / "raw" / name
+        shutil.copy(gz, raw / name)
+        (raw / name.removesuffix(".gz")).write_bytes(gzip.decompress(gz.read_bytes()))
+    return raw
+
+
+def test_the_md5_sums_of_the_unpacked_files_are_those_of_the_official_gz_files_unpacked(data_dir: Path) -> None:
+    for gz_name, gz_md5 in MNIST.resources:
+        gz = (data_dir / "MNIST" / "raw" / gz_name).read_bytes()
+        assert hashlib.md5(gz).hexdigest() == gz_md5  # torchvision's sum: the official file
+        assert hashlib.md5(gzip.decompress(gz)).hexdigest() == IDX_MD5[gz_name.removesuffix(".gz")]
+
+
+@pytest.mark.parametrize("name", ["train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte"])
+def test_an_unpacked_file_with_mnists_header_and_size_but_other_bytes_is_named_before_training(
+    tmp_path: Path, data_dir: Path, name: str
+) -> None:
+    raw = _unpacked_copy(data_dir, tmp_path)
+    load_split(False, tmp_path / "data", subset=10)  # the whole set loads
+    idx = raw / name
+    data = bytearray(idx.read_bytes())
+    header = 8 if "labels" in name else 16
+    # Labels up to 255 (IndexError mid-training once), or pixels of noise (trained on, exit 0, once).
+    data[header:] = random.Random(0).randbytes(len(data) - header)
+    idx.write_bytes(bytes(data))
+    argv = ["train", "--arch", "residual", "--depth", "8", "--width", "2", "--steps", "2", "--train-subset", "64"]
+    argv += ["--test-subset", "50", "--threads", "1", "--device", "cpu", "--quiet"]
+    code, err = run_cli([*argv, "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    found = hashlib.md5(bytes(data)).hexdigest()
+    assert code == 2 and one_sentence(err, "train").endswith(
+        f"{idx} is damaged (MD5 {found}, not that of the official file, {IDX_MD5[name]}); "
+        "delete it to have it unpacked again from its .gz."
+    )
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match="not that of the official file"):
+        load_split("train" in name, tmp_path / "data", subset=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -9,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import autograd_norms
 from torch import nn
 
 import resgrad.train
 from resgrad.cli import main
 from resgrad.config import TrainConfig
 from resgrad.gradients import GradientRecorder
-from resgrad.models import blocks, build_model
+from resgrad.models import build_model
 from resgrad.sweeps.grid import read_config
 from resgrad.train import train, train_step
 
@@ -142,44 +144,24 @@ def test_bfloat16_training_on_cpu_runs_and_learns(data_dir: Path) -> None:
     assert np.isfinite(norms.norm).all() and (norms[norms.quantity != "act_deriv"].norm > 0).all()
 
 
-def _gradient_capture(model: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
-    """Copies of the gradient at every block's output, taken by hooks of the test's own."""
-    grads: dict[str, torch.Tensor] = {}
-    named = dict(model.named_modules())
-
-    def forward_hook(name: str):
-        def hook(module, inputs, output):
-            output.register_hook(lambda g: grads.__setitem__(name, g.detach().clone()))
-
-        return hook
-
-    return grads, [named[n].register_forward_hook(forward_hook(n)) for n in blocks(model)]
-
-
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_bfloat16_norms_are_float32_exact_against_float64_of_the_same_gradients(norm: str) -> None:
     torch.manual_seed(0)
     model = build_model("residual", 14, width=4, norm=norm)
+    before = copy.deepcopy(model)  # the weights the step's gradients are taken at (the update changes them)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    block_grads, handles = _gradient_capture(model)
     with GradientRecorder(model, schedule=1) as rec:
         train_step(model, opt, x, y, rec, dtype="bfloat16")
-    for h in handles:
-        h.remove()
     frame = rec.to_frame()
-    named = dict(model.named_modules())
     weights = frame[frame.quantity == "weight_grad"]
     signal = frame[frame.quantity == "activation_grad"]
-    # The same gradients the recorder saw: .grad is left in place by the update; the block outputs' by our hooks.
-    assert all(named[n].weight.grad.dtype == torch.float32 for n in weights.layer)
-    assert all(block_grads[n].dtype == torch.bfloat16 for n in signal.layer)  # autocast really ran
-    np.testing.assert_allclose(
-        weights.norm.to_numpy(), [named[n].weight.grad.double().norm().item() for n in weights.layer], rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        signal.norm.to_numpy(), [block_grads[n].double().norm().item() for n in signal.layer], rtol=1e-6
-    )
+    # The same gradients the recorder saw: autograd on the same weights and batch, under the same autocast.
+    expected = autograd_norms(before, x, y, list(weights.layer), list(signal.layer), autocast=torch.bfloat16)
+    assert all(dict(model.named_modules())[n].weight.grad.dtype == torch.float32 for n in weights.layer)
+    assert set(expected.signal_dtype.values()) == {torch.bfloat16}  # autocast really ran
+    np.testing.assert_allclose(weights.norm.to_numpy(), [expected.weight_grad[n] for n in weights.layer], rtol=1e-6)
+    np.testing.assert_allclose(signal.norm.to_numpy(), [expected.activation_grad[n] for n in signal.layer], rtol=1e-6)
     assert len(weights) == 14 and len(signal) == 6
 
 

@@ -125,15 +125,55 @@ def test_zero_init_residual_makes_residual_blocks_start_as_their_shortcut() -> N
     assert torch.allclose(block(h), torch.relu(h))
 
 
+@pytest.mark.parametrize("arch", ["plain", "residual"])
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
-def test_activation_choice_is_used_in_every_block(activation: str) -> None:
-    model = build_model("plain", 8, width=2, activation=activation)
-    kinds = {type(m.act1).__name__ for m in model.modules() if isinstance(m, Block)}
-    assert kinds == {activation.capitalize() if activation != "relu" else "ReLU"}
+def test_activation_choice_is_used_in_every_block(arch: str, activation: str) -> None:
+    model = build_model(arch, 14, width=2, activation=activation)
+    wanted = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[activation]
+    others = tuple({nn.ReLU, nn.Tanh, nn.Sigmoid} - {wanted})
+    calls: dict[str, int] = {}
+    for name, module in model.named_modules():
+        assert not isinstance(module, others), name
+        if isinstance(module, wanted):
+            module.register_forward_hook(lambda m, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    model(torch.randn(2, 1, 28, 28))
+    names = [n for n, m in model.named_modules() if isinstance(m, Block)]
+    assert len(names) == 6  # depth 14: two blocks per stage
+    # The stem's activation and both of every block's, each run once in a forward pass.
+    assert calls == {"stem_act": 1, **{f"{n}.{a}": 1 for n in names for a in ("act1", "act2")}}
 
 
-def test_plain_and_residual_blocks_share_their_constructor() -> None:
-    assert PlainBlock.__init__ is ResidualBlock.__init__
+BLOCK_SHAPES = [
+    dict(in_ch=4, out_ch=4, stride=1),  # inside a stage: an identity shortcut
+    dict(in_ch=4, out_ch=8, stride=2, shortcut="A"),  # the first block of a stage: subsample and zero-pad
+    dict(in_ch=4, out_ch=8, stride=2, shortcut="B"),  # ... or a 1x1 projection with weights of its own
+]
+
+
+@pytest.mark.parametrize("shape", BLOCK_SHAPES)
+@pytest.mark.parametrize("norm", ["none", "batch"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_plain_and_residual_blocks_are_twins_that_differ_by_the_skip_alone(
+    shape: dict, norm: str, activation: str
+) -> None:
+    twins = []
+    for block in (PlainBlock, ResidualBlock):
+        torch.manual_seed(3)
+        twins.append(block(**shape, norm=norm, activation=activation).eval())
+    plain, residual = twins
+    # One seed, the same parameters and buffers: names, shapes and initial values.
+    p_state, r_state = plain.state_dict(), residual.state_dict()
+    assert list(p_state) == list(r_state) and len(p_state) > 0
+    for key in p_state:
+        assert p_state[key].shape == r_state[key].shape and torch.equal(p_state[key], r_state[key]), key
+    # Forward, by hand from the modules: the plain block is act(bn2(conv2(act(bn1(conv1(h)))))); the
+    # residual block adds the shortcut of h before the last activation, and that is all.
+    act = {"relu": torch.relu, "tanh": torch.tanh}[activation]
+    h = torch.randn(2, shape["in_ch"], 12, 12)
+    branch = plain.bn2(plain.conv2(act(plain.bn1(plain.conv1(h)))))
+    torch.testing.assert_close(plain(h), act(branch), rtol=0, atol=0)
+    torch.testing.assert_close(residual(h), act(branch + residual.shortcut(h)), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(plain(h), residual(h), atol=1e-3)  # the skip is not a no-op
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ROOT
+import torch
+from helpers import ROOT, run_cli, strict_json, tiny_run
 
 from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
 from resgrad.rundir import METRIC_COLUMNS, load_run, save_run
-from resgrad.train import train
+from resgrad.train import StepBuffer, train
 
 SMALL = dict(depth=8, width=4, train_subset=1024, test_subset=500, threads=1, batch_size=32)
 
@@ -112,6 +113,8 @@ def test_summary_has_the_documented_keys_in_order(data_dir: Path) -> None:
 
     result = train(TrainConfig(arch="plain", steps=2, data_dir=str(data_dir), **SMALL), progress=False)
     assert tuple(result.summary) == SUMMARY_KEYS
+    # cuda_graphs records what --cuda-graphs resolved to: the default, auto, means no graphs on the CPU.
+    assert result.config.cuda_graphs == "auto" and result.summary["cuda_graphs"] is False
 
 
 def test_committed_run_folders_keep_their_ids():
@@ -136,3 +139,78 @@ def test_a_new_field_at_its_default_keeps_run_ids():
     grown = Grown(arch="plain", depth=14, seed=3, lr=0.05)
     assert grown.run_id() == base.run_id()
     assert Grown(arch="plain", depth=14, seed=3, lr=0.05, new_option="on").run_id() != base.run_id()
+
+
+# ---------------------------------------------------------------- extreme seeds and step counts
+
+
+def test_the_largest_seed_trains(data_dir: Path) -> None:
+    config = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=1,
+        train_subset=64,
+        test_subset=50,
+        threads=1,
+        device="cpu",
+        seed=2**63 - 1,
+        data_dir=str(data_dir),
+    )
+    assert train(config, progress=False).status == "complete"
+
+
+def test_a_huge_step_count_allocates_nothing_up_front(tmp_path: Path, data_dir: Path) -> None:
+    # 10**14 steps of float32 losses would be 400 TB; a learning rate of 1e6 ends the run within steps.
+    out = tmp_path / "run"
+    code, err = run_cli(
+        [
+            "train",
+            *tiny_run(data_dir),
+            *("--steps", "99999999999999", "--lr", "1e6", "--momentum", "0.9"),
+            *("--width", "4", "--out", str(out)),  # width 2 can die quietly instead
+        ]
+    )
+    assert code == 0, err
+    summary = strict_json(out / "summary.json")
+    assert summary["status"] == "diverged" and summary["steps"] < 50
+    assert len(pd.read_csv(out / "metrics.csv")) == summary["steps"]
+
+
+def test_step_buffer_holds_what_a_list_holds() -> None:
+    values = [float(i) * 0.5 for i in range(2 * StepBuffer.CHUNK + 7)]
+    buf = StepBuffer("cpu", torch.float32)
+    for step, value in enumerate(values):
+        buf[step] = torch.tensor(value)
+    for start, stop in (
+        (0, len(values)),
+        (3, 5),
+        (StepBuffer.CHUNK - 2, StepBuffer.CHUNK + 3),
+        (5, 5),
+        (2 * StepBuffer.CHUNK, len(values)),
+    ):
+        assert buf[start:stop].tolist() == values[start:stop]
+    assert len(buf.chunks) == 3  # memory for the steps seen, a chunk at a time
+
+
+def test_a_run_across_many_chunks_records_what_a_run_in_one_chunk_records(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(
+        arch="residual",
+        depth=8,
+        width=2,
+        steps=10,
+        eval_every=4,
+        train_subset=128,
+        test_subset=50,
+        batch_size=16,
+        threads=1,
+        device="cpu",
+        data_dir=str(data_dir),
+    )
+    one = train(config, progress=False)
+    monkeypatch.setattr(StepBuffer, "CHUNK", 3)  # steps 0-2, 3-5, 6-8, 9: every boundary crossed
+    many = train(config, progress=False)
+    pd.testing.assert_frame_equal(many.metrics, one.metrics)
+    assert many.metrics["epoch"].tolist() == [0] * 8 + [1] * 2  # 128 images in batches of 16: 8 steps an epoch

@@ -31,8 +31,8 @@ from resgrad.experiments.landscape_numerics import (
     lanczos_extremes,
     random_directions,
 )
-from resgrad.files import OWN_NAMES
 from resgrad.models import build_model
+from resgrad.ownership import OWN_NAMES
 from resgrad.train import evaluate, initial_model, load_model, make_optimizer, train_step
 
 # ---------------------------------------------------------------- filter normalisation
@@ -314,7 +314,7 @@ def test_a_sweep_gets_every_kind_of_row_for_both_twins_and_the_files_its_folder_
 ) -> None:
     assert main_ok(["landscape", str(sweep_dir), *_small(data_dir), "--quiet"])
     out = sweep_dir / "landscape"
-    assert sorted(p.name for p in out.iterdir()) == sorted(n for n in OWN_NAMES["landscape"] if n != ".resgrad.json")
+    assert sorted(p.name for p in out.iterdir()) == sorted(OWN_NAMES["landscape"])  # with its manifest
     frame = pd.read_csv(out / "landscape.csv")
     assert sorted(frame["arch"].unique()) == ["plain", "residual"]
     counts = frame.groupby(["arch", "kind"]).size().unstack()

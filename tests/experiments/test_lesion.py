@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import exit_code
+from helpers import exit_code, one_sentence, rerecord, run_cli
 from torch import nn
 
 from resgrad.cli import main
@@ -224,6 +224,7 @@ def test_random_sets_are_seeded_shared_by_the_twins_and_never_hold_a_downsamplin
             == 0
         )
         assert sorted(p.name for p in out.iterdir()) == [
+            ".resgrad.json",  # the manifest: every file resgrad wrote here
             "lesion.csv",
             "lesion_n_deleted.png",
             "lesion_single_block.png",
@@ -277,6 +278,17 @@ def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(
     assert (sweep / "report" / "figures" / "lesion_n_deleted.png").is_file()
     table = pd.read_csv(sweep / "report" / "tables" / "lesion.csv")
     assert sorted(table["arch"]) == ["plain", "residual"]
+    # One definition, named on the page: identity-shortcut blocks; the CSV keeps fractions, the page shows %.
+    frame = pd.read_csv(sweep / "lesion" / "lesion.csv")
+    for _, row in table.iterrows():
+        mine = frame[(frame["arch"] == row["arch"]) & (frame["kind"] == "single") & frame["downsampling"].eq(False)]
+        assert row["one_deleted_acc_mean"] == pytest.approx(mine["test_acc"].mean())
+        assert 0 <= row["intact_acc"] <= 1
+    section = md[md.index("## Block lesions") :]
+    assert "identity-shortcut blocks" in section.split("\n\n")[1]  # the paragraph
+    assert "| 1 identity-shortcut block deleted: mean over blocks (%) |" in section
+    residual = table[table["arch"] == "residual"].iloc[0]
+    assert f"| {100 * residual['one_deleted_acc_mean']:.2f} |" in section
 
 
 def _make_old(sweep: Path) -> None:
@@ -286,6 +298,7 @@ def _make_old(sweep: Path) -> None:
         summary = json.loads((run_dir / "summary.json").read_text())
         summary.pop("files", None)
         (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / ".resgrad.json").unlink()  # no manifest either
 
 
 @pytest.mark.slow
@@ -303,6 +316,30 @@ def test_a_damaged_run_is_left_out_by_name_and_the_others_are_lesioned(
         f"{json.loads((plain / 'summary.json').read_text())['files']['model.pt']['bytes']} recorded"
     ]
     assert plain.name in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["model.pt holds a list", "config.json is not JSON"])
+def test_a_run_that_cannot_be_read_is_left_out_of_a_sweep_by_name_and_alone_is_one_sentence(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, sweep, ignore=shutil.ignore_patterns("lesion"))
+    plain = next((sweep / "runs").glob("plain-*"))
+    if damage == "model.pt holds a list":  # whole by its records: only loading it tells
+        torch.save([torch.zeros(3)], plain / "model.pt")
+        rerecord(plain)
+        why = "cannot be loaded into the model its config.json describes (it holds a list, not a state dict)"
+    else:
+        (plain / "config.json").write_text("{not json")
+        why = "config.json"
+    flags = ["--device", "cpu", "--data-dir", str(data_dir), "--max-deleted", "2", "--draws", "1", "--quiet"]
+    code, err = run_cli(["lesion", str(sweep), *flags])
+    assert code == 0 and "Traceback" not in err, err
+    assert pd.read_csv(sweep / "lesion" / "lesion.csv")["arch"].unique().tolist() == ["residual"]
+    assert f"left out {plain.name}: " in caplog.text and why in caplog.text
+    code, err = run_cli(["lesion", str(plain), *flags, "--out", str(tmp_path / "alone")])
+    assert code == 2 and why in one_sentence(err, "lesion") and not (tmp_path / "alone").exists()
 
 
 @pytest.mark.slow
@@ -365,3 +402,25 @@ def test_a_run_folder_is_lesioned_into_a_folder_beside_it_and_left_as_it_was(
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     frame = pd.read_csv(tmp_path / "residual-run-lesion" / "lesion.csv")
     assert frame["run_id"].unique().tolist() == ["residual-run"] and len(frame) == 1 + 6 + 1
+
+
+@pytest.mark.slow
+def test_lesion_prints_a_line_per_run_and_its_table_in_percent_with_k_whole(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["lesion", str(sweep_dir), "--max-deleted", "2", "--draws", "1", "--device", "cpu"]
+    assert exit_code([*argv, "--data-dir", str(data_dir), "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("lesion: ")]
+    assert [line.split(" (")[0] for line in lines] == ["lesion: 1 of 2 runs done", "lesion: 2 of 2 runs done"]
+    assert "elapsed, about" in lines[0] and "left" not in lines[1]
+    table = [line for line in captured.out.splitlines() if line.startswith("| batch |")]
+    assert len(table) == 2
+    frame = pd.read_csv(tmp_path / "a" / "lesion.csv")
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        mine = frame[frame["arch"] == cells[3]]
+        assert cells[5] == f"{100 * mine.loc[mine['kind'] == 'intact', 'test_acc'].mean():.2f}"  # intact, in %
+        assert cells[9] == "2"  # k: the most identity-shortcut blocks deleted, a whole number
+    assert exit_code([*argv, "--data-dir", str(data_dir), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "runs done" not in capsys.readouterr().err

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,14 +18,14 @@ import torch
 from torch import nn
 
 pytest.importorskip("tensorboard")  # `make setup` installs it (the tensorboard extra): these run in CI
-from helpers import ROOT, exit_code  # noqa: E402
+from helpers import ROOT, exit_code, fill, one_sentence, run_cli, snapshot, tmpfs  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.plugins.hparams import metadata as hp_metadata  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from resgrad.cli import main  # noqa: E402
-from resgrad.files import write_csv, write_parquet  # noqa: E402
 from resgrad.gradients import GradientRecorder  # noqa: E402
+from resgrad.rundir import load_run, save_run  # noqa: E402
 
 RUN_FLAGS = [
     "--arch",
@@ -165,11 +167,11 @@ def test_export_writes_every_value_and_a_second_export_adds_no_duplicate(
 
 def test_zero_tiny_huge_nan_and_inf_norms_are_written_as_they_are(trained: tuple[Path, Path], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    shutil.copytree(trained[0], run_dir)
-    norms = pd.read_parquet(run_dir / "grad_norms.parquet")
+    result = load_run(trained[0])  # saved again with the edge values: a whole run folder that holds them
+    norms = result.grad_norms
     edge = [0.0, 1e-40, 1e30, math.inf, math.nan]
     norms.loc[: len(edge) - 1, "norm"] = edge
-    write_parquet(run_dir / "grad_norms.parquet", norms)
+    save_run(result, run_dir)
     assert main(["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")]) == 0
     run_id = json.loads((run_dir / "summary.json").read_text())["run_id"]
     check_run_events(run_dir, tmp_path / "tb" / run_id)
@@ -229,13 +231,12 @@ def test_a_diverged_run_keeps_its_non_finite_loss_and_has_no_final_metrics(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    shutil.copytree(trained[0], run_dir)
     # The folder as train() leaves a run whose loss is inf at step 12: everything up to that step.
-    metrics = pd.read_csv(run_dir / "metrics.csv").query("step <= 12").copy()
-    metrics.loc[metrics.step == 12, "train_loss"] = math.inf
-    write_csv(run_dir / "metrics.csv", metrics)
-    write_parquet(run_dir / "grad_norms.parquet", pd.read_parquet(run_dir / "grad_norms.parquet").query("step <= 12"))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    result = load_run(trained[0])
+    result.metrics = result.metrics.query("step <= 12").copy()
+    result.metrics.loc[result.metrics.step == 12, "train_loss"] = math.inf
+    result.grad_norms = result.grad_norms.query("step <= 12")
+    summary = result.summary
     summary.update(
         status="diverged",
         final_test_acc=None,
@@ -244,7 +245,7 @@ def test_a_diverged_run_keeps_its_non_finite_loss_and_has_no_final_metrics(
         steps=13,
         diverged_at_step=12,
     )
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    save_run(result, run_dir)
     assert main(["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")]) == 0
     run_tb = tmp_path / "tb" / summary["run_id"]
     check_run_events(run_dir, run_tb)
@@ -260,7 +261,7 @@ def test_a_diverged_run_keeps_its_non_finite_loss_and_has_no_final_metrics(
         ("not-a-run", "is neither a run folder (config.json, summary.json) nor a sweep folder (sweep.json)"),
         ("logdir-file", "is a file; give a folder"),
         ("logdir-in-run", "give a folder outside the runs it exports"),
-        ("foreign-run-folder", "exists and was not written by resgrad"),
+        ("foreign-run-folder", "holds files resgrad did not write (notes.txt); give --tensorboard a new or empty"),
         ("failed-run", "holds no finished run to export"),
     ],
 )
@@ -398,3 +399,128 @@ def test_the_readme_loop_example_runs_and_logs_every_recorded_norm(
     for tag, points in expected.items():
         assert [s for s, _ in got[tag]] == [0, 5, 10, 15]
         assert_same([v for _, v in got[tag]], f32(v for _, v in points))
+
+
+# ---------------------------------------------------------------- a user's files, damaged runs, full disks
+
+
+def test_a_file_added_to_an_exported_run_folder_refuses_the_next_export_and_stays(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    logdir = tmp_path / "tb"
+    assert exit_code(["export", str(run_dir), "--tensorboard", str(logdir)]) == 0
+    run_id = json.loads((run_dir / "summary.json").read_text())["run_id"]
+    (logdir / run_id / "notes.txt").write_text("mine")
+    before = snapshot(logdir)
+    code, err = run_cli(["export", str(run_dir), "--tensorboard", str(logdir)])
+    assert code == 2 and "holds files resgrad did not write (notes.txt)" in one_sentence(err, "export")
+    assert snapshot(logdir) == before
+
+
+def test_a_users_hidden_copy_of_an_exported_run_in_the_log_folder_is_left_alone(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    logdir = tmp_path / "tb"
+    assert exit_code(["export", str(run_dir), "--tensorboard", str(logdir)]) == 0
+    run_id = json.loads((run_dir / "summary.json").read_text())["run_id"]
+    shutil.copytree(logdir / run_id, logdir / ".my-backup-of-run")  # holds resgrad's marks, and is the user's
+    backup = snapshot(logdir / ".my-backup-of-run")
+    assert exit_code(["export", str(run_dir), "--tensorboard", str(logdir)]) == 0
+    assert snapshot(logdir / ".my-backup-of-run") == backup
+
+
+def _damage(run_dir: Path, how: str) -> None:
+    if how == "metrics cut short":
+        os.truncate(run_dir / "metrics.csv", 20)
+    elif how == "metrics text":
+        (run_dir / "metrics.csv").write_text("step,epoch,train_loss,test_loss,test_acc\n0,0,lots,,\n")
+    elif how == "grad_norms":
+        data = bytearray((run_dir / "grad_norms.parquet").read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, another SHA-256
+        (run_dir / "grad_norms.parquet").write_bytes(bytes(data))
+    elif how == "model.pt":
+        os.truncate(run_dir / "model.pt", 100)
+    elif how == "summary edited":  # valid JSON, a better number: only a checksum of summary.json tells
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "final_test_acc": 0.99}))
+
+
+DAMAGE = ["metrics cut short", "metrics text", "grad_norms", "model.pt", "summary edited"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_run_is_named_and_not_exported(trained: tuple[Path, Path], tmp_path: Path, how: str) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[0], run_dir)
+    _damage(run_dir, how)
+    code, err = run_cli(["export", str(run_dir), "--tensorboard", str(tmp_path / "tb")])
+    line = one_sentence(err, "export")
+    assert code == 2 and "holds no finished run to export (run: damaged (" in line
+    assert not (tmp_path / "tb").exists()
+
+
+@pytest.fixture(scope="module")
+def two_run_sweep(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export-sweep") / "sweep"
+    flags = ["--archs", "plain", "residual", "--depths", "8", "--widths", "2", "--steps", "3", "--train-subset", "64"]
+    flags += ["--test-subset", "50", "--threads", "1", "--device", "cpu", "--quiet", "--data-dir", str(data_dir)]
+    assert exit_code(["sweep", *flags, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_run_of_a_sweep_is_skipped_by_name_and_the_rest_exported(
+    two_run_sweep: Path, tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(two_run_sweep, sweep)
+    damaged, whole = sorted((sweep / "runs").iterdir())
+    _damage(damaged, how)
+    code, err = run_cli(["export", str(sweep), "--tensorboard", str(tmp_path / "tb")])
+    assert code == 0 and "Traceback" not in err
+    assert [p.name for p in (tmp_path / "tb").iterdir()] == [whole.name]
+    assert f"skipped {damaged.name}: damaged (" in caplog.text
+
+
+def test_a_resumed_sweep_with_tensorboard_reruns_a_damaged_run_and_exports_it(
+    two_run_sweep: Path, tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(two_run_sweep, sweep)
+    damaged = sorted((sweep / "runs").iterdir())[0]
+    _damage(damaged, "metrics text")
+    flags = ["--archs", "plain", "residual", "--depths", "8", "--widths", "2", "--steps", "3", "--train-subset", "64"]
+    flags += ["--test-subset", "50", "--threads", "1", "--device", "cpu", "--quiet", "--data-dir", str(data_dir)]
+    code, err = run_cli(["sweep", *flags, "--out", str(sweep), "--tensorboard", str(tmp_path / "tb")])
+    assert code == 0 and "Traceback" not in err
+    assert f"{damaged.name} is damaged (metrics.csv" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == sorted(p.name for p in (sweep / "runs").iterdir())
+
+
+def test_a_full_disk_in_export_is_one_sentence_without_a_threads_traceback(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run_dir, _ = trained
+    with tmpfs(tmp_path / "disk") as disk:
+        logdir = disk / "tb"
+        logdir.mkdir()
+        fill(disk, leave=8192)  # room for the small files, not for the events: the writer's thread fails
+        proc = subprocess.run(
+            [sys.executable, "-m", "resgrad", "export", str(run_dir), "--tensorboard", str(logdir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 1, proc.stderr
+        line = one_sentence(proc.stderr, "export")
+        assert "No space left on device (ENOSPC)" in line and "Exception in thread" not in proc.stderr
+        assert sorted(os.listdir(logdir)) == []
+
+
+def test_export_onto_a_read_only_folder_is_bad_input(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        code, err = run_cli(["export", str(trained[0]), "--tensorboard", str(ro / "tb")])
+        assert code == 2 and "cannot write in" in one_sentence(err, "export")
+        assert os.listdir(ro) == []

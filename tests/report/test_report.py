@@ -13,11 +13,15 @@ import io
 import json
 import math
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import leftovers, one_sentence, rerecord, run_cli, snapshot
 
 import resgrad.report.page
 from resgrad.cli import main
@@ -35,8 +39,11 @@ FIGURES = [
     "test_acc_over_steps",
     "test_error_vs_depth",
     "block_gain",
-]  # block_gain: its own section (test_report_gain.py)
-TABLES = ["by_arch_depth", "headline", "test_acc_by_eval", "runs", "block_gain"]
+    "gain_vs_theory",
+    "signal_vs_theory",
+    "theory_ratio_over_steps",
+]  # block_gain: its own section (test_report_gain.py); the theory section's three (test_report_theory.py)
+TABLES = ["by_arch_depth", "headline", "test_acc_by_eval", "runs", "block_gain", "gain_vs_theory", "theory_tap_shape"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,14 +95,18 @@ def _copy(sweep_dir: Path, tmp_path: Path) -> Path:
 
 
 def _record_files(run_dir: Path) -> None:
-    """Rewrite summary.json's record of files after a test edited them, as if the run had written them so."""
+    """Rewrite the records of files after a test edited them, as if the run had written them so.
+
+    summary.json records every other file; the manifest (.resgrad.json) every file, summary.json too.
+    """
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["files"] = {
         p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         for p in sorted(run_dir.iterdir())
-        if p.name != "summary.json"
+        if p.name not in ("summary.json", ".resgrad.json")
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    rerecord(run_dir)
 
 
 def _make_failed(run_dir: Path, error: str) -> None:
@@ -223,8 +234,8 @@ def test_html_is_self_contained_with_every_figure_embedded(report: tuple[Path, s
         assert base64.b64decode(chunk.split('"', 1)[0]) == (out / "figures" / f"{name}.png").read_bytes()
     assert "http" not in page and "href=" not in page and page.count("src=") == len(FIGURES)
     assert (
-        page.count("<table>") == 5
-    )  # headline, per arch and depth, gain per block, test accuracy per evaluation, runs
+        page.count("<table>") == 6
+    )  # headline, per arch and depth, gain per block, measured/predicted gain, test accuracy per evaluation, runs
 
 
 @pytest.mark.slow
@@ -398,10 +409,11 @@ def test_one_arch_one_seed(sweep_dir: Path, tmp_path: Path) -> None:
     assert "one seed per point" in (sweep / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_diverged_run_counts_as_finished_without_accuracy(tmp_path: Path, data_dir: Path) -> None:
     spec = SweepSpec(
         grid={"arch": ["residual"], "depth": [8], "width": [2], "lr": [1000.0], "seed": [0]},
-        fixed=_fixed(data_dir, steps=12, train_subset=256, test_subset=200, record_every=2, eval_every=4, momentum=0.9),
+        fixed=_fixed(data_dir, steps=12, train_subset=256, test_subset=100, record_every=2, eval_every=4, momentum=0.9),
     )
     summary = run_sweep(spec, tmp_path / "sweep", progress=False)
     assert list(summary["status"]) == ["diverged"]
@@ -489,7 +501,7 @@ def test_many_evaluations_give_the_csv_and_the_figure_but_no_markdown_table(swee
     assert len(pd.read_csv(out / "tables" / "test_acc_by_eval.csv")) == 4 * 30
     section = (out / "report.md").read_text().split("## Test accuracy during training", 1)[1].split("\n## ", 1)[0]
     assert "30 evaluations per run" in section and "|" not in section
-    assert (out / "report.html").read_text().count("<table>") == 4
+    assert (out / "report.html").read_text().count("<table>") == 5  # all but the test accuracy per evaluation
     assert (out / "figures" / "test_acc_over_steps.png").read_bytes().startswith(PNG_MAGIC)
 
 
@@ -519,7 +531,11 @@ def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it
     sweep = _copy(sweep_dir, tmp_path)
     assert _report([str(sweep)])[0] == 0
     out = sweep / "report"
+    # A report of an older version: no manifest, and a figure this version does not make, which its report.md names.
+    (out / ".resgrad.json").unlink()
     (out / "figures" / "from_an_old_version.png").write_bytes(PNG_MAGIC)
+    with open(out / "report.md", "a") as f:
+        f.write("\n![old](figures/from_an_old_version.png)\n")
     assert _report([str(sweep)])[0] == 0
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{name}.png" for name in FIGURES)
     assert sorted(p.name for p in (out / "tables").iterdir()) == sorted(f"{name}.csv" for name in TABLES)
@@ -534,7 +550,7 @@ def test_a_new_report_replaces_the_earlier_one_whole_and_a_crash_leaves_it_as_it
     with pytest.raises(OSError, match="No space"):
         resgrad.report.page.make_report(sweep)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert not [p.name for p in sweep.iterdir() if p.name.startswith(".report")]  # no temp folder left
+    assert not [p.name for p in sweep.iterdir() if p.name.startswith(".resgrad-")]  # no temp folder left
 
 
 # ---------------------------------------------------------------- bad input
@@ -591,6 +607,39 @@ def test_out_that_holds_something_else_is_refused(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("made_before_the_manifest", [False, True])
+def test_a_file_the_user_added_to_an_earlier_reports_figures_or_tables_refuses_the_report_and_stays(
+    report: tuple[Path, str], tmp_path: Path, made_before_the_manifest: bool
+) -> None:
+    out = tmp_path / "report"
+    shutil.copytree(report[0], out)
+    if made_before_the_manifest:  # then its report.md says which figures and tables are its own
+        (out / ".resgrad.json").unlink()
+    (out / "figures" / "my_annotated_plot.png").write_bytes(PNG_MAGIC)
+    (out / "tables" / "my_table.csv").write_text("mine\n")
+    before = snapshot(out)
+    code, err = run_cli(["report", str(report[0].parent), "--out", str(out)])
+    assert code == 2
+    assert "(figures/my_annotated_plot.png, tables/my_table.csv)" in one_sentence(err, "report")
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_report_into_the_place_of_a_killed_report_cleans_up_after_it(sweep_dir: Path, tmp_path: Path) -> None:
+    sweep = _copy(sweep_dir, tmp_path)
+    code = (
+        "import os, signal\nfrom resgrad.files import atomic_dir\n"
+        f"with atomic_dir({str(sweep / 'report')!r}, 'report') as tmp:\n"
+        "    (tmp / 'report.md').write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == -signal.SIGKILL
+    assert len(leftovers(sweep)) == 1
+    assert _report([str(sweep)])[0] == 0
+    assert leftovers(sweep) == [] and (sweep / "report" / "report.md").read_text() != "half"
+
+
+@pytest.mark.slow
 def test_headline_table_api(sweep_dir: Path) -> None:
     table = headline_table(load_sweep(sweep_dir))
     assert list(table.columns) == [
@@ -611,12 +660,13 @@ def test_markdown_table_escapes_pipes_and_aligns_numbers_right() -> None:
     assert markdown_table(frame, lambda v, c: f"<{c}>").splitlines()[2] == "| <name\\|x> | <ms> |"
 
 
+@pytest.mark.slow
 def test_the_sweep_paragraph_names_the_depth_the_runs_have_not_the_grid(tmp_path: Path, data_dir: Path) -> None:
     """The seed archs have one depth (7) whatever the grid's depths: the report says what the runs are."""
     out = tmp_path / "seed"
     spec = SweepSpec(
         grid={"arch": ["seed-residual", "seed-plain"], "depth": [8, 14, 20], "seed": [0]},
-        fixed=_fixed(data_dir, steps=3, eval_every=3, record_every=3),
+        fixed=_fixed(data_dir, steps=2, eval_every=2, record_every=2, train_subset=64, test_subset=50),
     )
     assert len(run_sweep(spec, out, progress=False)) == 2
     assert _report([str(out)])[0] == 0

@@ -15,15 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import dead_pid
 
 from resgrad.cli import main
 from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
+from resgrad.rundir import check_run
 from resgrad.sweeps.folder import load_spec
 from resgrad.sweeps.grid import DEFAULT_GRID, GRID_OPTIONS, SweepSpec
 from resgrad.sweeps.sweep import SUMMARY_COLUMNS, run_sweep, summary_row
 
-RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json"}
+# and the manifest, .resgrad.json: every file resgrad wrote there, with its SHA-256
+RUN_FILES = {"config.json", "metrics.csv", "grad_norms.parquet", "model.pt", "summary.json", ".resgrad.json"}
 
 
 def tiny(data_dir: Path, steps: int | None = 6) -> list[str]:
@@ -147,6 +150,9 @@ def test_bad_grid_raises_usage_error_naming_it(grid: dict, fixed: dict, message:
         (["--widths", "0"], None, "width must be a whole number >= 1"),
         (["--seeds", "-3"], None, "seed must be a whole number from 0 to 2**63-1"),
         (["--ray-address", "auto"], None, "only applies to --executor ray"),
+        (["--workers", "100000000"], None, "workers must be a whole number from 1 to 1,024, got 100000000."),
+        ([], "workers = 100000000\n", "workers must be a whole number from 1 to 1,024"),
+        ([], "gpus_per_run = 'one'\n", "key 'gpus_per_run' in"),
         ([], "depths = [8, 14\n", "is not valid TOML"),
         ([], "depths = []\n", "depth is an empty list"),
         ([], "depths = ['eight']\n", "depth must be a whole number"),
@@ -277,11 +283,10 @@ def test_ctrl_c_stops_a_pool_sweep_at_once_and_a_rerun_completes(tmp_path: Path,
         start_new_session=True,  # its own process group, as a shell gives a foreground job
     )
     try:
-        deadline = time.monotonic() + 180
-        while len(children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # the workers have started
-        time.sleep(4)  # the workers are training
-        assert proc.poll() is None, proc.stderr.read().decode()
+        # Two of the four runs finished: both workers are past their start-up (a Ctrl-C while a worker still
+        # imports torch is another case) and train the last two runs. A fixed sleep was too short on a busy machine.
+        wait_for(lambda: len(run_folders(out)) >= 2, proc)
+        assert proc.poll() is None and len(pool_workers(proc.pid)) == 2, proc.stderr.read().decode()
         workers = children(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=30)
@@ -323,9 +328,10 @@ def test_a_run_folder_caught_between_two_renames_is_put_back(
     assert main(argv) == 0
     (run,) = run_folders(out)
     files = snapshot(run)
-    # What a kill leaves inside atomic_dir: the old folder set aside, a half-written new one.
-    os.replace(run, run.with_name(f".resgrad-old-4242-{run.name}"))
-    half = out / "runs" / f".resgrad-tmp-{run.name}-abc123"
+    # What a kill leaves inside atomic_dir: the old folder set aside, a half-written new one, by a process now gone.
+    pid = dead_pid()
+    os.replace(run, run.with_name(f".resgrad-old-{pid}-{run.name}"))
+    half = out / "runs" / f".resgrad-tmp-{pid}-{run.name}-abc12345"
     half.mkdir()
     (half / "config.json").write_text("{}")
     capsys.readouterr()
@@ -444,7 +450,7 @@ def test_a_run_whose_worker_dies_twice_is_recorded_as_failed(tmp_path: Path, dat
     assert summary.status.tolist() == ["failed"]
     assert summary.error[0] == "its worker process died 2 times (killed, or out of memory?)"
     (run,) = run_folders(out)
-    assert {p.name for p in run.iterdir()} == {"config.json", "summary.json"}
+    assert {p.name for p in run.iterdir()} == {"config.json", "summary.json", ".resgrad.json"}
 
 
 def test_a_raising_run_is_recorded_as_failed_and_retried_on_rerun(
@@ -467,7 +473,7 @@ def test_a_raising_run_is_recorded_as_failed_and_retried_on_rerun(
     assert (summary.status == "failed").all() and summary.error.str.contains("the GPU caught fire").all()
     monkeypatch.undo()
     for run_id in summary.run_id:
-        assert {p.name for p in (out / "runs" / run_id).iterdir()} == {"config.json", "summary.json"}
+        assert {p.name for p in (out / "runs" / run_id).iterdir()} == {"config.json", "summary.json", ".resgrad.json"}
 
     assert main([*grid, *tiny(data_dir)[:-1]]) == 0  # the same runs, retried, now whole
     assert "2 complete, 0 diverged, 0 failed (2 run now, 0 already done)" in capsys.readouterr().out
@@ -570,8 +576,57 @@ def test_ray_and_process_pool_give_the_same_numbers_as_in_process(tmp_path: Path
                 pd.read_parquet(b / "grad_norms.parquet"), pd.read_parquet(a / "grad_norms.parquet")
             )
             assert TrainConfig.from_dict(json.loads((b / "config.json").read_text())).run_id() == run_id
-    # Nothing left to run: Ray is not started, so an address where no cluster answers does not matter
-    # (ray.init would raise ConnectionError after about 30 s).
-    again = run_sweep(spec, tmp_path / "ray", executor="ray", ray_address="ray://127.0.0.1:1", progress=False)
-    assert (again.attrs["ran"], again.attrs["skipped"]) == (0, 2)
-    pd.testing.assert_frame_equal(again, ray_)
+    # Nothing left to run: Ray is not started, but the address is checked all the same (a typo is caught
+    # before the day it matters), and the sweep folder is left as it was.
+    before = {p: p.read_bytes() for p in (tmp_path / "ray").rglob("*") if p.is_file()}
+    with pytest.raises(UsageError, match="nothing answers at Ray address ray://127.0.0.1:1"):
+        run_sweep(spec, tmp_path / "ray", executor="ray", ray_address="ray://127.0.0.1:1", progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "ray").rglob("*") if p.is_file()} == before
+
+
+# ---------------------------------------------------------------- damage that must not go unnoticed
+
+
+def _grid(out: Path, data_dir: Path, *seeds: str) -> list[str]:
+    return ["sweep", "--out", str(out), "--archs", "residual", "--depths", "8", "--seeds", *seeds, *tiny(data_dir, 2)]
+
+
+def _rerun_names_and_mends(out: Path, data_dir: Path, run: Path, seeds: list[str], caplog, why: str) -> None:
+    assert main(_grid(out, data_dir, *seeds)) == 0
+    assert f"{run.name} is damaged ({why}" in caplog.text and "it runs again" in caplog.text
+    assert check_run(run) is None
+    summary = pd.read_csv(out / "summary.csv").set_index("run_id")
+    assert summary.loc[run.name, "status"] == "complete"
+
+
+def test_a_damaged_run_of_an_earlier_grid_is_named_and_runs_again(
+    tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "sweep"
+    assert main(_grid(out, data_dir, "0", "1")) == 0
+    run = next(p for p in run_folders(out) if "-s1-" in p.name)
+    os.truncate(run / "metrics.csv", 20)  # `truncate -s 20`
+    # A narrower grid: seed 1 is no longer in it, but its run is still the sweep's.
+    _rerun_names_and_mends(out, data_dir, run, ["0"], caplog, "metrics.csv has 20 bytes")
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        ("{not json", "summary.json cannot be read"),
+        ("final_test_acc 0.99", "summary.json "),  # valid JSON, a better number: its size or SHA-256 tells
+    ],
+)
+def test_a_summary_json_damaged_or_edited_is_named_and_runs_again(
+    tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture, edit: str, why: str
+) -> None:
+    out = tmp_path / "sweep"
+    assert main(_grid(out, data_dir, "0")) == 0
+    (run,) = run_folders(out)
+    if edit.startswith("{"):
+        (run / "summary.json").write_text(edit)
+    else:
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "final_test_acc": 0.99}, indent=2))
+    _rerun_names_and_mends(out, data_dir, run, ["0"], caplog, why)
+    assert json.loads((run / "summary.json").read_text())["final_test_acc"] != 0.99

@@ -18,7 +18,7 @@ from torch import nn
 
 from resgrad.bench.config import MODES
 from resgrad.config import DTYPES as DTYPE_NAMES
-from resgrad.errors import check_choice
+from resgrad.errors import check_choice, oom_cause
 from resgrad.train import autocast, train_step
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -119,30 +119,6 @@ def time_fn(
 
 # torch.OutOfMemoryError from torch 2.5; before it, the same class lived only under torch.cuda.
 OutOfMemoryError: type[RuntimeError] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-# Allocation failures that surface as a plain RuntimeError: the CPU allocator's, cuDNN's and cuBLAS's.
-_OOM_MESSAGES = ("can't allocate memory", "out of memory", "ALLOC_FAILED")
-
-
-def _says_oom(exc: BaseException) -> bool:
-    return isinstance(exc, OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MESSAGES)
-    )
-
-
-def oom_cause(exc: BaseException) -> BaseException | None:
-    """The first exception that says an allocation failed: ``exc`` itself, or one it was raised from or while handling.
-
-    The chain matters under ``--compile``: dynamo and inductor re-raise an out-of-memory
-    error wrapped in their own exception (``BackendCompilerFailed`` and the like).
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:  # a chain can loop back on itself
-        if _says_oom(current):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def is_oom(exc: BaseException) -> bool:

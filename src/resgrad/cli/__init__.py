@@ -1,8 +1,9 @@
 """The ``resgrad`` command: argparse lives here and nowhere else.
 
 Each subcommand turns its flags into a typed config at once and calls library code.
-Bad input (``UsageError``) prints one sentence and exits with code 2; an OS error (a write
-that failed: full disk, permission lost) one sentence and exit code 1. ``--debug`` or
+Bad input (``UsageError``), and a model or batch too large for memory, print one sentence
+and exit with code 2; an OS error (a write that failed: full disk, permission lost) one
+sentence and exit code 1. ``--debug`` or
 ``RESGRAD_DEBUG=1`` shows the traceback instead.
 """
 
@@ -19,7 +20,7 @@ from resgrad import __version__
 from resgrad.cli.analysis import add_export, add_landscape, add_lesion, add_report, add_shatter
 from resgrad.cli.bench import add_bench
 from resgrad.cli.runs import add_sweep, add_train
-from resgrad.errors import OutputError, UsageError
+from resgrad.errors import OutputError, UsageError, out_of_memory
 
 # ---------------------------------------------------------------- main
 
@@ -84,3 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resgrad {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a model or batch too large for memory: bad input for this machine
+        if debug or (sentence := out_of_memory(exc)) is None:
+            raise
+        print(f"resgrad {args.command}: error: {sentence}", file=sys.stderr)
+        return 2

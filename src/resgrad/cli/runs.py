@@ -13,7 +13,7 @@ log = logging.getLogger("resgrad")
 
 
 def epilog_train() -> str:
-    from resgrad.files import OWN_NAMES
+    from resgrad.ownership import OWN_NAMES
     from resgrad.records import COLUMNS
     from resgrad.rundir import METRIC_COLUMNS
 
@@ -54,7 +54,7 @@ def add_config_flags(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         titles={"model": "the grid and the runs"} if sweep else None,
         helps=SWEEP_HELP if sweep else None,
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.add_argument("--quiet", action="store_true", help="no progress (bar or lines), warnings only")
 
 
 # ---------------------------------------------------------------- train
@@ -135,7 +135,9 @@ def epilog_sweep() -> str:
         "'_' for '-' (archs, depths, steps, batch_size, out, workers, ...); flags given on the command line "
         "override it.",
         "DIR holds sweep.json (the grid), runs/<run_id>/ (one run directory per point, as `resgrad train` writes "
-        f"it) and summary.csv ({', '.join(SUMMARY_COLUMNS)}). Rerunning the command skips runs already complete "
+        f"it) and summary.csv ({', '.join(SUMMARY_COLUMNS)}; accuracies are fractions, 0.9812 for 98.12 %). "
+        "Without a terminal (make, CI, a pipe), a line per finished run says the time elapsed and about how long "
+        "the rest will take; --quiet leaves it out. Rerunning the command skips runs already complete "
         "or diverged and retries failed ones; --force reruns all. Each run gets --threads torch threads (default: "
         "CPU cores // workers); a warning says when workers x threads is more than the CPU cores.",
         "Exit code: 0 when no run failed, 1 when some run failed (rerun to retry), 2 on bad input.",
@@ -162,7 +164,16 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         help="runs at a time; local: processes, 1 = in this process (default: 1); ray: CPUs of a local Ray",
     )
     g.add_argument(
-        "--ray-address", metavar="ADDR", help="a Ray cluster (e.g. auto, ray://host:10001); default: start a local Ray"
+        "--ray-address",
+        metavar="ADDR",
+        help="a Ray cluster (e.g. auto, ray://host:10001); default: $RAY_ADDRESS, else start a local Ray",
+    )
+    g.add_argument(
+        "--gpus-per-run",
+        type=float,
+        metavar="N",
+        help="ray: the GPUs each run asks Ray for, so that no more runs share the cluster's GPUs than that allows; "
+        "a fraction (0.5) puts several runs on one GPU (default: 1 for runs on CUDA, else 0)",
     )
     g.add_argument("--force", action="store_true", help="rerun points already complete or diverged")
     g.add_argument(
@@ -198,6 +209,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=opts.get("workers", 1),
         force=args.force,
         ray_address=opts.get("ray_address"),
+        gpus_per_run=opts.get("gpus_per_run"),
         progress=False if args.quiet else None,
         tensorboard=args.tensorboard,
     )

@@ -317,7 +317,7 @@ def write_landscape(result: LandscapeResult, out: str | os.PathLike[str]) -> lis
     """Write ``landscape.csv``, ``curvature.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
     out = check_out(out)
     figures = landscape_figures(result.frame)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "landscape") as tmp:
         write_csv(tmp / "landscape.csv", result.frame)
         write_csv(tmp / "curvature.csv", result.curvature)
         for name, (_, data, _) in figures.items():

@@ -25,6 +25,7 @@ class SavedRun:
     path: Path
     config: TrainConfig
     summary: dict[str, Any] | None
+    damage: str | None = None  # why the folder cannot be read, found before it is used
 
     @property
     def status(self) -> str:
@@ -36,6 +37,8 @@ class SavedRun:
 
     def unusable(self) -> str | None:
         """Why the run's trained weights cannot be used (not complete, no model.pt, damaged); None if they can."""
+        if self.damage:
+            return f"damaged: {self.damage}"
         if self.status != "complete":
             return f"{self.status}, not complete"
         if not self.has_weights:
@@ -49,7 +52,7 @@ class SavedRun:
 def _read_config(run_dir: Path) -> TrainConfig:
     try:
         return TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())).validate()
-    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UsageError(f"{run_dir} is not a run folder: it has no readable config.json.") from None
 
 
@@ -65,7 +68,10 @@ def saved_runs(path: str | os.PathLike[str]) -> tuple[list[SavedRun], bool]:
         for config in sweep_runs(path):
             run_dir = path / "runs" / config.run_id()
             if (run_dir / "config.json").is_file():
-                runs.append(SavedRun(run_dir, _read_config(run_dir), read_summary(run_dir)))
+                try:
+                    runs.append(SavedRun(run_dir, _read_config(run_dir), read_summary(run_dir)))
+                except UsageError:  # left out by name, as a damaged run is: the sweep's grid says what it was
+                    runs.append(SavedRun(run_dir, config, read_summary(run_dir), "config.json cannot be read"))
         return runs, True
     if (path / "config.json").is_file():
         return [SavedRun(path, _read_config(path), read_summary(path))], False

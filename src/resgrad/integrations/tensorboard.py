@@ -7,18 +7,19 @@
   ``activation_grad/<index>_<block>`` and any other quantity ``grad_norms`` holds;
 - the run's configuration and final metrics for the HPARAMS tab (``hparam/final_test_acc``, ...),
 
-and ``resgrad-run.json``, the mark that resgrad wrote the folder. Each run folder is
-written in a temp folder and swapped in whole, so exporting again replaces a run's
-events instead of adding to them. ``tensorboard`` is an optional dependency
+and ``resgrad-run.json`` (the run folder it came from), with resgrad's manifest beside them. Each
+run folder is written in a temp folder and swapped in whole (:func:`resgrad.files.atomic_dir`),
+so exporting again replaces a run's events instead of adding to them. ``tensorboard`` is an optional dependency
 (``pip install 'resgrad[tensorboard]'``); without it every entry point raises ``UsageError``.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import shutil
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,15 +28,19 @@ import pandas as pd
 
 from resgrad import __version__
 from resgrad.errors import UsageError
-from resgrad.files import atomic_dir, write_json
+from resgrad.files import atomic_dir, check_path, check_writable, prepare_output, write_json
 from resgrad.records import scalars
-from resgrad.rundir import RunResult, load_run, read_summary
+from resgrad.rundir import METRIC_COLUMNS, RunResult, check_run, first_line, load_run, read_summary
 from resgrad.sweeps.folder import sweep_runs
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-MARKER = "resgrad-run.json"
+log = logging.getLogger(__name__)
+
+MARKER = "resgrad-run.json"  # where the events came from; the folder's manifest is resgrad's usual .resgrad.json
+KIND = "tensorboard"  # the kind of output folder LOGDIR/<run_id> is (see resgrad.files.prepare_output)
+FLAG = "--tensorboard"
 # Config fields that are no hyperparameters: they change neither the numbers nor the model.
 NOT_HPARAMS = ("threads", "data_dir")
 # Metric tag in the HPARAMS tab -> summary.json key; written once, at the run's last step.
@@ -119,25 +124,6 @@ def add_run_hparams(writer: SummaryWriter, result: RunResult) -> None:
 # ---------------------------------------------------------------- one run folder in LOGDIR
 
 
-def _marked_run(folder: Path) -> str | None:
-    """The run id in ``folder``'s ``resgrad-run.json``, or None when resgrad did not write the folder."""
-    try:
-        return json.loads((folder / MARKER).read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _clean_stale(logdir: Path, run_id: str) -> None:
-    """Remove the hidden temp and set-aside folders that a killed export of ``run_id`` left in ``logdir``.
-
-    They are recognised by the mark inside (written first), whatever the temp names are;
-    the export about to run replaces the run's folder anyway.
-    """
-    for entry in logdir.glob(".*"):
-        if entry.is_dir() and _marked_run(entry) == run_id:
-            shutil.rmtree(entry)
-
-
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -145,25 +131,22 @@ def _inside(path: Path, folder: Path) -> bool:
 def check_logdir(logdir: str | os.PathLike[str], run_ids: Iterable[str], sources: Sequence[Path] = ()) -> Path:
     """Refuse a LOGDIR that export could not fill safely, before anything is written.
 
-    LOGDIR must be a folder or absent, not inside one of ``sources`` (run folders or a
-    sweep's ``runs/``), and each ``LOGDIR/<run_id>`` absent, empty or written by resgrad.
-    Also checks that tensorboard is installed.
+    LOGDIR must be a folder that can be written, or absent (under a folder that can), not
+    inside one of ``sources`` (run folders or a sweep's ``runs/``), and each ``LOGDIR/<run_id>``
+    absent, empty or a TensorBoard run that resgrad wrote and nobody added to (see
+    :func:`resgrad.files.prepare_output`). Also checks that tensorboard is installed.
     """
     require_tensorboard()
-    logdir = Path(logdir)
+    logdir = check_path(logdir, FLAG, replaced=False)
     if logdir.exists() and not logdir.is_dir():
         raise UsageError(f"--tensorboard {logdir} is a file; give a folder (new, or one that holds TensorBoard runs).")
     resolved = logdir.resolve()
     for source in sources:
         if _inside(resolved, source.resolve()):
             raise UsageError(f"--tensorboard {logdir} is inside {source}; give a folder outside the runs it exports.")
+    check_writable(logdir, FLAG)
     for run_id in run_ids:
-        target = logdir / run_id
-        ours = target.is_dir() and (_marked_run(target) == run_id or not any(target.iterdir()))
-        if target.exists() and not ours:
-            raise UsageError(
-                f"{target} exists and was not written by resgrad; move it away or give another --tensorboard folder."
-            )
+        prepare_output(logdir / run_id, KIND, flag=FLAG)
     return logdir
 
 
@@ -178,15 +161,44 @@ def write_run(result: RunResult, logdir: str | os.PathLike[str], source: str | N
     SummaryWriter = require_tensorboard()
     run_id = result.config.run_id()
     logdir = check_logdir(logdir, [run_id])
-    _clean_stale(logdir, run_id)
-    with atomic_dir(logdir / run_id) as tmp:
+    with atomic_dir(logdir / run_id, KIND) as tmp:
         write_json(tmp / MARKER, {"run_id": run_id, "source": source, "resgrad_version": __version__})
-        # A deep queue: with the default of 10 events every add_scalar waits for the writer thread.
-        with SummaryWriter(log_dir=str(tmp), max_queue=10_000) as writer:
-            add_metric_scalars(writer, result.metrics)
-            add_grad_scalars(writer, result.grad_norms)
-            add_run_hparams(writer, result)
+        with _writer_errors_raised() as failed:
+            # A deep queue: with the default of 10 events every add_scalar waits for the writer thread.
+            with SummaryWriter(log_dir=str(tmp), max_queue=10_000) as writer:
+                add_metric_scalars(writer, result.metrics)
+                add_grad_scalars(writer, result.grad_norms)
+                add_run_hparams(writer, result)
+        if failed:
+            raise failed[0]
     return logdir / run_id
+
+
+@contextmanager
+def _writer_errors_raised() -> Iterator[list[OSError]]:
+    """Catch an ``OSError`` in the event writer's thread (a full disk), to raise it here, not print it there.
+
+    The writer writes from a thread of its own; an error there would print a thread's
+    traceback and leave the events half written. The list it yields holds the error.
+    """
+    failed: list[OSError] = []
+    before = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            failed.append(args.exc_value)
+        else:
+            before(args)
+
+    threading.excepthook = hook
+    try:
+        yield failed
+    except Exception:
+        if failed:  # what the writer's thread met first is the cause
+            raise failed[0] from None
+        raise
+    finally:
+        threading.excepthook = before
 
 
 # ---------------------------------------------------------------- run and sweep folders
@@ -225,10 +237,18 @@ def _load_finished(run_dir: Path) -> tuple[RunResult | None, str]:
     status = summary.get("status")
     if status not in EXPORTED:
         return None, f"{status}" + (f": {summary['error']}" if summary.get("error") else "")
+    if problem := check_run(run_dir, summary):  # a file missing, cut short, or unlike its recorded SHA-256
+        return None, f"damaged ({problem})"
     try:
-        return load_run(run_dir), ""
-    except (OSError, ValueError, TypeError) as exc:  # unreadable CSV/parquet/JSON, unknown config keys
-        return None, f"damaged ({type(exc).__name__}: {exc})"
+        result = load_run(run_dir)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable CSV/parquet/JSON, unknown config keys
+        return None, f"damaged ({type(exc).__name__}: {first_line(exc)})"
+    metrics = result.metrics
+    if list(metrics.columns) != METRIC_COLUMNS or not all(pd.api.types.is_numeric_dtype(t) for t in metrics.dtypes):
+        return None, "damaged (metrics.csv does not hold numbers under its columns " + ", ".join(METRIC_COLUMNS) + ")"
+    if not {"step", "layer_index", "layer", "quantity", "norm"} <= set(result.grad_norms.columns):
+        return None, "damaged (grad_norms.parquet lacks its columns)"
+    return result, ""
 
 
 def export_tensorboard(source: str | os.PathLike[str], logdir: str | os.PathLike[str]) -> Export:
@@ -262,7 +282,9 @@ def export_missing(run_dirs: Iterable[Path], logdir: str | os.PathLike[str]) -> 
     for run_dir in run_dirs:
         if (Path(logdir) / run_dir.name).exists():
             continue
-        result, _ = _load_finished(run_dir)
+        result, why = _load_finished(run_dir)
         if result is not None:
             written.append(write_run(result, logdir, source=str(run_dir)))
+        elif why.startswith("damaged"):
+            log.warning("%s is %s: not written to %s", run_dir.name, why, logdir)
     return written

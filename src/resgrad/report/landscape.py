@@ -1,13 +1,15 @@
 """Tables and figures of a loss-landscape study (``landscape.csv`` and ``curvature.csv``, written by
 :mod:`resgrad.experiments.landscape`).
 
-Read by ``resgrad landscape`` (its figures and printed table) and by ``resgrad report`` (the
-landscape section of a sweep that holds ``landscape/landscape.csv``). Imports no torch.
+Read by ``resgrad landscape`` (its figures and printed table) and by ``resgrad report``
+(:func:`landscape_section`, for a sweep that holds ``landscape/landscape.csv``). Imports no torch.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -227,3 +229,41 @@ def landscape_figures(frame: pd.DataFrame) -> dict[str, tuple[str, bytes, str]]:
             "straight path. Lines: mean over seeds, band: min–max. Grey line: chance (10 %).",
         )
     return out
+
+
+# ---------------------------------------------------------------- the report's section
+
+
+def landscape_section(
+    page: Any, sweep_dir: Path, tables: dict[str, pd.DataFrame], first: int
+) -> list[tuple[str, str, bytes, str]]:
+    """Add "Loss landscape" to ``page`` (report.page's page object) when ``sweep_dir/landscape/landscape.csv``
+    exists (``resgrad landscape``); return its figures, numbered from ``first``."""
+    folder = sweep_dir / "landscape"
+    if not (folder / "landscape.csv").is_file():
+        return []
+    page.heading(2, "Loss landscape")
+    try:
+        frame, curvature = read_landscape(folder / "landscape.csv"), read_curvature(folder / "curvature.csv")
+    except (OSError, ValueError, KeyError) as exc:
+        page.paragraph(f"`landscape/` cannot be read ({exc}); rerun `resgrad landscape {sweep_dir}`.")
+        return []
+    table = landscape_table(frame, curvature)
+    tables["landscape"] = table
+    page.paragraph(
+        f"The training loss of {frame['run_id'].nunique()} trained runs around their weights and on the straight "
+        "line from their init, from `landscape/` (`resgrad landscape`), on the first "
+        f"{int(curvature['images'].max()):,} training images, batch norm in eval mode. One row per run: the loss "
+        "and accuracy at the trained weights; λ_max and λ_min of the loss's Hessian with respect to the conv and "
+        "linear weights there (Lanczos; |λ_min/λ_max| near 0: locally convex, Li et al. 2018); whether the loss "
+        "falls monotonically from init (Goodfellow et al. 2015) and, if not, the barrier: the largest climb of "
+        "the loss above its lowest value earlier on that line."
+    )
+    page.table(landscape_display(table), "landscape")
+    figures = [
+        (name, heading, png_bytes, caption) for name, (heading, png_bytes, caption) in landscape_figures(frame).items()
+    ]
+    for i, (name, heading, png_bytes, caption) in enumerate(figures, first):
+        page.heading(3, f"{i}. {heading}")
+        page.figure(name, heading, png_bytes, caption)
+    return figures

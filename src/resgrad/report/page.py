@@ -24,14 +24,8 @@ from resgrad.errors import UsageError
 from resgrad.files import atomic_dir, prepare_output
 from resgrad.report.figures import GAIN_FIGURE, render_figures
 from resgrad.report.gain import gain_display, sweep_gain_table, table_keys
-from resgrad.report.landscape import (
-    landscape_display,
-    landscape_figures,
-    landscape_table,
-    read_curvature,
-    read_landscape,
-)
-from resgrad.report.lesion import lesion_display, lesion_figures, lesion_table, read_lesion
+from resgrad.report.landscape import landscape_section
+from resgrad.report.lesion import COUNTED, lesion_display, lesion_figures, lesion_table, read_lesion
 from resgrad.report.markdown import markdown_table
 from resgrad.report.sweepdata import FINISHED, STATUSES, Sweep, load_sweep, option_text
 from resgrad.report.tables import (
@@ -43,6 +37,8 @@ from resgrad.report.tables import (
     summary_display,
     summary_table,
 )
+from resgrad.report.theory_page import TABLES as THEORY_TABLES
+from resgrad.report.theory_page import theory_section
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +48,10 @@ TABLES = {
     "headline": "plain vs residual per depth",
     "by_arch_depth": "mean and std over seeds per arch and depth",
     "block_gain": "the backward gain per block beside the activations' mean derivative",
+    **THEORY_TABLES,
     "test_acc_by_eval": "test accuracy at every evaluation",
-    "lesion": "block-lesion accuracies (when SWEEP_DIR/lesion/lesion.csv exists)",
+    "lesion": "block-lesion accuracies, with identity-shortcut blocks deleted (when SWEEP_DIR/lesion/lesion.csv "
+    "exists)",
     "landscape": "loss, Hessian extremes and the path from init per run (when SWEEP_DIR/landscape exists)",
     "runs": "one row per grid point with its status",
 }
@@ -87,6 +85,8 @@ NOTES = [
     "complete or diverged. Diverged runs are counted in their own column.",
     "**Updates to 90 % acc** = step + 1 of the first test evaluation with accuracy ≥ 90 %, so it is only as fine "
     "as the sweep's evaluation interval; runs that never got there are counted as not reached.",
+    "**Units**: accuracies are in % on this page and fractions (0.9812 for 98.12 %) in every CSV file "
+    "(`final_test_acc_mean`, `test_acc_mean`, `intact_acc` ...).",
     "Full numbers: `tables/by_arch_depth.csv` (one row per arch and depth, separate mean and std columns), "
     "`tables/headline.csv`, `tables/test_acc_by_eval.csv` (test accuracy at every evaluation) and "
     "`tables/runs.csv` (one row per run, with its status and error). "
@@ -139,15 +139,22 @@ def _html_table(frame: pd.DataFrame) -> str:
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
         for row in frame.itertuples(index=False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # A table wider than the page scrolls sideways inside its own box; the page itself never does.
+    return f'<div class="table-box"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
+# No element wider than the window (tests/report/test_report_html.py checks this in a real browser at 1280 x 800):
+# the page's width includes its padding, tables scroll in their box, long words and paths break.
 _CSS = """
+*,*::before,*::after{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;
 line-height:1.45;color:#222}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1.5em}
+h1,h2,h3,p,li,figcaption{overflow-wrap:anywhere}
+.table-box{max-width:100%;overflow-x:auto;margin:.5em 0 1.5em}
+table{border-collapse:collapse;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;white-space:nowrap}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+th{background:#f2f2f2;white-space:normal;min-width:4.5em;vertical-align:bottom}
+td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0 2em}img{max-width:100%;height:auto}figcaption{font-size:.9em;color:#444;max-width:60em}
 code{background:#f2f2f2;padding:0 .25em;border-radius:3px}
 """
@@ -246,40 +253,13 @@ def _lesion_section(
     page.paragraph(
         f"Test accuracy (%) of {frame['run_id'].nunique()} trained runs with blocks deleted at test time, "
         "each replaced by its shortcut (Veit et al. 2016), from `lesion/lesion.csv` (`resgrad lesion`); "
-        "means over seeds. One block deleted: over the blocks whose shortcut is the identity (mean, and the "
-        "worst block), and over the downsampling blocks; k deleted: random sets of k such blocks."
+        f"means over seeds. Every count of deleted blocks counts the {COUNTED} only (the downsampling blocks "
+        "have a shortcut of their own and are never among them): one such block deleted, the mean over those "
+        "blocks and the worst of them; k deleted, random sets of k of them. The table and the figure "
+        "of accuracy against k use these same numbers; deleting one downsampling block has its own column."
     )
     page.table(lesion_display(table), "lesion")
     return _figures(page, [(name, *figure) for name, figure in lesion_figures(frame).items()], first)
-
-
-def _landscape_section(
-    page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame], first: int
-) -> list[tuple[str, str, bytes, str]]:
-    """The loss-landscape section when ``SWEEP_DIR/landscape/landscape.csv`` exists (``resgrad landscape``)."""
-    folder = sweep.path / "landscape"
-    if not (folder / "landscape.csv").is_file():
-        return []
-    page.heading(2, "Loss landscape")
-    try:
-        frame, curvature = read_landscape(folder / "landscape.csv"), read_curvature(folder / "curvature.csv")
-    except (OSError, ValueError, KeyError) as exc:
-        page.paragraph(f"`landscape/` cannot be read ({exc}); rerun `resgrad landscape {sweep.path}`.")
-        return []
-    table = landscape_table(frame, curvature)
-    tables["landscape"] = table
-    page.paragraph(
-        f"The training loss of {frame['run_id'].nunique()} trained runs around their weights and on the straight "
-        "line from their init, from `landscape/` (`resgrad landscape`), on the first "
-        f"{int(curvature['images'].max()):,} training images, batch norm in eval mode. One row per run: the loss "
-        "and accuracy at the trained weights; λ_max and λ_min of the loss's Hessian with respect to the conv and "
-        "linear weights there (Lanczos; "
-        "|λ_min/λ_max| near 0: locally convex, Li et al. 2018); whether the loss falls monotonically from init "
-        "(Goodfellow et al. 2015) and, if not, the barrier: the largest climb of the loss above its lowest value "
-        "earlier on that line."
-    )
-    page.table(landscape_display(table), "landscape")
-    return _figures(page, [(name, *figure) for name, figure in landscape_figures(frame).items()], first)
 
 
 def _gain_section(
@@ -348,15 +328,16 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     page.heading(2, "Per arch and depth")
     page.table(summary_display(by_depth, sweep.facets), "by_arch_depth")
     figures = figures + _gain_section(page, sweep, tables, len(figures) + 1)
+    figures = figures + theory_section(page, sweep, tables, len(figures) + 1)
     _test_acc_section(page, sweep, test_acc)
     figures = figures + _lesion_section(page, sweep, tables, len(figures) + 1)
-    figures = figures + _landscape_section(page, sweep, tables, len(figures) + 1)
+    figures = figures + landscape_section(page, sweep.path, tables, len(figures) + 1)
     page.heading(2, "Runs")
     page.table(runs_display(sweep), "runs")
     page.heading(2, "How to read the tables")
     page.bullets(NOTES)
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "report") as tmp:
         (tmp / "figures").mkdir()
         (tmp / "tables").mkdir()
         for name, _, png, _ in figures:

@@ -10,7 +10,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -26,13 +25,15 @@ import torch
 from tqdm.auto import tqdm
 
 from resgrad.config import TrainConfig
-from resgrad.errors import UsageError, check_choice, check_positive
+from resgrad.errors import UsageError, check_choice
 from resgrad.rundir import RunResult
+from resgrad.sweeps.raycluster import assigned_gpu, check_gpus_per_run, gpus_that_fit, import_ray
 from resgrad.train import train
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
+MAX_WORKERS = 1024  # runs at once: processes on this machine, or CPUs of a local Ray
 # A run whose worker process dies this often is recorded as failed (the Ray executor: max_retries=1 alike).
 MAX_WORKER_DEATHS = 2
 
@@ -187,25 +188,36 @@ def _pool_pass(
     return unfinished, started - finished
 
 
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("--executor ray needs Ray, which is not installed; pip install 'resgrad[ray]'.") from None
-    return ray
+def _run_on_ray(config: TrainConfig) -> Outcome:
+    """:func:`_run_point` as a Ray task, on the GPU Ray assigned to it (if any)."""
+    import ray
+
+    index = assigned_gpu(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if index is not None and config.device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(index)  # "cuda" is the current device: the one Ray gave this run
+    return _run_point(config)
 
 
-def _run_ray(configs: list[TrainConfig], workers: int, ray_address: str | None) -> Iterator[Outcome]:
-    ray = _import_ray()
+def _run_ray(
+    configs: list[TrainConfig], workers: int, ray_address: str | None, gpus_per_run: float | None = None
+) -> Iterator[Outcome]:
+    ray = import_ray()
     started = False
     if not ray.is_initialized():
         if ray_address:
             ray.init(address=ray_address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
         started = True
-    # Results travel back through the object store: the cluster needs no shared filesystem.
-    task = ray.remote(max_retries=1, num_cpus=1)(_run_point)  # a worker that dies is retried once
+    try:
+        gpus = gpus_that_fit(configs, gpus_per_run, float(ray.cluster_resources().get("GPU", 0)))
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
+    # Results travel back through the object store: the cluster needs no shared filesystem. A GPU task
+    # runs in a worker process of its own (Ray's default for them), on the GPUs Ray assigned to it.
+    task = ray.remote(max_retries=1, num_cpus=1, num_gpus=gpus)(_run_on_ray)  # a dying worker is retried once
     refs = {task.remote(c): c for c in configs}
     pending = list(refs)
     try:
@@ -226,52 +238,38 @@ def _run_ray(configs: list[TrainConfig], workers: int, ray_address: str | None) 
 
 
 def run_all(
-    configs: list[TrainConfig], executor: str, workers: int, threads: int, ray_address: str | None, step_bar: bool
+    configs: list[TrainConfig],
+    executor: str,
+    workers: int,
+    threads: int,
+    ray_address: str | None,
+    step_bar: bool,
+    gpus_per_run: float | None = None,
 ) -> Iterator[Outcome]:
     """The outcomes of ``configs`` from the chosen executor; with nothing to run, nothing is started."""
     if not configs:
         return
     if executor == "ray":
-        yield from _run_ray(configs, workers, ray_address)
+        yield from _run_ray(configs, workers, ray_address, gpus_per_run)
     elif workers == 1:
         yield from _run_in_process(configs, step_bar)
     else:
         yield from _run_pool(configs, workers, threads)
 
 
-def check_executor(executor: str, workers: int, ray_address: str | None) -> None:
+def check_executor(executor: str, workers: int, ray_address: str | None, gpus_per_run: float | None = None) -> None:
     check_choice("executor", executor, EXECUTORS)
-    if not isinstance(workers, int) or isinstance(workers, bool):
-        raise UsageError(f"workers must be a whole number >= 1, got {workers!r}.")
-    check_positive("workers", workers)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"workers must be a whole number from 1 to {MAX_WORKERS:,}, got {workers!r}.")
+    if ray_address is not None and not ray_address.strip():
+        raise UsageError(
+            "--ray-address is empty; give host:port, ray://host:port or auto, or leave it out to start a local Ray."
+        )
     if ray_address and executor != "ray":
         raise UsageError("a Ray address only applies to --executor ray.")
+    if gpus_per_run is not None:
+        check_gpus_per_run(gpus_per_run)
+        if executor != "ray":
+            raise UsageError("--gpus-per-run only applies to --executor ray (local runs use the one GPU they see).")
     if executor == "ray":
-        _import_ray()
-
-
-def check_ray_address(address: str, timeout: float = 10.0) -> None:
-    """Refuse, within seconds, a Ray address where nothing answers (``ray.init`` would retry for ever)."""
-    target = address
-    if address == "auto":
-        try:  # the lookup ray.init does for "auto"
-            from ray._private.services import canonicalize_bootstrap_address_or_die
-        except ImportError:  # pragma: no cover  (a Ray without it: ray.init reports what it finds)
-            return
-        try:
-            target = canonicalize_bootstrap_address_or_die("auto")
-        except (ConnectionError, ValueError) as exc:
-            raise UsageError(
-                f"--ray-address auto finds no running Ray cluster ({str(exc).splitlines()[0]}); "
-                "start one with `ray start --head`, or leave --ray-address out."
-            ) from None
-    host, sep, port = target.split("://", 1)[-1].rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"Ray address {address!r} is not host:port, ray://host:port or auto.")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise UsageError(
-            f"nothing answers at Ray address {address} ({exc.strerror or exc}); "
-            "start the cluster there, or fix --ray-address."
-        ) from None
+        import_ray()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from resgrad.config import TrainConfig
 from resgrad.errors import OutputError, UsageError
-from resgrad.files import OLD_PREFIX, TMP_PREFIX
+from resgrad.ownership import clean_leftovers, legacy_temps
 from resgrad.rundir import DONE, read_summary
 from resgrad.sweeps.grid import GRID_OPTIONS, SweepSpec
 
@@ -116,28 +116,19 @@ def sweep_runs(
 
 
 def clean_stale(folder: Path) -> None:
-    """Remove what a killed driver left half done: temp files and folders of the atomic writers.
+    """Remove what a killed driver left half done (:func:`resgrad.ownership.clean_leftovers`).
 
-    Only names with resgrad's own prefixes are touched (see :mod:`resgrad.files`).
+    Only resgrad's own temp and set-aside names are touched. Called under the sweep's lock,
+    it also removes the temp names of older resgrad versions, which name no process.
     """
     if not folder.is_dir():
         return
-    for entry in folder.iterdir():
-        if entry.name.startswith(TMP_PREFIX):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        elif entry.name.startswith(OLD_PREFIX) and entry.is_dir() and not entry.is_symlink():
-            # Killed between the two renames of atomic_dir: the old folder was whole; put it back.
-            pid, _, name = entry.name[len(OLD_PREFIX) :].partition("-")
-            if not pid.isdigit() or not name:
-                continue
-            original = folder / name
-            if original.exists():
-                shutil.rmtree(entry)
-            else:
-                os.replace(entry, original)
+    clean_leftovers(folder)
+    for path in legacy_temps(folder):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 @contextmanager

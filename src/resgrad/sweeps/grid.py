@@ -27,7 +27,7 @@ GRID_OPTIONS = grid_options()  # the TrainConfig fields a sweep varies
 DEFAULT_GRID: dict[str, list[Any]] = default_grid()  # for an axis the spec leaves out (the CLI's defaults too)
 LIST_FLAGS = axes()  # CLI list flag and TOML key -> grid option (depths -> depth)
 RUN_KEYS = run_keys()  # one value for every run
-SWEEP_KEYS = ("out", "executor", "workers", "ray_address")
+SWEEP_KEYS = ("out", "executor", "workers", "ray_address", "gpus_per_run")
 CONFIG_KEYS = (*LIST_FLAGS, *RUN_KEYS, *SWEEP_KEYS)
 
 
@@ -119,9 +119,10 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         if name in RUN_KEYS:
             value = check_value(name, value)
         elif name in SWEEP_KEYS:
-            expected = int if name == "workers" else str
+            expected, kind = {"workers": (int, "a whole number"), "gpus_per_run": ((int, float), "a number")}.get(
+                name, (str, "a string")
+            )
             if isinstance(value, bool) or not isinstance(value, expected):
-                kind = "a whole number" if expected is int else "a string"
                 raise UsageError(f"key {key!r} in {path} must be {kind}, got {value!r}.")
         out[name] = value
     return out

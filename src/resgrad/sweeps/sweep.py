@@ -21,7 +21,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from resgrad import __version__
@@ -31,11 +30,13 @@ from resgrad.data import check_mnist, load_split, resolve_data_dir
 from resgrad.errors import UsageError
 from resgrad.files import atomic_dir, prepare_output, write_csv, write_json
 from resgrad.integrations.tensorboard import check_logdir, export_missing, write_run
+from resgrad.progress import Progress
 from resgrad.rundir import DONE, STATUSES, SUMMARY_KEYS, RunResult, check_run, read_summary, save_run
-from resgrad.sweeps.executors import Outcome, RunFailure, check_executor, check_ray_address, run_all
+from resgrad.sweeps.executors import Outcome, RunFailure, check_executor, run_all
 from resgrad.sweeps.folder import SUMMARY_COLUMNS, clean_stale, earlier_specs, locked, sweep_runs
 from resgrad.sweeps.grid import GRID_OPTIONS, SweepSpec
-from resgrad.train import progress_enabled, resolve_device
+from resgrad.sweeps.raycluster import check_ray_address, check_ray_gpus, ray_address_from_env
+from resgrad.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _failure_summary(failure: RunFailure) -> dict[str, Any]:
 def _save_failure(failure: RunFailure, run_dir: Path) -> dict[str, Any]:
     """A failed run's folder: config.json and summary.json only."""
     summary = _failure_summary(failure)
-    with atomic_dir(run_dir) as tmp:
+    with atomic_dir(run_dir, "run") as tmp:
         write_json(tmp / "config.json", failure.config.to_dict())
         write_json(tmp / "summary.json", summary)
     return summary
@@ -135,6 +136,8 @@ def _pending(configs: list[TrainConfig], runs_dir: Path, force: bool, warn: bool
     for config in configs:
         run_dir = runs_dir / config.run_id()
         summary = read_summary(run_dir)
+        if summary is None and warn and (run_dir / "summary.json").exists():
+            log.warning("%s is damaged (summary.json cannot be read); it runs again", config.run_id())
         if summary is None or summary.get("status") not in DONE:
             todo.append(config)
         elif problem := check_run(run_dir, summary):
@@ -173,6 +176,7 @@ def run_sweep(
     ray_address: str | None = None,
     progress: bool | None = None,
     tensorboard: str | os.PathLike[str] | None = None,
+    gpus_per_run: float | None = None,
 ) -> pd.DataFrame:
     """Run every grid point not yet done in ``out_dir`` and return the summary (one row per grid point).
 
@@ -183,10 +187,14 @@ def run_sweep(
         workers: parallel runs; each gets ``spec.fixed["threads"]`` torch threads,
             default ``max(1, cpu_count // workers)``.
         force: rerun points already complete or diverged (failed ones always rerun).
-        ray_address: a Ray cluster to use; default a local Ray started for the sweep.
-        progress: tqdm bars (default: when stderr is a terminal).
+        ray_address: a Ray cluster to use; default ``$RAY_ADDRESS``, else a local Ray started for the sweep.
+        progress: tqdm bars (default: when stderr is a terminal; else one line per finished run with the time
+            elapsed and an estimate of what is left); False: nothing.
         tensorboard: a TensorBoard log folder; each finished run's events go to
             ``tensorboard/<run_id>`` as the driver records it (see :mod:`resgrad.integrations.tensorboard`).
+        gpus_per_run: Ray only: the GPUs each run asks Ray for (a fraction shares a GPU); default 1 for
+            runs on CUDA (``auto``: where the cluster has GPUs), else 0. Ray runs no more at once than
+            its GPUs allow, and each run trains on the GPU Ray assigned to it.
 
     Returns:
         The ``summary.csv`` frame: this grid's runs, then the finished runs of earlier grids run
@@ -198,28 +206,35 @@ def run_sweep(
     runs_dir = out_dir / "runs"
     spec = spec.validate()
     configs = spec.configs()
-    check_executor(executor, workers, ray_address)
+    ray_address = ray_address_from_env(executor, ray_address)
+    check_executor(executor, workers, ray_address, gpus_per_run)
     _check_out_dir(out_dir)
     if tensorboard is not None:  # refused before anything runs
         check_logdir(tensorboard, [c.run_id() for c in configs], [out_dir])
+    if executor == "ray" and ray_address:  # a typo is caught even when nothing is left to run
+        check_ray_address(ray_address)
     threads = spec.fixed.get("threads") or max(1, (os.cpu_count() or 1) // workers)
     remote = executor == "ray" and ray_address is not None
     configs = _for_workers(configs, threads, remote)
-    if pending := _pending(configs, runs_dir, force):  # what would fail the sweep fails it now, before any write
+    earlier = earlier_specs(out_dir, spec)
+    # This grid's points, then the finished runs of earlier grids: a narrower grid hides none of them.
+    listed = sweep_runs(out_dir, spec, earlier)
+    kept = _for_workers(listed[len(configs) :], threads, remote) if len(listed) > len(configs) else []
+    # What would fail the sweep fails it now, before any write. A damaged run of an earlier grid runs again too.
+    if pending := _pending(configs, runs_dir, force) + _pending(kept, runs_dir, False):
         _check_replaceable(pending, runs_dir)
-        if executor == "ray" and ray_address:
-            check_ray_address(ray_address)
+        if executor == "ray":
+            check_ray_gpus(pending, gpus_per_run, ray_address)
         if not remote:
             _preflight(configs[0])
-    earlier = earlier_specs(out_dir, spec)
 
     with locked(out_dir):
         clean_stale(out_dir)
         clean_stale(runs_dir)
         todo = _pending(configs, runs_dir, force, warn=True)
+        skipped = len(configs) - len(todo)
+        todo += _pending(kept, runs_dir, False, warn=True)
         todo_ids = {c.run_id() for c in todo}
-        # This grid's points, then the finished runs of earlier grids: a narrower grid hides none of them.
-        listed = sweep_runs(out_dir, spec, earlier)
         rows = {  # finished runs kept from before
             c.run_id(): summary_row(c, read_summary(runs_dir / c.run_id()) or {})
             for c in listed
@@ -235,7 +250,6 @@ def run_sweep(
             },
         )
         write_csv(out_dir / "summary.csv", _summary_frame(listed, rows))
-        skipped = len(configs) - len(todo)
         if skipped:
             log.info("%d of %d runs already done in %s; running %d", skipped, len(configs), out_dir, len(todo))
         if tensorboard is not None:  # runs done before this sweep that the log folder lacks
@@ -243,23 +257,19 @@ def run_sweep(
         if todo and not remote:
             _warn_if_oversubscribed(workers, threads)
 
-        show = progress_enabled(progress)
         counts = dict.fromkeys(STATUSES, 0)
-        outcomes = run_all(todo, executor, workers, threads, ray_address, step_bar=show)
-        with (
-            tqdm(total=len(configs), initial=skipped, desc="sweep", unit="run", disable=not show) as bar,
-            _logging_beside(show),
-            closing(outcomes),  # stops pool workers and Ray tasks when the sweep is interrupted
-        ):
-            for outcome in outcomes:
-                row = _record(outcome, runs_dir)
-                if tensorboard is not None and isinstance(outcome, RunResult):
-                    write_run(outcome, tensorboard, source=str(runs_dir / row["run_id"]))
-                rows[row["run_id"]] = row
-                write_csv(out_dir / "summary.csv", _summary_frame(listed, rows))
-                counts[row["status"]] += 1
-                bar.set_postfix(counts, refresh=False)
-                bar.update()
+        with Progress(skipped + len(todo), "sweep", "run", progress if todo else False, initial=skipped) as shown:
+            bar = shown.mode == "bar"
+            outcomes = run_all(todo, executor, workers, threads, ray_address, step_bar=bar, gpus_per_run=gpus_per_run)
+            with _logging_beside(bar), closing(outcomes):  # closing: stops pool workers and Ray tasks on Ctrl-C
+                for outcome in outcomes:
+                    row = _record(outcome, runs_dir)
+                    if tensorboard is not None and isinstance(outcome, RunResult):
+                        write_run(outcome, tensorboard, source=str(runs_dir / row["run_id"]))
+                    rows[row["run_id"]] = row
+                    write_csv(out_dir / "summary.csv", _summary_frame(listed, rows))
+                    counts[row["status"]] += 1
+                    shown.done(f"{row['run_id']}: {row['status']}", **counts)
 
     result = _summary_frame(listed, rows)
     result.attrs.update(
