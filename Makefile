@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RESGRAD := $(VENV)/bin/resgrad
 SHARED_MNIST := ../shared/data/MNIST
 
-.PHONY: setup demo test test-fast lint format results results-lesion results-docs data clean
+.PHONY: setup demo test test-fast lint format results results-lesion results-landscape results-docs data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,15 @@ results-lesion: setup data
 # results/README.md and the generated tables in README.md, from the committed results and
 # results/README.template.md (tests/test_docs.py checks they are current). Run it after remaking a result.
 results-docs: setup
+	$(PY) results/make_docs.py
+
+# Loss landscapes of the trained twins of results/lesion (Li et al. 2018): 21 x 21 surfaces, the line
+# from init and the Hessian's extremes, on 1,000 training images. Needs results/lesion's runs (make
+# results-lesion). Time on a quiet 2-core CPU: see docs/landscape.md.
+results-landscape: setup data
+	rm -f results/landscape/PROVENANCE.md
+	results/record.sh results/landscape $(RESGRAD) landscape results/lesion --out results/landscape \
+		--threads 2 --device cpu --quiet
 	$(PY) results/make_docs.py
 
 clean:

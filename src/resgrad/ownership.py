@@ -1,7 +1,7 @@
 """Which files in an output folder resgrad wrote, and which leftovers beside it are resgrad's own.
 
-Every folder that resgrad replaces whole (a run, a report, a lesion or shatter folder, a
-TensorBoard run, or any new experiment's folder) carries a manifest, ``.resgrad.json``:
+Every folder that resgrad replaces whole (a run, a report, a lesion, shatter or landscape
+folder, a TensorBoard run, or any new experiment's folder) carries a manifest, ``.resgrad.json``:
 its kind and every file resgrad wrote into it, with its size and SHA-256. A file or
 folder the manifest does not list, at any depth, is someone else's: :func:`foreign`
 finds it. Folders written before the manifest are judged by the names resgrad gave
@@ -49,6 +49,14 @@ OWN_NAMES = {
     "lesion": ("lesion.csv", "lesion_single_block.png", "lesion_n_deleted.png", MARKER),
     "shatter": ("shatter.csv", "shatter_correlation_vs_distance.png", "shatter_correlation_vs_depth.png", MARKER),
     "tensorboard": ("resgrad-run.json", MARKER),  # and its event files (events.out.tfevents.*)
+    "landscape": (
+        "landscape.csv",
+        "curvature.csv",
+        "landscape_2d.png",
+        "landscape_1d.png",
+        "landscape_init_final.png",
+        MARKER,
+    ),
 }
 # The files that mark a folder as resgrad's, when it has no marker.
 SIGNATURES = {
@@ -59,6 +67,7 @@ SIGNATURES = {
     "lesion": ("lesion.csv",),
     "shatter": ("shatter.csv",),
     "tensorboard": ("resgrad-run.json",),
+    "landscape": ("landscape.csv",),
 }
 WRITTEN_INTO = ("sweep", "bench")  # every other kind is replaced whole
 _EVENTS = re.compile(r"events\.out\.tfevents\..+")

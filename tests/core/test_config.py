@@ -198,6 +198,7 @@ BOUNDED = {  # each command with --threads or --workers, with what else it needs
     "sweep": ["sweep", "--out", "{out}"],
     "lesion": ["lesion", "{out}"],
     "shatter": ["shatter", "--out", "{out}"],
+    "landscape": ["landscape", "{out}"],
     "bench": ["bench", "--out", "{out}"],
 }
 

@@ -77,7 +77,10 @@ def read_only(tmp_path: Path):
 
 
 # Every command that writes, with flags for a second or two of work.
-COMMANDS = ["train", "sweep", "report", "lesion", "shatter", "bench", "export"]
+COMMANDS = ["train", "sweep", "report", "lesion", "shatter", "landscape", "bench", "export"]
+
+
+TINY_LANDSCAPE = ["--grid", "3", "--images", "8", "--hessian-steps", "2", "--device", "cpu", "--threads", "1"]
 
 
 def _commands(data_dir: Path, sweep_dir: Path, out: Path) -> dict[str, list[str]]:
@@ -88,6 +91,7 @@ def _commands(data_dir: Path, sweep_dir: Path, out: Path) -> dict[str, list[str]
         "report": ["report", str(sweep_dir), "--out", str(out)],
         "lesion": ["lesion", str(sweep_dir), *data, "--device", "cpu", "--threads", "1", "--quiet", "--out", str(out)],
         "shatter": ["shatter", "--sweep", str(sweep_dir), *data, "--images", "2", "--quiet", "--out", str(out)],
+        "landscape": ["landscape", str(sweep_dir), *data, *TINY_LANDSCAPE, "--quiet", "--out", str(out)],
         "bench": ["bench", *TINY_BENCH, "--out", str(out)],
         "export": ["export", str(sweep_dir), "--tensorboard", str(out)],
     }
@@ -533,7 +537,7 @@ def test_a_bad_output_path_is_one_sentence_and_exit_2_for_every_writing_command(
     assert sorted(os.listdir(place)) == before and (place / "a-file").read_text() == "mine"
 
 
-@pytest.mark.parametrize("command", ["train", "report", "lesion", "shatter"])
+@pytest.mark.parametrize("command", ["train", "report", "lesion", "shatter", "landscape"])
 def test_a_name_that_leaves_no_room_for_the_temp_name_beside_it_is_refused(
     tmp_path: Path, tiny_sweep: Path, data_dir: Path, command: str
 ) -> None:

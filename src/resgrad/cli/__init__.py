@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from resgrad import __version__
-from resgrad.cli.analysis import add_export, add_lesion, add_report, add_shatter
+from resgrad.cli.analysis import add_export, add_landscape, add_lesion, add_report, add_shatter
 from resgrad.cli.bench import add_bench
 from resgrad.cli.runs import add_sweep, add_train
 from resgrad.errors import OutputError, UsageError, out_of_memory
@@ -51,6 +51,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_export,
     add_lesion,
     add_shatter,
+    add_landscape,
 ]
 
 

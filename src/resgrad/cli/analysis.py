@@ -1,4 +1,4 @@
-"""The commands that read run and sweep folders: report, export, lesion, shatter."""
+"""The commands that read run and sweep folders: report, export, lesion, shatter, landscape."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ log = logging.getLogger("resgrad")
 
 def epilog_report() -> str:
     from resgrad.report.figures import FIGURES, GAIN_FIGURE
+    from resgrad.report.landscape import FIGURES as LANDSCAPE_FIGURES
     from resgrad.report.lesion import FIGURES as LESION_FIGURES
     from resgrad.report.page import TABLES
     from resgrad.report.theory_page import FIGURES as THEORY_FIGURES
 
     figures = [name for name, _, _ in [*FIGURES, GAIN_FIGURE]] + list(THEORY_FIGURES)
     figures += [f"{n} (with a lesion study)" for n in LESION_FIGURES]
+    figures += [f"{n} (with a landscape study)" for n in LANDSCAPE_FIGURES]
     tables = "; ".join(f"{name}: {what}" for name, what in TABLES.items())
     return examples(
         "resgrad report runs/depth",
@@ -253,3 +255,79 @@ def cmd_shatter(args: argparse.Namespace) -> int:
 
 def _correlation(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- landscape
+
+
+def epilog_landscape() -> str:
+    from resgrad.report.landscape import COLUMNS, CURVATURE_COLUMNS, FIGURES
+
+    return examples(
+        "resgrad landscape results/lesion --threads 2",
+        "resgrad landscape runs/residual-d56-w8-s0-6bc904 --grid 11 --out /tmp/landscape-56",
+    ) + paragraph(
+        "For every complete run with saved weights (model.pt), on the first N training images with batch norm in "
+        "eval mode (its running statistics; the loss is the mean cross-entropy, without weight decay): the loss "
+        "and accuracy at theta + a*d + b*e on a G x G grid over [-S, S]^2, d and e random Gaussian directions "
+        "filter-normalised as in Li et al. (2018) (each filter of a conv, each row of a linear layer rescaled to "
+        "the norm of the same filter of the weights; biases and batch-norm parameters not moved), the same random "
+        "draws for every net of the same shape (the twins of one depth); the same along d alone at 2G-1 points; "
+        "the straight line from the run's initial state, rebuilt from its seed as `resgrad train` builds it, to "
+        "its trained state at 2G-1 points (Goodfellow et al. 2015); and the largest and smallest eigenvalue of the "
+        "loss's Hessian with respect to the conv and linear weights (as Li et al.'s code) at the trained weights by K "
+        "Lanczos steps on Hessian-vector products; "
+        "they bound the spectrum from inside. The surface is evaluated on a copy with batch norm folded into "
+        "the convolutions (the same function; channels-last on the CPU).",
+        f"DIR (default SWEEP_DIR/landscape, or RUN_DIR-landscape) gets landscape.csv ({', '.join(COLUMNS)}; kind "
+        "is 2d, 1d or init-final, whose alpha is t from 0 at init to 1 trained and beta empty; accuracies are "
+        f"fractions), curvature.csv (one row per run: {', '.join(CURVATURE_COLUMNS)}; the errors are Lanczos "
+        "residual bounds; seconds is the wall time of the run's whole measurement) and "
+        f"{', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier landscape folder there is replaced, "
+        "a folder holding anything else is refused. `resgrad report` adds a loss "
+        "landscape section when SWEEP_DIR/landscape exists. Runs that are not complete or have no model.pt are "
+        "left out with a note.",
+    )
+
+
+def add_landscape(sub: argparse._SubParsersAction) -> None:
+    from resgrad.experiments.landscape import LandscapeConfig
+
+    p = sub.add_parser(
+        "landscape",
+        help="loss surfaces, the path from init and Hessian extremes of trained nets (Li et al. 2018)",
+        description="Loss landscapes: the training loss of trained nets on a plane of filter-normalised random "
+        "directions, along one of them and on the straight line from init, and the extreme eigenvalues of its "
+        "Hessian, plain vs residual.",
+        epilog=epilog_landscape(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", type=Path, metavar="SWEEP_OR_RUN_DIR", help="a sweep folder or a run folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="landscape folder (default: SWEEP_DIR/landscape, or RUN_DIR-landscape beside a run folder)",
+    )
+    add_options(p, LandscapeConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.set_defaults(func=cmd_landscape)
+
+
+def cmd_landscape(args: argparse.Namespace) -> int:
+    from resgrad.experiments.landscape import LandscapeConfig, check_out, default_out, run_landscape, write_landscape
+    from resgrad.report.landscape import landscape_display, landscape_table
+    from resgrad.report.markdown import markdown_table
+
+    config = config_from(LandscapeConfig, args)
+    out = args.out or default_out(args.source)
+    check_out(out)  # before the work, not after it
+    result = run_landscape(args.source, config, progress=False if args.quiet else None)
+    paths = write_landscape(result, out)
+    n_runs = result.frame["run_id"].nunique()
+    print(
+        f"landscape: {n_runs} run(s), {len(result.frame)} points -> {paths[0]}, {paths[1]} and {len(paths) - 2} figures"
+    )
+    if not args.quiet:
+        print(markdown_table(landscape_display(landscape_table(result.frame, result.curvature))))
+    return 0

@@ -27,7 +27,7 @@ from torch import nn
 
 from resgrad.data import Split, load_split
 from resgrad.errors import UsageError
-from resgrad.experiments.saved import SavedRun, saved_runs
+from resgrad.experiments.saved import saved_runs, usable_runs
 from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
 from resgrad.models import Block, blocks
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
@@ -119,29 +119,6 @@ class LesionResult:
     skipped: list[str] = field(default_factory=list)  # one line per run left out, and why
 
 
-def _eligible(runs: list[SavedRun], path: Path, is_sweep: bool) -> tuple[list[SavedRun], list[str]]:
-    """Complete runs with weights; a one-line reason for every other run."""
-    usable, skipped = [], []
-    for run in runs:
-        why = run.unusable()
-        if why:
-            skipped.append(f"{run.path.name}: {why}")
-        else:
-            usable.append(run)
-    if not usable:
-        if not is_sweep and runs:
-            raise UsageError(
-                f"run folder {path} cannot be lesioned: {runs[0].unusable()}; "
-                "only complete runs with their model.pt are (rerun it with `resgrad train --force`)."
-            )
-        reasons = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
-        raise UsageError(
-            f"sweep folder {path} holds no complete run with saved weights (model.pt) "
-            f"({reasons or 'no run folders'}); rerun it with `resgrad sweep ... --force`."
-        )
-    return usable, skipped
-
-
 def lesion_model(model: nn.Module, test: Split, config: LesionConfig) -> list[dict[str, object]]:
     """The lesion rows of one model (without the run's columns): intact, single deletions, random sets."""
     model.eval()
@@ -205,7 +182,7 @@ def run_lesion(
     config = (config or LesionConfig()).validate()
     path = Path(path)
     runs, is_sweep = saved_runs(path)
-    usable, skipped = _eligible(runs, path, is_sweep)
+    usable, skipped = usable_runs(runs, path, is_sweep, "lesioned")
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)

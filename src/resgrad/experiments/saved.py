@@ -79,3 +79,34 @@ def saved_runs(path: str | os.PathLike[str]) -> tuple[list[SavedRun], bool]:
         f"{path} is neither a sweep folder (with sweep.json) nor a run folder (with config.json); "
         "give one made by `resgrad sweep` or `resgrad train`."
     )
+
+
+def usable_runs(runs: list[SavedRun], path: Path, is_sweep: bool, done: str) -> tuple[list[SavedRun], list[str]]:
+    """The complete runs with weights, and a one-line reason for every other run.
+
+    Args:
+        runs, is_sweep: what :func:`saved_runs` returned for ``path``.
+        done: what the experiment does to a run, for the error (``lesioned``).
+
+    Raises:
+        UsageError: no run is usable.
+    """
+    usable, skipped = [], []
+    for run in runs:
+        why = run.unusable()
+        if why:
+            skipped.append(f"{run.path.name}: {why}")
+        else:
+            usable.append(run)
+    if not usable:
+        if not is_sweep and runs:
+            raise UsageError(
+                f"run folder {path} cannot be {done}: {runs[0].unusable()}; "
+                "only complete runs with their model.pt can (rerun it with `resgrad train --force`)."
+            )
+        reasons = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        raise UsageError(
+            f"sweep folder {path} holds no complete run with saved weights (model.pt) "
+            f"({reasons or 'no run folders'}); rerun it with `resgrad sweep ... --force`."
+        )
+    return usable, skipped

@@ -4,8 +4,8 @@ Data flow: :mod:`~resgrad.report.sweepdata` (:func:`load_sweep`: the frames) ->
 :mod:`~resgrad.report.tables`, :mod:`~resgrad.report.gain` (tables over seeds) and
 :mod:`~resgrad.report.figures`, :mod:`~resgrad.report.figures_grad` (figures, drawn with
 :mod:`~resgrad.report.plotting`) -> :mod:`~resgrad.report.page` (:func:`make_report`:
-report.md and report.html). :mod:`~resgrad.report.lesion` and :mod:`~resgrad.report.shatter`
-draw the experiments' results. A new figure goes in a ``figures*`` module.
+report.md and report.html). :mod:`~resgrad.report.lesion`, :mod:`~resgrad.report.shatter` and
+:mod:`~resgrad.report.landscape` draw the experiments' results. A new figure goes in a ``figures*`` module.
 """
 
 from resgrad.report.page import Report, make_report

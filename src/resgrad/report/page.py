@@ -24,6 +24,7 @@ from resgrad.errors import UsageError
 from resgrad.files import atomic_dir, prepare_output
 from resgrad.report.figures import GAIN_FIGURE, render_figures
 from resgrad.report.gain import gain_display, sweep_gain_table, table_keys
+from resgrad.report.landscape import landscape_section
 from resgrad.report.lesion import COUNTED, lesion_display, lesion_figures, lesion_table, read_lesion
 from resgrad.report.markdown import markdown_table
 from resgrad.report.sweepdata import FINISHED, STATUSES, Sweep, load_sweep, option_text
@@ -41,7 +42,8 @@ from resgrad.report.theory_page import theory_section
 
 log = logging.getLogger(__name__)
 
-# The tables a report writes (tables/<name>.csv), in the order it shows them; lesion only with lesion/lesion.csv.
+# The tables a report writes (tables/<name>.csv), in the order it shows them; lesion and landscape only with their
+# folders.
 TABLES = {
     "headline": "plain vs residual per depth",
     "by_arch_depth": "mean and std over seeds per arch and depth",
@@ -50,6 +52,7 @@ TABLES = {
     "test_acc_by_eval": "test accuracy at every evaluation",
     "lesion": "block-lesion accuracies, with identity-shortcut blocks deleted (when SWEEP_DIR/lesion/lesion.csv "
     "exists)",
+    "landscape": "loss, Hessian extremes and the path from init per run (when SWEEP_DIR/landscape exists)",
     "runs": "one row per grid point with its status",
 }
 
@@ -224,6 +227,14 @@ def _test_acc_section(page: _Page, sweep: Sweep, table: pd.DataFrame) -> None:
         page.table(acc_by_eval_display(table, sweep.facets, sweep.steps_per_epoch), "test_acc_by_eval")
 
 
+def _figures(page: _Page, figures: list[tuple[str, str, bytes, str]], first: int) -> list[tuple[str, str, bytes, str]]:
+    """Add the figures ``(name, heading, png, caption)`` to the page, numbered from ``first``; returns them."""
+    for i, (name, heading, png, caption) in enumerate(figures, first):
+        page.heading(3, f"{i}. {heading}")
+        page.figure(name, heading, png, caption)
+    return figures
+
+
 def _lesion_section(
     page: _Page, sweep: Sweep, tables: dict[str, pd.DataFrame], first: int
 ) -> list[tuple[str, str, bytes, str]]:
@@ -248,11 +259,7 @@ def _lesion_section(
         "of accuracy against k use these same numbers; deleting one downsampling block has its own column."
     )
     page.table(lesion_display(table), "lesion")
-    figures = [(name, heading, png, caption) for name, (heading, png, caption) in lesion_figures(frame).items()]
-    for i, (name, heading, png, caption) in enumerate(figures, first):
-        page.heading(3, f"{i}. {heading}")
-        page.figure(name, heading, png, caption)
-    return figures
+    return _figures(page, [(name, *figure) for name, figure in lesion_figures(frame).items()], first)
 
 
 def _gain_section(
@@ -271,10 +278,7 @@ def _gain_section(
         "block l ≥ 1 of every run, at each run's first recorded step (complete and diverged runs) and "
         "at its last (complete runs only)."
     )
-    figures = render_figures(sweep, [GAIN_FIGURE])
-    for i, (name, heading, png, caption) in enumerate(figures, first):
-        page.heading(3, f"{i}. {heading}")
-        page.figure(name, heading, png, caption)
+    figures = _figures(page, render_figures(sweep, [GAIN_FIGURE]), first)
     page.table(gain_display(table, table_keys(sweep)), "block_gain")
     return figures
 
@@ -320,15 +324,14 @@ def make_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
     )
     page.table(headline_display(headline), "headline")
     page.heading(2, "Figures")
-    for i, (name, heading, png, caption) in enumerate(figures, 1):
-        page.heading(3, f"{i}. {heading}")
-        page.figure(name, heading, png, caption)
+    _figures(page, figures, 1)
     page.heading(2, "Per arch and depth")
     page.table(summary_display(by_depth, sweep.facets), "by_arch_depth")
     figures = figures + _gain_section(page, sweep, tables, len(figures) + 1)
     figures = figures + theory_section(page, sweep, tables, len(figures) + 1)
     _test_acc_section(page, sweep, test_acc)
     figures = figures + _lesion_section(page, sweep, tables, len(figures) + 1)
+    figures = figures + landscape_section(page, sweep.path, tables, len(figures) + 1)
     page.heading(2, "Runs")
     page.table(runs_display(sweep), "runs")
     page.heading(2, "How to read the tables")
