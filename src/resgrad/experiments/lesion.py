@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from resgrad.compute import evaluate
 from resgrad.data import Split, load_split
 from resgrad.errors import UsageError
 from resgrad.experiments.saved import SavedRun, saved_runs
@@ -33,7 +34,7 @@ from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
 from resgrad.models import Block, blocks
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
 from resgrad.report.lesion import COLUMNS, lesion_figures
-from resgrad.train import evaluate, load_model, progress_enabled, resolve_device
+from resgrad.train import load_model, progress_enabled, resolve_device
 
 log = logging.getLogger(__name__)
 
