@@ -131,13 +131,48 @@ def _mnist(root: Path, train: bool):  # -> torchvision.datasets.MNIST
         ) from exc
 
 
+# The splits this process has read, by (raw folder, split): the files' stamp, then images (uint8) and labels.
+# A sweep worker trains many runs; it reads and checks MNIST for the first only.
+_READ: dict[tuple[Path, bool], tuple[tuple[tuple[str, int, int, int], ...], torch.Tensor, torch.Tensor]] = {}
+
+
+def _stamp(raw: Path, train: bool) -> tuple[tuple[str, int, int, int], ...]:
+    """What identifies the split's files as they are now: each present file's name, inode, size and mtime."""
+    prefix = "train" if train else "t10k"
+    found = []
+    for name in MNIST_FILES:
+        if name.startswith(prefix):
+            for path in (raw / name, raw / name.removesuffix(".gz")):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                found.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
+def _read_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's images (N, 28, 28) uint8 and labels, read once per process while its files stay the same."""
+    raw = root / "MNIST" / "raw"
+    key = (raw.resolve(), train)
+    known = _READ.get(key)
+    if known is not None and known[0] == _stamp(raw, train):
+        return known[1], known[2]
+    ds = _mnist(root, train)
+    _READ[key] = (_stamp(raw, train), ds.data, ds.targets)
+    return ds.data, ds.targets
+
+
 def load_split(
     train: bool,
     data_dir: str | os.PathLike[str] | None = None,
     subset: int | None = None,
     device: torch.device | str = "cpu",
 ) -> Split:
-    """Load one split, normalised with the usual MNIST mean and std, as tensors on ``device``.
+    """Load one split, normalised with the usual MNIST mean and std, as new tensors on ``device``.
+
+    The files are read and checked once per process (again when they change): later calls
+    only normalise, which a sweep worker's runs after its first find in memory.
 
     Args:
         train: the 60,000 training images, else the 10,000 test images.
@@ -147,13 +182,12 @@ def load_split(
     """
     if subset is not None and subset < 1:
         raise UsageError(f"a subset must hold at least 1 image, got {subset}.")
-    ds = _mnist(resolve_data_dir(data_dir), train)
-    data, targets = ds.data, ds.targets
+    data, targets = _read_split(resolve_data_dir(data_dir), train)
     if subset is not None:
         data, targets = data[:subset], targets[:subset]
     # Same numbers as ToTensor() then Normalize((0.1307,), (0.3081,)).
     images = ((data.to(torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
-    return Split(images.contiguous().to(device), targets.to(torch.int64).to(device))
+    return Split(images.contiguous().to(device), targets.to(torch.int64, copy=True).to(device))
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

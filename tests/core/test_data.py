@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
+import resgrad.data
 from resgrad.data import MNIST_FILES, DataError, batches, load_split, resolve_data_dir
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -65,3 +67,26 @@ def test_missing_files_offline_name_the_folder_and_the_files(tmp_path: Path) -> 
 def test_subset_must_be_positive(data_dir: Path) -> None:
     with pytest.raises(ValueError, match="at least 1 image"):
         load_split(False, data_dir, subset=0)
+
+
+def test_a_process_reads_a_split_once_and_again_when_its_files_change(data_dir: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:  # the unpacked files only
+        shutil.copyfile(data_dir / "MNIST" / "raw" / name.removesuffix(".gz"), raw / name.removesuffix(".gz"))
+    first = load_split(False, tmp_path)
+    reads = []
+    real = resgrad.data._mnist
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(resgrad.data, "_mnist", lambda *a: reads.append(a) or real(*a))
+        again = load_split(False, tmp_path, subset=500)
+        assert reads == []  # from memory: neither torchvision nor the checks ran
+        assert torch.equal(again.images, first.images[:500]) and torch.equal(again.labels, first.labels[:500])
+        again.labels.zero_()  # each call's tensors are its own: the next call is not changed by this
+        assert torch.equal(load_split(False, tmp_path, subset=500).labels, first.labels[:500])
+        # A file that changed is read and checked again: here a damaged one is refused.
+        labels = raw / "t10k-labels-idx1-ubyte"
+        labels.write_bytes(labels.read_bytes()[:-1])
+        with pytest.raises(DataError, match="is damaged"):
+            load_split(False, tmp_path)
+        assert len(reads) == 1
