@@ -185,9 +185,10 @@ def load_split(
     data, targets = _read_split(resolve_data_dir(data_dir), train)
     if subset is not None:
         data, targets = data[:subset], targets[:subset]
-    # Same numbers as ToTensor() then Normalize((0.1307,), (0.3081,)).
-    images = ((data.to(torch.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
-    return Split(images.contiguous().to(device), targets.to(torch.int64, copy=True).to(device))
+    # Same numbers as ToTensor() then Normalize((0.1307,), (0.3081,)): the same float32 operations, in
+    # place (a third of the time: each new 188 MB tensor costs its page faults).
+    images = data.to(torch.float32).div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+    return Split(images.to(device), targets.to(torch.int64, copy=True).to(device))
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
