@@ -74,17 +74,18 @@ def cpp_compiler() -> str | None:
     return None
 
 
-def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+def check_compile(compile: bool, device: torch.device) -> None:
+    """Refuse ``--compile`` where it cannot work: on the CPU without a C++ compiler, which inductor needs."""
+    if compile and device.type == "cpu" and cpp_compiler() is None:
+        raise UsageError("--compile on the CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX); none found.")
+
+
+def compile_model(model: nn.Module) -> nn.Module:
     """``torch.compile(model)``: the returned module runs compiled code; ``model`` itself still runs eagerly.
 
     Both share the parameters and buffers, so a run may switch between them from step to
     step (resgrad.train runs recorded steps eagerly, where the recorder's hooks see every module).
-
-    Raises:
-        UsageError: on the CPU without a C++ compiler, which inductor needs.
     """
-    if device.type == "cpu" and cpp_compiler() is None:
-        raise UsageError("--compile on the CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX); none found.")
     return torch.compile(model)
 
 

@@ -28,6 +28,7 @@ from resgrad import __version__
 from resgrad.compute import (
     EVAL_BATCH,
     autocast,
+    check_compile,
     check_dtype_speed,
     compile_model,
     evaluate,
@@ -176,6 +177,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     if graphs and config.compile:
         raise UsageError("--compile and --cuda-graphs on do not mix; drop one of them.")
     channels_last = resolve_channels_last(config.channels_last, device)
+    check_compile(config.compile, device)
     check_dtype_speed(config.dtype, device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -187,7 +189,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(config, model.parameters(), capturable=graphs)
-    compiled = compile_model(model, device) if config.compile else None
+    compiled = compile_model(model) if config.compile else None
     compile_seconds = None
 
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)

@@ -1,0 +1,117 @@
+"""The faster paths against the eager float32 contiguous step, over 100 steps: losses and every recorded norm.
+
+The tolerances are those docs/performance.md states. Without batch norm, channels-last and
+compiled steps round differently in the last bits only: 1e-5 relative (measured: <= 6e-7).
+With batch norm, whose backward subtracts nearly equal terms, such differences grow step by
+step as much as those of a one-ulp change of the initial weights do (measured on this
+config: losses 1.7e-3 vs 6.6e-4 for the nudge, norms 3e-2 vs 3e-2): the bounds there are
+looser, and the same for any float32 rounding change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from resgrad.compute import bfloat16_is_native
+from resgrad.config import TrainConfig
+from resgrad.errors import UsageError
+from resgrad.rundir import RunResult
+from resgrad.train import train
+
+BASE = dict(
+    arch="residual",
+    depth=8,
+    width=8,
+    steps=100,
+    batch_size=32,
+    record_every=10,
+    eval_every=50,
+    train_subset=3200,
+    test_subset=500,
+    threads=1,
+    device="cpu",
+)
+QUANTITIES = ("weight_grad", "activation_grad", "act_deriv")
+
+
+@pytest.fixture(scope="module")
+def eager(data_dir: Path) -> dict[str, RunResult]:
+    """The reference runs, eager float32 contiguous, without and with batch norm."""
+    return {
+        norm: train(TrainConfig(**BASE, norm=norm, channels_last=False, data_dir=str(data_dir)), progress=False)
+        for norm in ("none", "batch")
+    }
+
+
+def relative_gaps(a: RunResult, b: RunResult) -> dict[str, float]:
+    """The largest relative gap of ``b`` from ``a``: per step for the losses, and per recorded step and quantity the
+    distance of the vector of layer norms (an L2 norm over layers) for the gradient records."""
+    assert a.status == b.status == "complete"
+    pd.testing.assert_frame_equal(a.grad_norms.drop(columns="norm"), b.grad_norms.drop(columns="norm"))
+    assert a.metrics.test_acc.notna().sum() == 2
+    loss_a, loss_b = a.metrics.train_loss.to_numpy(), b.metrics.train_loss.to_numpy()
+    test_a, test_b = a.metrics.test_loss.dropna().to_numpy(), b.metrics.test_loss.dropna().to_numpy()
+    gaps = {
+        "train_loss": np.max(np.abs(loss_b - loss_a) / loss_a),
+        "test_loss": np.max(np.abs(test_b - test_a) / test_a),
+    }
+    for q in QUANTITIES:
+        rows = [
+            f[f.quantity == q].pivot(index="step", columns="layer_index", values="norm").to_numpy()
+            for f in (a.grad_norms, b.grad_norms)
+        ]
+        assert np.isfinite(rows[0]).all() and np.isfinite(rows[1]).all()
+        gaps[q] = np.max(np.linalg.norm(rows[1] - rows[0], axis=1) / np.linalg.norm(rows[0], axis=1))
+    return gaps
+
+
+def check(a: RunResult, b: RunResult, loss: float, norms: float) -> None:
+    gaps = relative_gaps(a, b)
+    assert gaps["train_loss"] <= loss and gaps["test_loss"] <= loss, gaps
+    assert all(gaps[q] <= norms for q in QUANTITIES), gaps
+
+
+@pytest.mark.slow
+def test_channels_last_steps_match_the_eager_contiguous_ones_over_100_steps(eager, data_dir: Path) -> None:
+    for norm, loss, norms in (("none", 1e-5, 1e-5), ("batch", 1e-2, 0.1)):
+        fast = train(TrainConfig(**BASE, norm=norm, data_dir=str(data_dir)), progress=False)  # auto: channels-last
+        assert fast.summary["channels_last"] is True
+        check(eager[norm], fast, loss, norms)
+        if norm == "none":  # without batch norm the evaluations agree to the last bits: the same predictions
+            pd.testing.assert_series_equal(fast.metrics.test_acc, eager[norm].metrics.test_acc)
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_the_eager_ones_over_100_steps(eager, data_dir: Path) -> None:
+    """Compiled steps (all but the recorded ones, which run eagerly for the recorder's hooks) on contiguous tensors."""
+    for norm, loss, norms in (("none", 1e-5, 1e-5), ("batch", 1e-2, 0.1)):
+        config = TrainConfig(**BASE, norm=norm, channels_last=False, compile=True, data_dir=str(data_dir))
+        fast = train(config, progress=False)
+        assert fast.summary["compile_seconds"] > 0  # compiled code ran
+        check(eager[norm], fast, loss, norms)
+
+
+def test_compile_on_the_cpu_without_a_cpp_compiler_is_a_usage_error(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to run there
+    monkeypatch.delenv("CXX", raising=False)
+    config = TrainConfig(**{**BASE, "steps": 2}, compile=True, data_dir=str(data_dir))
+    with pytest.raises(UsageError, match="--compile on the CPU needs a C.. compiler"):
+        train(config, progress=False)
+
+
+def test_bfloat16_counts_as_native_where_the_cpu_says_it_has_bfloat16_kernels() -> None:
+    flags = set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert bfloat16_is_native(torch.device("cpu")) == bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert bfloat16_is_native(torch.device("cuda"))
