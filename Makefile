@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RESGRAD := $(VENV)/bin/resgrad
 SHARED_MNIST := ../shared/data/MNIST
 
-.PHONY: setup demo test test-fast lint format results results-lesion data clean
+.PHONY: setup demo test test-fast lint format results results-lesion results-docs data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,12 @@ test: setup data lint
 
 # Lint and formatting (configured in pyproject.toml); `make format` rewrites in place.
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks conftest.py
-	$(VENV)/bin/ruff format --check src tests benchmarks conftest.py
+	$(VENV)/bin/ruff check src tests benchmarks conftest.py results/make_docs.py
+	$(VENV)/bin/ruff format --check src tests benchmarks conftest.py results/make_docs.py
 
 format: setup
-	$(VENV)/bin/ruff check --fix src tests benchmarks conftest.py
-	$(VENV)/bin/ruff format src tests benchmarks conftest.py
+	$(VENV)/bin/ruff check --fix src tests benchmarks conftest.py results/make_docs.py
+	$(VENV)/bin/ruff format src tests benchmarks conftest.py results/make_docs.py
 
 # The edit loop: everything not marked slow (longer trainings on real MNIST, killed processes).
 test-fast: setup data
@@ -63,6 +63,7 @@ results: setup data
 	results/record.sh results/bench/cpu $(RESGRAD) bench --devices cpu --archs plain residual \
 		--depths 8 14 20 32 44 56 --widths 16 --batch-sizes 32 128 --modes forward forward_backward train_step \
 		--dtype float32 --threads 2 --min-run-time 4 --warmup 1 --quiet --out results/bench/cpu
+	$(PY) results/make_docs.py
 
 # Block lesions and shattered gradients (about 35 minutes on a 2-core CPU: the sweep 26, the
 # lesion study 7, report and shatter 2). A rerun resumes the sweep.
@@ -74,6 +75,12 @@ results-lesion: setup data
 	results/record.sh results/shattered $(RESGRAD) shatter --archs plain residual --depths 8 14 20 32 44 56 110 \
 		--widths 8 --norms batch --inits kaiming --seeds 0 1 2 --sweep results/lesion --images 32 \
 		--threads 1 --device cpu --out results/shattered
+	$(PY) results/make_docs.py
+
+# results/README.md and the generated tables in README.md, from the committed results and
+# results/README.template.md (tests/test_docs.py checks they are current). Run it after remaking a result.
+results-docs: setup
+	$(PY) results/make_docs.py
 
 clean:
 	rm -rf runs .pytest_cache .benchmarks

@@ -172,7 +172,7 @@ class TrainConfig:
     dtype: str = option(
         "float32",
         "compute dtype of forward and loss: bfloat16 runs them under torch.autocast on the "
-        "run's device (weights, their gradients and the recorded norms stay float32)",
+        "run's device (weights and their gradients stay float32; the recorded norms are formed in float64)",
         group="speed",
         choices=DTYPES,
     )

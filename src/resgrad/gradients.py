@@ -1,17 +1,19 @@
 """Per-layer gradient-norm recording with hooks, cheap enough to leave on.
 
-Three quantities, per recorded step (column ``quantity``; the value is in column ``norm``):
+Per recorded step (column ``quantity``; the value is in column ``norm``):
 
 - ``weight_grad``: ‖∂L/∂W‖₂ of every weighted layer (a module owning a ``weight``
   parameter, normalisation layers left out unless asked);
+- ``weight_norm``: ‖W‖₂ of the same layers' weights, as the step's forward pass used them;
 - ``activation_grad``: ‖∂L/∂h‖₂ of the output h of every block (or named module),
   the backward signal, captured by a tensor hook that a forward hook registers;
 - ``act_deriv``: the mean of the activation's derivative σ′(z) over the input
   elements z of every activation module (``nn.ReLU``: the fraction of positive
-  inputs; ``nn.Tanh``: mean 1 − tanh²(z); ``nn.Sigmoid``: mean σ(z)(1 − σ(z))).
+  inputs; ``nn.Tanh``: mean 1 − tanh²(z); ``nn.Sigmoid``: mean σ(z)(1 − σ(z)));
+- ``act_deriv_sq``: the mean of σ′(z)² over the same elements.
 
 ``layer_index`` counts each quantity's modules in the order the forward pass first
-runs them. Norms are formed in float64 from the gradient as it is (float32,
+runs them (``weight_norm`` shares ``weight_grad``'s, ``act_deriv_sq`` ``act_deriv``'s). Norms are formed in float64 from the gradient as it is (float32,
 bfloat16, float16), so they neither underflow nor overflow: a norm is 0 only when
 every element is 0. They are computed on the device and stay there as one small
 float64 tensor per recorded step; nothing is copied to the host until
@@ -30,7 +32,7 @@ from torch import nn
 
 from resgrad.errors import UsageError
 from resgrad.norms import ACTIVATION_DERIVATIVES, F64, norm64
-from resgrad.records import Record, records_frame, scalars
+from resgrad.records import QUANTITIES, Record, records_frame, scalars
 from resgrad.schedules import Schedule, as_schedule
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -75,8 +77,8 @@ class GradientRecorder:
     - a module first run after recording began is recorded from the first recorded step
       it runs in, with the next free ``layer_index``: the set of layers may grow;
     - NaN means "not measured": a weight whose ``.grad`` is None, a watched module whose
-      output got no gradient, an activation module not run with autograd on; 0 is a
-      measured zero;
+      output got no gradient, an activation module not run with autograd on or given a
+      NaN input; 0 is a measured zero;
     - only forward passes that build a graph (output requires grad) count, so an
       evaluation under ``torch.no_grad()`` inside a recorded step changes nothing;
     - ``begin_step``/``end_step`` need the hooks: outside the ``with`` block they raise
@@ -143,7 +145,7 @@ class GradientRecorder:
         # ones fragment the CPU heap, and the allocator then pays in page faults).
         self._sig_buf: torch.Tensor | None = None  # per watched module: the norm so far (hypot)
         self._sig_seen: list[bool] = []
-        self._act_buf: torch.Tensor | None = None  # per activation module: the sum of σ′ so far
+        self._act_buf: torch.Tensor | None = None  # per activation module i: Σσ′, Σσ′² so far at 2i, 2i + 1
         self._act_count: dict[int, int] = {}  # per activation module run this step: its element count
         self._records: list[Record] = []
 
@@ -215,8 +217,9 @@ class GradientRecorder:
                 self.activations.append(name)
             if not (self._active and isinstance(output, torch.Tensor) and output.requires_grad):
                 return
-            buf = self._act_buf = _buffer(self._act_buf, i + 1, output.device)
-            buf[i].add_(deriv(inputs[0], output).to(buf.device))  # an int64 count (ReLU) or a float64 sum
+            buf = self._act_buf = _buffer(self._act_buf, 2 * i + 2, output.device)
+            # [Σσ′, Σσ′²] in float64, or a count that is both (σ′ is 0 or 1)
+            buf[2 * i : 2 * i + 2].add_(deriv(inputs[0], output).to(buf.device))
             self._act_count[i] = self._act_count.get(i, 0) + output.numel()
 
         return hook
@@ -258,31 +261,33 @@ class GradientRecorder:
         self._generation += 1
         weights = [m.weight for m in self._layer_modules]
         n_w, n_s, n_a = len(weights), len(self._signal_modules), len(self.activations)
+        sizes = dict(zip(QUANTITIES, (n_w, n_w, n_s, n_a, n_a)))
         buffers = [b for b in (self._sig_buf, self._act_buf) if b is not None]
         device = weights[0].device if weights else buffers[0].device if buffers else torch.device("cpu")
         if n_w + n_s + n_a:
             # Few torch calls, written into one new tensor: between a step's big kernels each small op
             # costs tens of µs on the CPU.
             with torch.no_grad():
-                values = torch.empty(n_w + n_s + n_a, dtype=F64, device=device)
-                self._weight_norms(weights, values[:n_w])
-                self._signal_norms(values[n_w : n_w + n_s])
-                self._act_means(values[n_w + n_s :])
-            self._records.append(Record(self._step, self._epoch, n_w, n_a, values))
+                values = torch.empty(sum(sizes.values()), dtype=F64, device=device)
+                self._weight_norms(weights, values[: 2 * n_w])
+                self._signal_norms(values[2 * n_w : 2 * n_w + n_s])
+                self._act_means(values[2 * n_w + n_s :])
+            self._records.append(Record(self._step, self._epoch, tuple(sizes.values()), values))
         self._act_count = {}
 
     @staticmethod
     def _weight_norms(weights: list[torch.Tensor], out: torch.Tensor) -> None:
+        """weight_grad then weight_norm of ``weights`` into ``out``: one fused norm over the gradients and weights."""
         grads = [w.grad for w in weights if w.grad is not None]
         if len(grads) == len(weights):
-            if grads:
-                torch.stack(torch._foreach_norm(grads, 2, dtype=F64), out=out)
+            if weights:
+                torch.stack(torch._foreach_norm(grads + weights, 2, dtype=F64), out=out)
             return
-        out.fill_(math.nan)
-        norms = iter(torch._foreach_norm(grads, 2, dtype=F64) if grads else [])
-        for k, w in enumerate(weights):
-            if w.grad is not None:
-                out[k] = next(norms)
+        norms = torch._foreach_norm(grads + weights, 2, dtype=F64)
+        torch.stack(norms[len(grads) :], out=out[len(weights) :])
+        out[: len(weights)].fill_(math.nan)
+        for k, g in zip([k for k, w in enumerate(weights) if w.grad is not None], norms):
+            out[k] = g
 
     def _signal_norms(self, out: torch.Tensor) -> None:
         if self._sig_buf is None:
@@ -294,26 +299,26 @@ class GradientRecorder:
                 out[k] = math.nan
 
     def _act_means(self, out: torch.Tensor) -> None:
-        """act_deriv of this step: each activation's derivative sum over its element count (NaN: not run)."""
-        n = len(out)
+        """act_deriv then act_deriv_sq: each activation's sums over its element count (NaN: not run)."""
+        n = len(out) // 2
         if not self._act_count:  # no activation ran with autograd this step (nor made a buffer)
             out.fill_(math.nan)
             return
         # Every activation has a layer_index, also one that so far ran only without autograd and so
         # never reached the buffer: make the buffer as long as the list.
-        self._act_buf = _buffer(self._act_buf, n, out.device)
-        sums = self._act_buf[:n]
+        self._act_buf = _buffer(self._act_buf, 2 * n, out.device)
+        sums, means = self._act_buf[: 2 * n].view(n, 2).T, out.view(2, n)
         if out.device.type == "cpu" and len(self._act_count) == n:
             counts = torch.tensor([self._act_count[i] for i in range(n)], dtype=F64)
-            torch.div(sums, counts, out=out)
+            torch.div(sums, counts, out=means)
             return
         # Elsewhere one division per module by a Python number: no host-to-device copy (CUDA graphs capture this).
-        out.copy_(sums)
+        means.copy_(sums)
         for i in range(n):
             if i in self._act_count:
-                out[i].div_(self._act_count[i])
+                means[:, i].div_(self._act_count[i])
             else:
-                out[i] = math.nan
+                means[:, i] = math.nan
 
     # -- replayed steps (used by resgrad.cudagraph only) ---------------------------
     # Under a CUDA graph a step's Python runs once, at capture: the record end_step()
@@ -354,12 +359,12 @@ class GradientRecorder:
     def to_frame(self, until_step: int | None = None) -> pd.DataFrame:
         """A tidy frame: ``step, epoch, layer_index, layer, quantity, norm``.
 
-        ``quantity`` is ``weight_grad``, ``activation_grad`` or ``act_deriv``; ``norm``
-        holds the norm, or for ``act_deriv`` the mean derivative. A layer first run at a
+        ``quantity`` is one of :data:`resgrad.records.QUANTITIES`; ``norm`` holds the
+        norm, or for ``act_deriv`` and ``act_deriv_sq`` the mean of σ′ and of σ′². A layer first run at a
         later step has rows from that step on.
 
         Args:
             until_step: keep only steps <= this one.
         """
         records = [r for r in self._records if until_step is None or r.step <= until_step]
-        return records_frame(records, self.layers, self.blocks, self.activations)
+        return records_frame(records, {"layers": self.layers, "blocks": self.blocks, "activations": self.activations})

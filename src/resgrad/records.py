@@ -1,14 +1,15 @@
 """The recorder's records: what one recorded step holds, the tidy frame of many, and their scalar names.
 
 A :class:`Record` keeps one recorded step's values as one float64 tensor on the device, laid out
-as ``weight_grad`` of the first ``n_layers`` layers, ``activation_grad`` of every watched block,
-then ``act_deriv`` of the first ``n_acts`` activation modules. :func:`records_frame` copies them to
+quantity after quantity in :data:`QUANTITIES` order, ``sizes[k]`` values of quantity k each:
+per weighted layer ``weight_grad`` then ``weight_norm``, per watched block ``activation_grad``,
+per activation module ``act_deriv`` then ``act_deriv_sq``. :func:`records_frame` copies them to
 the host once and lays them out as a tidy frame (:data:`COLUMNS`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,46 +17,50 @@ import pandas as pd
 import torch
 
 COLUMNS = ["step", "epoch", "layer_index", "layer", "quantity", "norm"]
-QUANTITIES = ("weight_grad", "activation_grad", "act_deriv")
+QUANTITIES = ("weight_grad", "weight_norm", "activation_grad", "act_deriv", "act_deriv_sq")
+# What each quantity is recorded for: its names, in layer_index order, are the recorder's list of that kind.
+KEYED_BY = {
+    "weight_grad": "layers",
+    "weight_norm": "layers",
+    "activation_grad": "blocks",
+    "act_deriv": "activations",
+    "act_deriv_sq": "activations",
+}
 
 
 @dataclass
 class Record:
-    """One recorded step: weight norms of the first ``n_layers`` layers, the block norms, ``n_acts`` act_deriv."""
+    """One recorded step: ``sizes[k]`` values of ``QUANTITIES[k]`` each, one after the other, in ``values``."""
 
     step: int
     epoch: int
-    n_layers: int
-    n_acts: int
+    sizes: tuple[int, ...]
     values: torch.Tensor  # float64, on the device
 
 
-def records_frame(
-    records: Sequence[Record], layers: Sequence[str], blocks: Sequence[str], activations: Sequence[str]
-) -> pd.DataFrame:
+def records_frame(records: Sequence[Record], names: Mapping[str, Sequence[str]]) -> pd.DataFrame:
     """The tidy frame of ``records`` (``step, epoch, layer_index, layer, quantity, norm``): one host transfer.
 
     Args:
         records: in step order.
-        layers, blocks, activations: the names, in ``layer_index`` order, that the records' values follow.
+        names: per kind of :data:`KEYED_BY` (``layers``, ``blocks``, ``activations``), the names in
+            ``layer_index`` order; a record of ``sizes[k]`` values of a quantity names the first ``sizes[k]``.
     """
     if not records:
         return pd.DataFrame(
             {c: pd.Series(dtype=t) for c, t in zip(COLUMNS, ["int64", "int64", "int64", "object", "object", "float64"])}
         )
     values = torch.cat([r.values for r in records]).cpu().numpy()  # the one host transfer
-    n_blocks = len(blocks)
-    shapes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    shapes: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for r in records:
-        key = (r.n_layers, r.n_acts)
-        if key not in shapes:
-            counts = [r.n_layers, n_blocks, r.n_acts]
-            shapes[key] = (
-                np.array(layers[: r.n_layers] + blocks + activations[: r.n_acts], dtype=object),
-                np.concatenate([np.arange(n) for n in counts]).astype("int64"),
-                np.repeat(np.array(QUANTITIES, dtype=object), counts),
+        if r.sizes not in shapes:
+            lists = [list(names[KEYED_BY[q]][:n]) for q, n in zip(QUANTITIES, r.sizes)]
+            shapes[r.sizes] = (
+                np.array([n for part in lists for n in part], dtype=object),
+                np.concatenate([np.arange(n) for n in r.sizes]).astype("int64"),
+                np.repeat(np.array(QUANTITIES, dtype=object), r.sizes),
             )
-    parts = [shapes[(r.n_layers, r.n_acts)] for r in records]
+    parts = [shapes[r.sizes] for r in records]
     sizes = [len(p[0]) for p in parts]
     return pd.DataFrame(
         {

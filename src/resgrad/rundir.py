@@ -4,9 +4,6 @@ A run folder holds ``config.json``, ``metrics.csv``, ``grad_norms.parquet``,
 ``model.pt`` (the final ``state_dict``) and ``summary.json``, written last, which
 records every other file with its size and SHA-256. :func:`save_run` writes the
 folder atomically; :func:`check_run` tells a whole folder from a damaged one.
-
-This module imports no torch at load time (``model.pt`` is written and read
-through a late import), so reports and notebooks read run folders without it.
 """
 
 from __future__ import annotations
@@ -16,9 +13,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
+import torch
 
 from resgrad.config import TrainConfig
 from resgrad.files import (
@@ -31,9 +29,6 @@ from resgrad.files import (
     write_json,
     write_parquet,
 )
-
-if TYPE_CHECKING:
-    import torch
 
 STATUSES = ("complete", "diverged", "failed")  # a run folder's summary.json "status"
 DONE = ("complete", "diverged")  # runs that trained: a sweep rerun skips them, failed ones run again
@@ -82,8 +77,6 @@ class RunResult:
     # Sweep workers send results back pickled. Tensors would travel through shared memory and
     # passed file descriptors (one per tensor); as one torch.save blob they travel like any bytes.
     def __getstate__(self) -> dict[str, Any]:
-        import torch
-
         state = dict(self.__dict__)
         if self.model_state is not None:
             buffer = io.BytesIO()
@@ -92,8 +85,6 @@ class RunResult:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        import torch
-
         if isinstance(state.get("model_state"), bytes):
             state["model_state"] = torch.load(io.BytesIO(state["model_state"]), weights_only=True)
         self.__dict__.update(state)
@@ -112,8 +103,6 @@ def save_run(result: RunResult, out_dir: str | os.PathLike[str], force: bool = F
         write_csv(tmp / "metrics.csv", result.metrics)
         write_parquet(tmp / "grad_norms.parquet", result.grad_norms)
         if result.model_state is not None:
-            import torch
-
             atomic_write(tmp / "model.pt", lambda p: torch.save(result.model_state, p))
         files = file_record(tmp, sorted(p.name for p in tmp.iterdir()))
         write_json(tmp / "summary.json", {**result.summary, "files": files})

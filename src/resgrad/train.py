@@ -14,7 +14,6 @@ import math
 import os
 import pickle
 import platform
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,6 +40,7 @@ from resgrad.errors import UsageError, check_choice
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model, count_params
 from resgrad.options import DEVICES
+from resgrad.progress import progress_enabled
 from resgrad.rundir import METRIC_COLUMNS, RunResult, first_line
 from resgrad.schedules import every, log_spaced
 
@@ -68,11 +68,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def progress_enabled(progress: bool | None) -> bool:
-    """A progress bar shows when asked, or by default when stderr is a terminal."""
-    return sys.stderr.isatty() if progress is None else progress
 
 
 def train_step(

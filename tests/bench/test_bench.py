@@ -14,7 +14,7 @@ import torch
 from helpers import exit_code
 from torch import nn
 
-from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig
+from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchConfig, is_noisy
 from resgrad.bench.report import bench_markdown, speedup_table, write_bench
 from resgrad.bench.run import run_bench
 from resgrad.bench.timing import (
@@ -426,3 +426,38 @@ def test_command_parses_back_into_the_same_config(config, tmp_path):
     assert bench_config(args) == config.validate()
     assert args.out == out
     assert bench_config(args).min_run_time == config.min_run_time  # exactly: 0.1 + 0.2 is not 0.3
+
+
+# ---------------------------------------------------------------- what a person reads: the table, noisy points
+
+
+def test_a_point_is_noisy_when_its_iqr_is_above_a_quarter_of_its_median():
+    assert not is_noisy(16.0, 4.0) and is_noisy(16.0, 4.01)
+    assert is_noisy(16.0, 784.0)  # repeats of 16 ms and 800 ms, as on the busy machine
+    assert not is_noisy(2.0, 0.0)
+
+
+def test_a_noisy_point_says_so_in_bench_csv_and_bench_md(tiny_result, tmp_path):
+    rows = tiny_result.rows.copy()
+    rows["iqr_ms"] = 0.1 * rows["median_ms"]  # clean points...
+    rows.loc[0, "iqr_ms"] = 0.5 * rows.loc[0, "median_ms"]  # ...but one, as a busy machine measures it
+    rows["noisy"] = [is_noisy(m, i) for m, i in zip(rows["median_ms"], rows["iqr_ms"])]
+    out = write_bench(dataclasses.replace(tiny_result, rows=rows), tmp_path / "b")
+    back = pd.read_csv(out / "bench.csv")
+    assert back["noisy"].tolist() == [True] + [False] * (len(rows) - 1)
+    md = (out / "bench.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| plain |") or line.startswith("| residual |")]
+    assert [" noisy |" in line for line in table] == back["noisy"].tolist()
+    assert f"1 of {len(rows)} points are noisy: their IQR is above 25 % of their median" in md
+
+
+@pytest.mark.slow
+def test_bench_prints_its_main_table(tmp_path, capsys):
+    argv = ["bench", "--devices", "cpu", "--archs", "plain", "residual", "--depths", "8", "--widths", "2"]
+    argv += ["--batch-sizes", "2", "--modes", "forward", "--min-run-time", "0.01", "--warmup", "1", "--threads", "1"]
+    assert exit_code([*argv, "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "b" / "bench.csv")
+    assert "| arch | depth | batch_size | mode | median_ms | iqr_ms | noisy | images_per_s |" in out
+    for _, r in rows.iterrows():
+        assert f"| {r['arch']} | 8 | 2 | forward | {r['median_ms']:.4g} | " in out

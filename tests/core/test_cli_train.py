@@ -150,3 +150,16 @@ def test_help_explains_the_flags() -> None:
         "--quiet",
     ):
         assert flag in proc.stdout
+
+
+@pytest.mark.slow
+def test_dtype_help_says_the_recorded_norms_are_float64_as_they_are(data_dir: Path, tmp_path: Path, capsys) -> None:
+    assert exit_code(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    dtype_help = text[text.index("--dtype {float32,bfloat16} ", text.index("options:")) :][:400]
+    assert "norms are formed in float64" in dtype_help and "norms stay float32" not in dtype_help
+    out = tmp_path / "run"
+    argv = ["train", "--arch", "residual", "--depth", "8", "--width", "2", "--steps", "2", "--dtype", "bfloat16"]
+    argv += ["--train-subset", "64", "--test-subset", "50", "--threads", "1", "--data-dir", str(data_dir)]
+    assert exit_code([*argv, "--out", str(out), "--quiet"]) == 0
+    assert pd.read_parquet(out / "grad_norms.parquet")["norm"].dtype == "float64"

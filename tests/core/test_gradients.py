@@ -16,7 +16,7 @@ from resgrad.errors import UsageError
 from resgrad.gradients import GradientRecorder
 from resgrad.models import Block, build_model
 from resgrad.norms import norm64
-from resgrad.records import COLUMNS
+from resgrad.records import COLUMNS, QUANTITIES
 from resgrad.schedules import every, log_spaced
 
 
@@ -165,8 +165,8 @@ def test_schedule_picks_the_recorded_steps() -> None:
     assert list(frame.columns) == COLUMNS
     assert sorted(frame.step.unique()) == [0, 3, 6]
     assert frame.groupby("step").epoch.first().to_dict() == {0: 0, 3: 0, 6: 1}
-    assert set(frame.quantity) == {"weight_grad", "activation_grad", "act_deriv"}
-    assert len(frame) == 3 * (8 + 3 + 7)  # 8 weighted layers, 3 blocks, 7 activations (stem + 2 per block)
+    assert tuple(frame.quantity.unique()) == QUANTITIES
+    assert len(frame) == 3 * (2 * 8 + 3 + 2 * 7)  # 8 weighted layers, 3 blocks, 7 activations (stem + 2 per block)
 
 
 def test_log_spaced_schedule_is_dense_early_and_sparse_late() -> None:
@@ -191,8 +191,9 @@ def test_zero_nan_and_inf_norms_are_kept() -> None:
         F.cross_entropy(model(x), torch.tensor([1, 2])).backward()
         rec.end_step()
     frame = rec.to_frame()
-    assert len(frame) == 2 * 3
-    assert (frame[frame.step == 0].norm == 0.0).all()
+    assert len(frame) == 2 * (2 + 2 + 1)
+    grads = frame[frame.quantity != "weight_norm"]
+    assert (grads[grads.step == 0].norm == 0.0).all()
     assert (~np.isfinite(frame[frame.step == 1].norm)).any()
 
 
@@ -275,7 +276,7 @@ def test_norm64_of_a_long_same_sign_tensor_and_of_non_finite_values() -> None:
 def test_norm_is_zero_only_when_every_element_is_zero() -> None:
     zeros = torch.zeros(4, 5), torch.zeros(5, 6)
     got = _record_given(torch.float32, *zeros)
-    assert got == {"weight_grad": 0.0, "activation_grad": 0.0}
+    assert got["weight_grad"] == got["activation_grad"] == 0.0
     one_out, one_w = zeros[0].clone(), zeros[1].clone()
     one_out[2, 3] = one_w[4, 0] = _smallest(torch.float32)  # 1.4e-45: one non-zero element
     got = _record_given(torch.float32, one_out, one_w)
@@ -439,7 +440,7 @@ def test_a_layer_first_used_later_is_recorded_from_then_on_and_unmeasured_steps_
     assert math.isnan(at4["activation_grad", "extra"])
     assert np.isfinite(at4["weight_grad", "a"]) and np.isfinite(at4["act_deriv", "act"])
     assert math.isnan(frame[(frame.step == 0) & (frame.quantity == "activation_grad")].norm.iloc[0])
-    assert len(rec.to_frame(until_step=1)) == 2 * (2 + 1 + 1)  # before it joined: 2 layers, 1 block, 1 activation
+    assert len(rec.to_frame(until_step=1)) == 2 * (2 * 2 + 1 + 2 * 1)  # before it joined: 2 layers, 1 block, 1 act
 
 
 class TwoHeads(nn.Module):
@@ -622,3 +623,133 @@ def test_activations_that_ran_only_without_autograd_are_nan_after_those_that_ran
     assert got["a"] == pytest.approx((z > 0).double().mean().item(), rel=1e-12)
     assert got["b"] == pytest.approx(_hand_deriv("tanh", torch.relu(z)), rel=1e-6, abs=0)
     assert math.isnan(got["c"]) and math.isnan(got["d"])
+
+
+# ---------------------------------------------------------------- act_deriv_sq, NaN and −0.0, weight_norm
+
+
+SIMPLE_ACTIVATIONS = [nn.ReLU(), nn.ReLU(inplace=True), nn.Tanh(), nn.Sigmoid()]
+
+
+def _record_activation(act: nn.Module, z: torch.Tensor) -> tuple[float, float]:
+    """act_deriv and act_deriv_sq that one recorded call of ``act`` on ``z`` gives."""
+    leaf = z.detach().clone().requires_grad_()
+    with GradientRecorder(act, modules=[]) as rec:
+        rec.begin_step(0)
+        act(leaf * 1).sum().backward()  # `* 1`: an in-place activation may not write over a leaf
+        rec.end_step()
+    got = rec.to_frame().set_index("quantity")["norm"]
+    return got["act_deriv"], got["act_deriv_sq"]
+
+
+def _autograd_prime(act: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """σ′ elementwise in float64 by autograd, at the float64 values of ``z``."""
+    z64 = z.detach().double().requires_grad_()
+    (g,) = torch.autograd.grad(act(z64 * 1).sum(), z64)
+    return g
+
+
+def _exact_prime(act: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """σ′ in float64 by formulas that keep its precision where it is tiny (autograd's 1 − tanh² cancels at |z| > 19)."""
+    z64 = z.detach().double()
+    if isinstance(act, nn.Tanh):
+        return torch.cosh(z64).pow(-2)
+    if isinstance(act, nn.Sigmoid):
+        e = torch.exp(-z64.abs())
+        return e / (1 + e) ** 2
+    return _autograd_prime(act, z)
+
+
+def test_the_exact_references_agree_with_autograd_where_autograd_keeps_its_precision() -> None:
+    z = torch.randn(10_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    for act in SIMPLE_ACTIVATIONS:
+        torch.testing.assert_close(_exact_prime(act, z), _autograd_prime(act, z), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("act", SIMPLE_ACTIVATIONS, ids=repr)
+@pytest.mark.parametrize(
+    ("center", "spread"),
+    [(0.0, 1.0), (0.0, 30.0), (60.0, 5.0), (-60.0, 5.0), (0.0, 1e-40), (0.0, 1e30), (400.0, 10.0)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_act_deriv_and_its_square_match_autograd_in_float64(
+    act: nn.Module, center: float, spread: float, dtype: torch.dtype
+) -> None:
+    """Also where every σ′ lies far below float32's range (tanh at |z| ~ 60: σ′ ~ 1e-52, σ′² ~ 1e-104)."""
+    gen = torch.Generator().manual_seed(0)
+    z = (center + spread * torch.randn(3, 5000, generator=gen, dtype=torch.float64)).to(dtype)
+    prime = _exact_prime(act, z)
+    deriv, deriv_sq = _record_activation(act, z)
+    expected = prime.mean().item(), prime.square().mean().item()
+    assert deriv == pytest.approx(expected[0], rel=1e-6, abs=0)
+    assert deriv_sq == pytest.approx(expected[1], rel=1e-6, abs=0)
+
+
+@pytest.mark.parametrize("act", SIMPLE_ACTIVATIONS, ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_act_deriv_of_a_nan_input_is_nan_and_minus_zero_is_not_positive(act: nn.Module, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 3000, generator=gen).to(dtype)
+    z[0, :1000] = -0.0  # σ′(−0.0) as autograd has it: 0 for ReLU, like σ′(+0.0)
+    deriv, deriv_sq = _record_activation(act, z)
+    prime = _exact_prime(act, z)
+    assert deriv == pytest.approx(prime.mean().item(), rel=1e-6, abs=0)
+    assert deriv_sq == pytest.approx(prime.square().mean().item(), rel=1e-6, abs=0)
+    for nan in (math.nan, -math.nan):  # both signs: the NaN an overflow makes on x86 has its sign bit set
+        z[2, 7] = nan
+        assert all(math.isnan(v) for v in _record_activation(act, z)), nan
+
+
+def test_a_nan_input_makes_only_that_steps_act_deriv_nan() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    with GradientRecorder(model, modules=[]) as rec:
+        for step, xb in enumerate([x, torch.full_like(x, math.nan), x]):
+            rec.begin_step(step)
+            model(xb).sum().backward()
+            rec.end_step()
+    got = rec.to_frame().query("quantity == 'act_deriv'").set_index("step")["norm"]
+    assert math.isnan(got[1]) and got[0] == got[2] == (model[0](x) > 0).double().mean().item()
+
+
+@pytest.mark.parametrize(("dtype", "scale"), CASES, ids=[f"{str(d)[6:]}-{s}" for d, s in CASES])
+def test_weight_norm_is_the_float64_norm_of_the_weight_at_every_scale(dtype: torch.dtype, scale: float | str) -> None:
+    weight = _grad((5, 6), dtype, scale, 2)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False)).to(dtype)
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    with GradientRecorder(model, modules=[]) as rec:
+        rec.begin_step(0)
+        model(torch.ones(4, 6, dtype=dtype)).sum().backward()
+        rec.end_step()
+    got = rec.to_frame().set_index("quantity")["norm"]["weight_norm"]
+    expected = weight.double().norm().item()
+    assert 0 < expected < math.inf
+    assert got == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+def test_weight_norm_follows_the_weights_the_step_used_layer_by_layer() -> None:
+    """Every weighted layer, the same layer_index as weight_grad, the weights before the update; also with no .grad."""
+    torch.manual_seed(0)
+    model = build_model("residual", 8, width=2, norm="batch", shortcut="B")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    expected = {}
+    with GradientRecorder(model) as rec:
+        for step in range(3):
+            rec.begin_step(step)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            if step != 1:
+                loss.backward()  # step 1: no gradient at all (every weight_grad NaN), the weights still measured
+            expected[step] = [dict(model.named_modules())[n].weight.double().norm().item() for n in rec.layers]
+            rec.end_step()
+            opt.step()
+    frame = rec.to_frame()
+    for step, norms in expected.items():
+        at = frame[frame.step == step]
+        w, g = at[at.quantity == "weight_norm"], at[at.quantity == "weight_grad"]
+        assert list(w.layer) == list(g.layer) == rec.layers and list(w.layer_index) == list(range(len(rec.layers)))
+        np.testing.assert_allclose(w.norm.to_numpy(), norms, rtol=1e-12)
+        assert g.norm.isna().all() == (step == 1)
+    assert not np.allclose(expected[0], expected[2])  # the updates moved the weights

@@ -277,6 +277,17 @@ def test_the_report_gets_a_lesion_section_when_the_sweep_has_one(
     assert (sweep / "report" / "figures" / "lesion_n_deleted.png").is_file()
     table = pd.read_csv(sweep / "report" / "tables" / "lesion.csv")
     assert sorted(table["arch"]) == ["plain", "residual"]
+    # One definition, named on the page: identity-shortcut blocks; the CSV keeps fractions, the page shows %.
+    frame = pd.read_csv(sweep / "lesion" / "lesion.csv")
+    for _, row in table.iterrows():
+        mine = frame[(frame["arch"] == row["arch"]) & (frame["kind"] == "single") & frame["downsampling"].eq(False)]
+        assert row["one_deleted_acc_mean"] == pytest.approx(mine["test_acc"].mean())
+        assert 0 <= row["intact_acc"] <= 1
+    section = md[md.index("## Block lesions") :]
+    assert "identity-shortcut blocks" in section.split("\n\n")[1]  # the paragraph
+    assert "| 1 identity-shortcut block deleted: mean over blocks (%) |" in section
+    residual = table[table["arch"] == "residual"].iloc[0]
+    assert f"| {100 * residual['one_deleted_acc_mean']:.2f} |" in section
 
 
 def _make_old(sweep: Path) -> None:
@@ -365,3 +376,25 @@ def test_a_run_folder_is_lesioned_into_a_folder_beside_it_and_left_as_it_was(
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     frame = pd.read_csv(tmp_path / "residual-run-lesion" / "lesion.csv")
     assert frame["run_id"].unique().tolist() == ["residual-run"] and len(frame) == 1 + 6 + 1
+
+
+@pytest.mark.slow
+def test_lesion_prints_a_line_per_run_and_its_table_in_percent_with_k_whole(
+    sweep_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["lesion", str(sweep_dir), "--max-deleted", "2", "--draws", "1", "--device", "cpu"]
+    assert exit_code([*argv, "--data-dir", str(data_dir), "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("lesion: ")]
+    assert [line.split(" (")[0] for line in lines] == ["lesion: 1 of 2 runs done", "lesion: 2 of 2 runs done"]
+    assert "elapsed, about" in lines[0] and "left" not in lines[1]
+    table = [line for line in captured.out.splitlines() if line.startswith("| batch |")]
+    assert len(table) == 2
+    frame = pd.read_csv(tmp_path / "a" / "lesion.csv")
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        mine = frame[frame["arch"] == cells[3]]
+        assert cells[5] == f"{100 * mine.loc[mine['kind'] == 'intact', 'test_acc'].mean():.2f}"  # intact, in %
+        assert cells[9] == "2"  # k: the most identity-shortcut blocks deleted, a whole number
+    assert exit_code([*argv, "--data-dir", str(data_dir), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "runs done" not in capsys.readouterr().err

@@ -16,6 +16,8 @@ from helpers import exit_code
 from resgrad.cli import main
 from resgrad.experiments.shatter import ShatterConfig, correlations, directions, input_gradients, pearson, run_shatter
 from resgrad.models import build_model
+from resgrad.report.plotting import png
+from resgrad.report.shatter import COLUMNS, figure_vs_depth, figure_vs_distance
 
 
 def _input_gradient(model: torch.nn.Module, x: torch.Tensor, label: int) -> torch.Tensor:
@@ -243,3 +245,68 @@ def test_a_sweep_without_weights_and_a_foreign_output_folder_exit_2(
     (mine / "thesis.tex").write_text("x")
     assert exit_code(_argv(data_dir, mine)) == 2
     assert "thesis.tex" in capsys.readouterr().err and (mine / "thesis.tex").read_text() == "x"
+
+
+# ---------------------------------------------------------------- what cannot be plotted, and where it goes
+
+
+@pytest.mark.slow
+def test_a_net_whose_input_gradient_is_zero_everywhere_is_kept_in_the_csv_and_named(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    argv = ["shatter", "--depths", "8", "--widths", "2", "--images", "2", "--threads", "1", "--device", "cpu"]
+    assert exit_code([*argv, "--data-dir", str(data_dir), "--out", str(out)]) == 0  # the command
+    frame = pd.read_csv(out / "shatter.csv")
+    plain = frame[frame["arch"] == "plain"]
+    assert len(plain) == 9 and plain["correlation"].isna().all() and (plain["images"] == 0).all()
+    assert frame.loc[frame["arch"] == "residual", "correlation"].between(-1, 1).all()
+    for name in ("shatter_correlation_vs_distance", "shatter_correlation_vs_depth"):
+        assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert "plain-d8-w2 (norm none, init default, seed 0, at init)" in caplog.text
+    captured = capsys.readouterr()
+    assert "| init | none | 2 | default | 8 | — |" in captured.out and "—: no correlation" in captured.out
+    # stderr is not a terminal here: a line per net, as in a log
+    assert "shatter: 1 of 2 nets done (plain-d8-w2 seed 0, init), " in captured.err
+    assert "shatter: 2 of 2 nets done (residual-d8-w2 seed 0, init), " in captured.err
+
+
+def test_figures_leave_out_the_nets_without_a_correlation_and_say_so() -> None:
+    rows = []
+    for arch, value in (("plain", float("nan")), ("residual", 0.5)):
+        for t in (0.1, 1.0):
+            rows.append(
+                dict(arch=arch, depth=8, width=2, norm="none", activation="relu", init="default", seed=0)
+                | dict(state="init", run_id="", distance=t, correlation=value, correlation_std=0.0, images=2)
+            )
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    fig, caption = figure_vs_distance(frame)
+    png(fig)
+    plain, residual = fig.axes[:2]
+    assert not plain.lines[:-1] and len(residual.lines) == 2  # residual: its line and the zero line
+    assert "no correlation" in " ".join(t.get_text() for t in plain.texts)
+    assert "Not drawn: 2 of 4 net × distance points have no correlation" in caption
+    assert "plain-d8-w2 (norm none, init default, seed 0, at init)" in caption
+    fig, caption = figure_vs_depth(frame, 1.0)
+    png(fig)
+    assert "Not drawn: 1 of 2" in caption
+
+
+@pytest.mark.slow
+def test_shatter_writes_into_a_default_folder_like_lesion(
+    trained_sweep: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["shatter", "--depths", "8", "--widths", "2", "--images", "2", "--distances", "1", "--device", "cpu"]
+    argv += ["--data-dir", str(data_dir), "--quiet"]
+    assert exit_code(argv) == 0
+    assert (tmp_path / "runs" / "shatter" / "shatter.csv").is_file()
+    sweep = tmp_path / "sweep"
+    shutil.copytree(trained_sweep, sweep)
+    assert exit_code([*argv, "--sweep", str(sweep)]) == 0
+    assert (
+        len(pd.read_csv(sweep / "shatter" / "shatter.csv")) == 2 + 2
+    )  # the grid's nets + the run, at init and trained
+    (run,) = (sweep / "runs").iterdir()
+    assert exit_code([*argv, "--sweep", str(run)]) == 0
+    assert (run.parent / f"{run.name}-shatter" / "shatter.csv").is_file()

@@ -44,6 +44,7 @@ COLUMNS = [
     "cuda_graphs",
     "median_ms",
     "iqr_ms",
+    "noisy",
     "images_per_s",
     "gflop",
     "gflop_per_s",
@@ -53,6 +54,9 @@ COLUMNS = [
     "torch_version",
 ]
 STATUS_COLUMNS = ["status", "error"]  # status: ok | oom
+# A point whose IQR is above this fraction of its median is marked noisy (another process was busy, say): its
+# median is not a clean number. torch.utils.benchmark warns from 0.1 and calls 0.25 a gross spread.
+NOISY_IQR = 0.25
 # matmul_precision: float32 | tf32 | bfloat16, what the peak's matmul ran in (see resgrad.bench.timing.measure_peak)
 PEAK_COLUMNS = ["device", "device_name", "dtype", "matmul_precision", "matmul_n", "peak_gflop_per_s"]
 PARTIAL_NAME = "bench.partial.csv"  # the rows so far, while a bench runs
@@ -209,3 +213,8 @@ class BenchResult:
     skipped_devices: list[str]
     machine: dict[str, Any]
     wall_seconds: float
+
+
+def is_noisy(median_ms: float, iqr_ms: float) -> bool:
+    """Whether a point's spread (IQR) is large against its median: above :data:`NOISY_IQR` of it."""
+    return bool(iqr_ms > NOISY_IQR * median_ms)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from resgrad.bench.config import COLUMNS, MODES, PARTIAL_NAME, STATUS_COLUMNS, BenchResult
+from resgrad.bench.config import COLUMNS, MODES, NOISY_IQR, PARTIAL_NAME, STATUS_COLUMNS, BenchResult
 from resgrad.files import prepare_output, write_bytes, write_csv, write_text
 from resgrad.models import FIXED_ARCHS
 from resgrad.report.markdown import markdown_table
@@ -80,6 +80,51 @@ def _varying(rows: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], dic
     return varying, fixed
 
 
+POINT_KEYS = [
+    "device",
+    "arch",
+    "depth",
+    "width",
+    "batch_size",
+    "mode",
+    "dtype",
+    "channels_last",
+    "compiled",
+    "cuda_graphs",
+]
+ALWAYS_SHOWN = ["arch", "depth", "batch_size", "mode"]
+
+
+def noisy_note(rows: pd.DataFrame) -> str:
+    """A sentence on the noisy points (IQR large against the median); empty when there is none."""
+    n = int(rows["noisy"].fillna(False).sum()) if "noisy" in rows else 0
+    if not n:
+        return ""
+    return (
+        f"{n} of {len(rows)} points are noisy: their IQR is above {100 * NOISY_IQR:.0f} % of their median (another "
+        "process was busy?), so their medians are not clean numbers; rerun them on a quiet machine."
+    )
+
+
+def points_markdown(rows: pd.DataFrame) -> str:
+    """The main table, a row per point (as ``resgrad bench`` prints it and bench.md shows it): the keys that vary,
+    then median and IQR (ms), whether the point is noisy, throughput, FLOPs, % of peak and parameters."""
+    varying, fixed = _varying(rows, POINT_KEYS)
+    keys = [c for c in POINT_KEYS if c in varying or c in ALWAYS_SHOWN]
+    values = ["median_ms", "iqr_ms", "noisy", "images_per_s", "gflop", "gflop_per_s", "pct_of_peak", "params"]
+    if (rows["status"] != "ok").any():
+        values.append("status")
+    shown = rows[keys + values].assign(noisy=rows["noisy"].fillna(False).astype(bool).map({True: "noisy", False: ""}))
+    lines = []
+    same = ", ".join(f"{k} = {v}" for k, v in fixed.items() if k not in keys)
+    if same:
+        lines += [f"Same for every row: {same}.", ""]
+    lines.append(markdown_table(shown, _fmt).rstrip("\n"))
+    if note := noisy_note(rows):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
 def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = None) -> str:
     """The readable report: how it ran, the peaks, the table of points, the speedups."""
     rows = result.rows
@@ -117,33 +162,12 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
         "",
         markdown_table(result.peaks, _fmt),
     ]
-    shown = [
-        "device",
-        "arch",
-        "depth",
-        "width",
-        "batch_size",
-        "mode",
-        "dtype",
-        "channels_last",
-        "compiled",
-        "cuda_graphs",
-    ]
-    varying, fixed = _varying(rows, shown)
-    always = ["arch", "depth", "batch_size", "mode"]
-    keys = [c for c in shown if c in varying or c in always]
-    values = ["median_ms", "iqr_ms", "images_per_s", "gflop", "gflop_per_s", "pct_of_peak", "params"]
-    if (rows["status"] != "ok").any():
-        values.append("status")
-    lines += ["## Points", ""]
-    if fixed:
-        lines += ["Same for every row: " + ", ".join(f"{k} = {v}" for k, v in fixed.items() if k not in keys) + ".", ""]
-    lines.append(markdown_table(rows[keys + values], _fmt))
+    lines += ["## Points", "", points_markdown(rows)]
     speedups = speedup_table(rows)
     if result.rows["device"].nunique() > 1:
         lines += ["## CPU vs CUDA", "", "speedup = CPU median / CUDA median, per point measured on both.", ""]
         sv, _ = _varying(speedups, KEY_COLUMNS)
-        shown_keys = [c for c in KEY_COLUMNS if c in sv or c in always]
+        shown_keys = [c for c in KEY_COLUMNS if c in sv or c in ALWAYS_SHOWN]
         lines.append(markdown_table(speedups[shown_keys + ["cpu_median_ms", "cuda_median_ms", "speedup"]], _fmt))
     graphed = graphs_table(rows)
     if len(graphed):
@@ -154,7 +178,7 @@ def bench_markdown(result: BenchResult, out: str | os.PathLike[str] | None = Non
             "",
         ]
         gv, _ = _varying(graphed, [c for c in KEY_COLUMNS if c != "cuda_graphs"])
-        shown_keys = [c for c in KEY_COLUMNS if c in gv or c in always]
+        shown_keys = [c for c in KEY_COLUMNS if c in gv or c in ALWAYS_SHOWN]
         lines.append(markdown_table(graphed[shown_keys + ["eager_median_ms", "graphed_median_ms", "speedup"]], _fmt))
     return "\n".join(lines)
 

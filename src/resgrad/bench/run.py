@@ -32,12 +32,14 @@ import torch
 
 from resgrad.bench.config import (
     COLUMNS,
+    NOISY_IQR,
     PEAK_COLUMNS,
     STATUS_COLUMNS,
     BenchConfig,
     BenchResult,
     Point,
     grid,
+    is_noisy,
 )
 from resgrad.bench.timing import (
     PEAK_MATMUL_N,
@@ -53,7 +55,8 @@ from resgrad.cudagraph import make_graphed
 from resgrad.errors import UsageError
 from resgrad.files import write_csv
 from resgrad.models import build_model, count_params
-from resgrad.train import device_name, make_optimizer, progress_enabled
+from resgrad.progress import Progress
+from resgrad.train import device_name, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +169,13 @@ def run_bench(
 
     Args:
         config: the grid; validated here.
-        progress: a tqdm bar over points (default: when stderr is a terminal).
+        progress: a tqdm bar over points (default: when stderr is a terminal; else a line per point), False: none.
         checkpoint: if given, the rows so far are written there (atomically) after every
             point, so an interrupted run keeps what it measured.
 
     Raises:
         UsageError: bad input, or none of the listed devices is present.
     """
-    from tqdm.auto import tqdm
-
     config = config.validate()
     present, absent = available_devices(config.devices)
     if not present:
@@ -209,9 +210,8 @@ def run_bench(
 
     rows: list[dict[str, Any]] = []
     points = grid(config, present)
-    with tqdm(points, desc="bench", unit="point", disable=not progress_enabled(progress)) as bar:
-        for p in bar:
-            bar.set_postfix_str(p.label(), refresh=False)
+    with Progress(len(points), "bench", "point", progress) as shown:
+        for p in points:
             row: dict[str, Any] = {
                 "device": p.device,
                 "device_name": names[p.device],
@@ -226,6 +226,7 @@ def run_bench(
                 "cuda_graphs": p.cuda_graphs,
                 "median_ms": math.nan,
                 "iqr_ms": math.nan,
+                "noisy": None,
                 "images_per_s": math.nan,
                 "gflop": math.nan,
                 "gflop_per_s": math.nan,
@@ -249,6 +250,17 @@ def run_bench(
                     )
                 )
                 row["pct_of_peak"] = 100 * row["gflop_per_s"] / peaks[p.device, p.dtype]  # provisional until the end
+                row["noisy"] = is_noisy(row["median_ms"], row["iqr_ms"])
+                if row["noisy"]:
+                    log.warning(
+                        "%s: noisy: its IQR (%.3g ms) is %.0f %% of its median (%.3g ms), above %.0f %%: another "
+                        "process was busy? The median is not a clean number; rerun on a quiet machine.",
+                        p.label(),
+                        row["iqr_ms"],
+                        100 * row["iqr_ms"] / row["median_ms"],
+                        row["median_ms"],
+                        100 * NOISY_IQR,
+                    )
             except Exception as exc:  # OutOfMemoryError, or under compile an exception wrapping one
                 message = oom_message(exc)  # a string: no reference to the exception outlives this block
                 if message is None:
@@ -261,6 +273,7 @@ def run_bench(
             rows.append(row)
             if checkpoint is not None:
                 write_csv(checkpoint, pd.DataFrame(rows, columns=COLUMNS + STATUS_COLUMNS))
+            shown.done(f"{p.label()}: {row['median_ms']:.3g} ms" if row["status"] == "ok" else f"{p.label()}: oom")
 
     measure_peaks()
     peak_frame = pd.DataFrame(
@@ -274,4 +287,5 @@ def run_bench(
         / pd.Series([peaks[d, dt] for d, dt in zip(frame["device"], frame["dtype"])], index=frame.index, dtype=float)
     )
     frame["params"] = frame["params"].astype("Int64")  # None for an out-of-memory point
+    frame["noisy"] = frame["noisy"].astype("boolean")  # empty for an out-of-memory point
     return BenchResult(config, frame, peak_frame, absent, _machine(present, threads), time.perf_counter() - t_start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from resgrad.cli.args import add_options, config_from, examples, paragraph
@@ -128,7 +129,9 @@ def epilog_lesion() -> str:
         f"{', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier lesion folder there is replaced, "
         "a folder holding anything else is refused. `resgrad report` adds a lesion section when SWEEP_DIR/lesion "
         "exists. Runs that are not complete or have no model.pt (made before resgrad saved weights) are left out "
-        "with a note.",
+        "with a note. Prints the lesion table, test accuracy in %: every count of deleted blocks (one block, k "
+        "blocks) counts the identity-shortcut blocks only, as in lesion_n_deleted.png; deleting one downsampling "
+        "block has its own column.",
     )
 
 
@@ -151,7 +154,7 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
         help="lesion folder (default: SWEEP_DIR/lesion, or RUN_DIR-lesion beside a run folder)",
     )
     add_options(p, LesionConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no table; warnings only")
     p.set_defaults(func=cmd_lesion)
 
 
@@ -191,9 +194,11 @@ def epilog_shatter() -> str:
         "and at its own init. Nets run in eval mode (each point's gradient its own; batch norm uses its running "
         "statistics, the identity at init). float64 by default: a deep plain net's input gradient falls below "
         "float32's range.",
-        f"DIR gets shatter.csv ({', '.join(COLUMNS)}; state is init or trained; correlation is the mean over "
-        f"images) and {', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier shatter folder there "
-        "is replaced, anything else is refused.",
+        f"DIR (default SWEEP_DIR/shatter with --sweep, RUN_DIR-shatter beside a run folder, else runs/shatter) "
+        f"gets shatter.csv ({', '.join(COLUMNS)}; state is init or trained; correlation is the mean over "
+        f"images; NaN for a net whose input gradient is constant, e.g. zero, at every pixel) and "
+        f"{', '.join(f'{n}.png' for n in FIGURES)}, written whole; an earlier shatter folder there is replaced, "
+        "anything else is refused. Nets without a correlation are named in a warning and left out of the figures.",
     )
 
 
@@ -209,27 +214,40 @@ def add_shatter(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, ShatterConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
-    p.add_argument("--out", type=Path, metavar="DIR", required=True, help="the shatter folder to write")
+    p.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no table; warnings only")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="shatter folder (default: SWEEP_DIR/shatter with --sweep, RUN_DIR-shatter beside a run folder, "
+        "else runs/shatter)",
+    )
     p.set_defaults(func=cmd_shatter)
 
 
 def cmd_shatter(args: argparse.Namespace) -> int:
-    from resgrad.experiments.shatter import ShatterConfig, check_out, run_shatter, write_shatter
+    from resgrad.experiments.shatter import ShatterConfig, check_out, default_out, run_shatter, write_shatter
     from resgrad.report.markdown import markdown_table
 
     config = config_from(ShatterConfig, args)
-    check_out(args.out)  # before the work, not after it
+    out = args.out or default_out(config.sweep)
+    check_out(out)  # before the work, not after it
     frame = run_shatter(config, progress=False if args.quiet else None)
-    paths = write_shatter(frame, args.out)
+    paths = write_shatter(frame, out)
     nets = frame.groupby(["arch", "depth", "width", "norm", "init", "seed", "state", "run_id"]).ngroups
     print(f"shatter: {nets} nets x {frame['distance'].nunique()} distances -> {paths[0]} and {len(paths) - 1} figures")
     if not args.quiet:
         at = frame[frame["distance"] == config.at_distance]
-        table = at.pivot_table(
-            index=["state", "norm", "width", "init", "depth"], columns="arch", values="correlation", aggfunc="mean"
-        ).reset_index()
+        keys = ["state", "norm", "width", "init", "depth"]
+        # groupby + unstack, not pivot_table: a net without a correlation keeps its column, shown as "—"
+        table = at.groupby([*keys, "arch"])["correlation"].mean().unstack("arch").reset_index()
         table.columns.name = None
         print(f"mean correlation at t = {config.at_distance:g}:")
-        print(markdown_table(table, lambda v, c: f"{v:.3f}" if isinstance(v, float) else str(v)))
+        print(markdown_table(table, lambda v, c: _correlation(v) if c not in keys else str(v)))
+        if at["correlation"].isna().any():
+            print("—: no correlation (the input gradient is constant, e.g. zero, at every pixel)")
     return 0
+
+
+def _correlation(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.3f}"

@@ -29,7 +29,8 @@ def epilog_bench() -> str:
         "resgrad bench --devices cuda --cuda-graphs off on --depths 8 56 --modes train_step --out runs/bench-graphs",
     ) + paragraph(
         f"DIR gets bench.csv (one row per point: {', '.join(COLUMNS)}, then {' and '.join(STATUS_COLUMNS)}, "
-        "status being ok or oom), bench.md (readable table, peaks, command and machine, eager vs CUDA graphs "
+        "status being ok or oom; noisy: the IQR is above 25 % of the median, so the median is not a clean "
+        "number), bench.md (readable table, peaks, command and machine, eager vs CUDA graphs "
         "where both ran), bench.png (throughput vs depth) and, when CPU and CUDA both ran, speedup.csv; a "
         "speedup.csv or bench.png an earlier run left in DIR is removed when this run makes none, other files "
         "there are kept. Inputs are random tensors on the device: compute only, no data loading. The "
@@ -52,7 +53,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     )
     add_options(p, BenchConfig)  # one flag per BenchConfig field, all from its declaration
     g = next(g for g in p._action_groups if g.title == "timing and output")
-    g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    g.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no table; warnings only")
     g.add_argument(
         "--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="folder to write (default: runs/bench)"
     )
@@ -68,7 +69,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from resgrad.bench.config import PARTIAL_NAME
-    from resgrad.bench.report import write_bench
+    from resgrad.bench.report import noisy_note, points_markdown, write_bench
     from resgrad.bench.run import run_bench
     from resgrad.files import prepare_output
 
@@ -84,4 +85,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             + (f" ({oom} out of memory)" if oom else "")
             + f" -> {args.out}/bench.csv, bench.md, bench.png"
         )
+        print(points_markdown(rows), end="")
+    elif note := noisy_note(result.rows):
+        log.warning("%s", note)
     return 0

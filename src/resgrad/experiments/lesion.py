@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from resgrad.compute import evaluate
 from resgrad.data import Split, load_split
@@ -33,8 +32,9 @@ from resgrad.experiments.saved import SavedRun, saved_runs
 from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
 from resgrad.models import Block, blocks
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
+from resgrad.progress import Progress
 from resgrad.report.lesion import COLUMNS, lesion_figures
-from resgrad.train import load_model, progress_enabled, resolve_device
+from resgrad.train import load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +215,16 @@ def run_lesion(
     for line in skipped:
         log.warning("lesion: left out %s", line)
     rows = []
-    for run in tqdm(usable, desc="lesion", unit="run", disable=not progress_enabled(progress)):
-        n = config.test_subset or run.config.test_subset or len(full)
-        test = Split(full.images[:n], full.labels[:n])
-        c = run.config
-        head = dict(run_id=run.path.name, arch=c.arch, depth=c.depth, width=c.width, norm=c.norm, seed=c.seed)
-        tail = dict(recorded_test_acc=(run.summary or {}).get("final_test_acc"), test_images=len(test))
-        model = load_model(run.path, device)
-        rows += [{**head, **row, **tail} for row in lesion_model(model, test, config)]
+    with Progress(len(usable), "lesion", "run", progress) as shown:
+        for run in usable:
+            n = config.test_subset or run.config.test_subset or len(full)
+            test = Split(full.images[:n], full.labels[:n])
+            c = run.config
+            head = dict(run_id=run.path.name, arch=c.arch, depth=c.depth, width=c.width, norm=c.norm, seed=c.seed)
+            tail = dict(recorded_test_acc=(run.summary or {}).get("final_test_acc"), test_images=len(test))
+            model = load_model(run.path, device)
+            rows += [{**head, **row, **tail} for row in lesion_model(model, test, config)]
+            shown.done(run.path.name)
     frame = pd.DataFrame(rows, columns=COLUMNS).astype(
         {"draw": "Int64", "block_index": "Int64", "downsampling": "boolean"}
     )

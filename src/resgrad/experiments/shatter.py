@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from resgrad.config import TrainConfig
 from resgrad.data import load_split
@@ -38,8 +37,9 @@ from resgrad.experiments.saved import saved_runs
 from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
 from resgrad.models import FIXED_ARCHS, INITS, NORMS, available_archs, check_depth, check_width
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
-from resgrad.report.shatter import COLUMNS, shatter_figures
-from resgrad.train import initial_model, load_model, progress_enabled, resolve_device
+from resgrad.progress import Progress
+from resgrad.report.shatter import COLUMNS, shatter_figures, unmeasured
+from resgrad.train import initial_model, load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -250,36 +250,54 @@ def run_shatter(config: ShatterConfig, progress: bool | None = None) -> pd.DataF
     images, labels = test.images.to(device, dtype), test.labels.to(device)
     d = directions(len(images), config.direction_seed).to(device, dtype)
     rows = []
-    for net in tqdm(nets, desc="shatter", unit="net", disable=not progress_enabled(progress)):
-        model = net.build(device, dtype)
-        batch_size = config.batch_size or POINT_BATCH.get(device.type, 256)
-        r = correlations(model, images, labels, d, config.distances, batch_size).numpy()
-        c = net.config
-        for j, t in enumerate(config.distances):
-            finite = r[:, j][np.isfinite(r[:, j])]
-            rows.append(
-                dict(
-                    arch=c.arch,
-                    depth=c.depth,
-                    width=c.width,
-                    norm=c.norm,
-                    activation=c.activation,
-                    init=c.init,
-                    seed=c.seed,
-                    state=net.state,
-                    run_id=net.run_dir.name if net.run_dir else "",
-                    distance=t,
-                    correlation=finite.mean() if len(finite) else math.nan,
-                    correlation_std=finite.std(ddof=1) if len(finite) > 1 else math.nan,
-                    images=len(finite),
+    with Progress(len(nets), "shatter", "net", progress) as shown:
+        for net in nets:
+            model = net.build(device, dtype)
+            batch_size = config.batch_size or POINT_BATCH.get(device.type, 256)
+            r = correlations(model, images, labels, d, config.distances, batch_size).numpy()
+            c = net.config
+            for j, t in enumerate(config.distances):
+                finite = r[:, j][np.isfinite(r[:, j])]
+                rows.append(
+                    dict(
+                        arch=c.arch,
+                        depth=c.depth,
+                        width=c.width,
+                        norm=c.norm,
+                        activation=c.activation,
+                        init=c.init,
+                        seed=c.seed,
+                        state=net.state,
+                        run_id=net.run_dir.name if net.run_dir else "",
+                        distance=t,
+                        correlation=finite.mean() if len(finite) else math.nan,
+                        correlation_std=finite.std(ddof=1) if len(finite) > 1 else math.nan,
+                        images=len(finite),
+                    )
                 )
-            )
+            shown.done(f"{c.arch}-d{c.depth}-w{c.width} seed {c.seed}, {net.state}")
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame.attrs["at_distance"] = config.at_distance
+    nets_without = unmeasured(frame)
+    if nets_without:
+        log.warning(
+            "shatter: %d net(s) have no correlation at any distance, their input gradient being constant (e.g. "
+            "zero) at every pixel of every image: %s. shatter.csv keeps them (NaN); the figures leave them out.",
+            len(nets_without),
+            "; ".join(nets_without),
+        )
     return frame
 
 
 # ---------------------------------------------------------------- output
+
+
+def default_out(sweep: str | os.PathLike[str] | None) -> Path:
+    """``SWEEP_DIR/shatter`` with ``--sweep`` (``RUN_DIR-shatter`` beside a run folder), else ``runs/shatter``."""
+    if sweep is None:
+        return Path("runs") / "shatter"
+    path = Path(sweep)
+    return path / "shatter" if (path / "sweep.json").is_file() else path.with_name(f"{path.name}-shatter")
 
 
 def check_out(out: str | os.PathLike[str]) -> Path:

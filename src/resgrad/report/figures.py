@@ -153,7 +153,7 @@ def figure_test_acc(sweep: Sweep) -> tuple[Figure, str]:
 
 
 def figure_test_error(sweep: Sweep) -> tuple[Figure, str]:
-    """Figure 6: final test error vs depth, mean ± std over seeds (He et al. 2016, Fig. 6)."""
+    """Figure 6: final test error vs depth, mean over seeds with min–max bars (cf. He et al. 2016, Fig. 6)."""
     runs = sweep.runs.assign(test_error_pct=100.0 * (1.0 - sweep.runs["final_test_acc"]))
     combos = sweep.combos()
     fig, axes = panels(1, len(combos), "Final test error vs depth", sharey=True)
@@ -174,7 +174,7 @@ def figure_test_error(sweep: Sweep) -> tuple[Figure, str]:
                     ax=ax,
                     color=color,
                     estimator="mean",
-                    errorbar="sd",
+                    errorbar=("pi", 100) if n_seeds > 1 else None,  # min–max over seeds: within 0–100 %
                     err_style="bars",
                     legend=False,
                     err_kws={"capsize": 3},
@@ -199,13 +199,14 @@ def figure_test_error(sweep: Sweep) -> tuple[Figure, str]:
         ax.set_title(label or "all runs", fontsize=9)
         ax.set_xlabel("depth (weighted layers)")
         ax.set_ylabel("final test error (%)" if j == 0 else "")
-    axes[0, 0].set_ylim(bottom=0)  # after drawing: the axes share y, and set_ylim ends autoscaling
+    # after drawing: the axes share y, and set_ylim ends autoscaling; an error is within 0–100 %
+    axes[0, 0].set_ylim(0, min(100.0, axes[0, 0].get_ylim()[1]))
     diverged_mark = Line2D(
         [], [], ls="", marker="X", markersize=8, color="0.6", markeredgecolor="black", label="diverged"
     )
     legend(fig, "arch", colors, band=False, style=arch_marked, extra=[diverged_mark] if n_div else [])
     counts = {s: int((sweep.runs["status"] == s).sum()) for s in ("diverged", "failed", "missing")}
-    spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed per point"
+    spread = f"mean over {n_seeds} seeds, bars: min–max over seeds" if n_seeds > 1 else "one seed per point"
     caption = (
         f"Test error (1 − accuracy) at the end of training against depth, {spread}, complete runs only "
         f"(cf. He et al. 2016, Fig. 6). Not drawn: {counts['diverged']} diverged runs (✕ at the top edge, "

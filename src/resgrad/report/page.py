@@ -24,7 +24,7 @@ from resgrad.errors import UsageError
 from resgrad.files import atomic_dir, prepare_output
 from resgrad.report.figures import GAIN_FIGURE, render_figures
 from resgrad.report.gain import gain_display, sweep_gain_table, table_keys
-from resgrad.report.lesion import lesion_display, lesion_figures, lesion_table, read_lesion
+from resgrad.report.lesion import COUNTED, lesion_display, lesion_figures, lesion_table, read_lesion
 from resgrad.report.markdown import markdown_table
 from resgrad.report.sweepdata import FINISHED, STATUSES, Sweep, load_sweep, option_text
 from resgrad.report.tables import (
@@ -45,7 +45,8 @@ TABLES = {
     "by_arch_depth": "mean and std over seeds per arch and depth",
     "block_gain": "the backward gain per block beside the activations' mean derivative",
     "test_acc_by_eval": "test accuracy at every evaluation",
-    "lesion": "block-lesion accuracies (when SWEEP_DIR/lesion/lesion.csv exists)",
+    "lesion": "block-lesion accuracies, with identity-shortcut blocks deleted (when SWEEP_DIR/lesion/lesion.csv "
+    "exists)",
     "runs": "one row per grid point with its status",
 }
 
@@ -78,6 +79,8 @@ NOTES = [
     "complete or diverged. Diverged runs are counted in their own column.",
     "**Updates to 90 % acc** = step + 1 of the first test evaluation with accuracy ≥ 90 %, so it is only as fine "
     "as the sweep's evaluation interval; runs that never got there are counted as not reached.",
+    "**Units**: accuracies are in % on this page and fractions (0.9812 for 98.12 %) in every CSV file "
+    "(`final_test_acc_mean`, `test_acc_mean`, `intact_acc` ...).",
     "Full numbers: `tables/by_arch_depth.csv` (one row per arch and depth, separate mean and std columns), "
     "`tables/headline.csv`, `tables/test_acc_by_eval.csv` (test accuracy at every evaluation) and "
     "`tables/runs.csv` (one row per run, with its status and error). "
@@ -130,15 +133,22 @@ def _html_table(frame: pd.DataFrame) -> str:
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
         for row in frame.itertuples(index=False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # A table wider than the page scrolls sideways inside its own box; the page itself never does.
+    return f'<div class="table-box"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
+# No element wider than the window (tests/report/test_report_html.py checks this in a real browser at 1280 x 800):
+# the page's width includes its padding, tables scroll in their box, long words and paths break.
 _CSS = """
+*,*::before,*::after{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;
 line-height:1.45;color:#222}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1.5em}
+h1,h2,h3,p,li,figcaption{overflow-wrap:anywhere}
+.table-box{max-width:100%;overflow-x:auto;margin:.5em 0 1.5em}
+table{border-collapse:collapse;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right;white-space:nowrap}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+th{background:#f2f2f2;white-space:normal;min-width:4.5em;vertical-align:bottom}
+td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0 2em}img{max-width:100%;height:auto}figcaption{font-size:.9em;color:#444;max-width:60em}
 code{background:#f2f2f2;padding:0 .25em;border-radius:3px}
 """
@@ -229,8 +239,10 @@ def _lesion_section(
     page.paragraph(
         f"Test accuracy (%) of {frame['run_id'].nunique()} trained runs with blocks deleted at test time, "
         "each replaced by its shortcut (Veit et al. 2016), from `lesion/lesion.csv` (`resgrad lesion`); "
-        "means over seeds. One block deleted: over the blocks whose shortcut is the identity (mean, and the "
-        "worst block), and over the downsampling blocks; k deleted: random sets of k such blocks."
+        f"means over seeds. Every count of deleted blocks counts the {COUNTED} only (the downsampling blocks "
+        "have a shortcut of their own and are never among them): one such block deleted, the mean over those "
+        "blocks and the worst of them; k deleted, random sets of k of them. The table and the figure "
+        "of accuracy against k use these same numbers; deleting one downsampling block has its own column."
     )
     page.table(lesion_display(table), "lesion")
     figures = [(name, heading, png, caption) for name, (heading, png, caption) in lesion_figures(frame).items()]

@@ -9,6 +9,8 @@ caption, never dropped silently. Colours: one per depth (viridis) or per arch
 from __future__ import annotations
 
 import io
+import math
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
 
 from resgrad.report.sweepdata import Sweep
 
@@ -221,9 +223,66 @@ def not_drawn(sweep: Sweep, statuses: Sequence[str]) -> str:
     return ", ".join(f"{int((sweep.runs['status'] == s).sum())} {s}" for s in statuses)
 
 
-def png(fig: Figure) -> bytes:
-    """The figure as PNG bytes (110 dpi)."""
+def label_log_axes(fig: Figure, min_labels: int = 3) -> None:
+    """Give every log axis of ``fig`` at least ``min_labels`` labelled ticks where it can.
+
+    matplotlib labels only the powers of ten on an axis spanning one to a few decades: 0.03 to 1.2
+    reads "10⁻¹, 10⁰". Such an axis gets ticks and labels at 1, 2 and 5 times the powers of ten
+    (every integer multiple on an axis under one decade).
+    """
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() != "log":
+                continue
+            lo, hi = sorted(axis.get_view_interval())
+            if not (0 < lo < hi < math.inf):
+                continue
+            decades = math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1  # powers of ten on the axis
+            if decades >= min_labels:
+                continue
+            subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) > 0.8 else tuple(float(i) for i in range(1, 10))
+            axis.set_major_locator(LogLocator(subs=subs))
+            axis.set_major_formatter(
+                LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(math.inf, math.inf))
+            )
+            axis.set_minor_formatter(NullFormatter())
+
+
+def title_clear_of_legends(fig: Figure) -> None:
+    """Keep the figure's title (suptitle) off the legends beside the panels: centred over the panels, and wrapped
+    to their width when it is longer."""
+    title = fig._suptitle  # the Text itself (get_suptitle gives only its string)
+    if title is None or not fig.legends or not fig.axes:
+        return
+    text = title.get_text().replace("\n", " ")
+    for _ in range(3):
+        fig.draw_without_rendering()  # lays the figure out (constrained layout), so that the extents are final
+        renderer = fig.canvas.get_renderer()
+        box = title.get_window_extent(renderer)
+        legends = [leg.get_window_extent(renderer) for leg in fig.legends]
+        if not any(box.overlaps(leg) for leg in legends):
+            return
+        left = min(ax.get_position().x0 for ax in fig.axes) * fig.bbox.width
+        right = min(leg.x0 for leg in legends) - 4
+        width = box.width / max(1, title.get_text().count("\n") + 1)
+        chars = max(12, int(len(text) * (right - left) / max(width, 1.0)) - 2)
+        title.set_text("\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)))
+        title.set_x((left + right) / 2 / fig.bbox.width)
+        title.set_horizontalalignment("center")
+
+
+def finish(fig: Figure) -> Figure:
+    """The last touches every figure gets before it is drawn (:func:`png` applies them): enough labelled ticks on
+    log axes, and the title clear of the legends."""
     FigureCanvasAgg(fig)  # the non-interactive Agg canvas, whatever pyplot's backend is
+    label_log_axes(fig)
+    title_clear_of_legends(fig)
+    return fig
+
+
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (110 dpi), after :func:`finish`."""
+    finish(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()

@@ -3,7 +3,7 @@
 Reads what :mod:`resgrad.rundir` writes (``sweep.json``, ``runs/*/summary.json``,
 ``metrics.csv``, ``grad_norms.parquet``) and derives per-run numbers; the tables
 over seeds are in :mod:`resgrad.report.tables`, the figures in :mod:`resgrad.report.figures`,
-the page in :mod:`resgrad.report.page`. Imports neither torch nor the executors.
+the page in :mod:`resgrad.report.page`.
 
 Conventions used throughout:
 

@@ -4,7 +4,7 @@ A sweep folder holds ``sweep.json`` (the grid, and the earlier grids it ran unde
 ``earlier``), ``runs/<run_id>/`` and ``summary.csv``. :func:`sweep_runs` is the one
 definition of the runs of a sweep: the grid's points, then the finished runs of its
 earlier grids. ``resgrad report``, ``lesion``, ``shatter``, ``landscape`` and ``export``
-all read a sweep's runs through it. Imports no torch.
+all read a sweep's runs through it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A :class:`SweepSpec` is the cross product of the sweep's axes (``archs``, ``depths``,
 ``seeds``, ...) with one value of every other run option. Axes, TOML keys and defaults
 all come from the :class:`~resgrad.config.TrainConfig` field declarations, so a new
-option needs nothing here. Imports no torch.
+option needs nothing here.
 """
 
 from __future__ import annotations

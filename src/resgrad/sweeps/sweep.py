@@ -21,7 +21,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from resgrad import __version__
@@ -32,11 +31,12 @@ from resgrad.data import check_mnist, load_split, resolve_data_dir
 from resgrad.errors import UsageError
 from resgrad.files import atomic_dir, prepare_output, write_csv, write_json
 from resgrad.integrations.tensorboard import check_logdir, export_missing, write_run
+from resgrad.progress import Progress
 from resgrad.rundir import DONE, STATUSES, SUMMARY_KEYS, RunResult, check_run, read_summary, save_run
 from resgrad.sweeps.executors import Outcome, RunFailure, check_executor, check_ray_address, run_all
 from resgrad.sweeps.folder import SUMMARY_COLUMNS, clean_stale, earlier_specs, locked, sweep_runs
 from resgrad.sweeps.grid import GRID_OPTIONS, SweepSpec
-from resgrad.train import progress_enabled, resolve_device
+from resgrad.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ def run_sweep(
             default ``max(1, cpu_count // workers)``.
         force: rerun points already complete or diverged (failed ones always rerun).
         ray_address: a Ray cluster to use; default a local Ray started for the sweep.
-        progress: tqdm bars (default: when stderr is a terminal).
+        progress: tqdm bars (default: when stderr is a terminal; else one line per finished run with the time
+            elapsed and an estimate of what is left); False: nothing.
         tensorboard: a TensorBoard log folder; each finished run's events go to
             ``tensorboard/<run_id>`` as the driver records it (see :mod:`resgrad.integrations.tensorboard`).
 
@@ -246,23 +247,19 @@ def run_sweep(
         if todo and not remote:
             _warn_if_oversubscribed(workers, threads)
 
-        show = progress_enabled(progress)
         counts = dict.fromkeys(STATUSES, 0)
-        outcomes = run_all(todo, executor, workers, threads, ray_address, step_bar=show)
-        with (
-            tqdm(total=len(configs), initial=skipped, desc="sweep", unit="run", disable=not show) as bar,
-            _logging_beside(show),
-            closing(outcomes),  # stops pool workers and Ray tasks when the sweep is interrupted
-        ):
-            for outcome in outcomes:
-                row = _record(outcome, runs_dir)
-                if tensorboard is not None and isinstance(outcome, RunResult):
-                    write_run(outcome, tensorboard, source=str(runs_dir / row["run_id"]))
-                rows[row["run_id"]] = row
-                write_csv(out_dir / "summary.csv", _summary_frame(listed, rows))
-                counts[row["status"]] += 1
-                bar.set_postfix(counts, refresh=False)
-                bar.update()
+        with Progress(len(configs), "sweep", "run", progress if todo else False, initial=skipped) as shown:
+            bar = shown.mode == "bar"
+            outcomes = run_all(todo, executor, workers, threads, ray_address, step_bar=bar)
+            with _logging_beside(bar), closing(outcomes):  # closing: stops pool workers and Ray tasks on Ctrl-C
+                for outcome in outcomes:
+                    row = _record(outcome, runs_dir)
+                    if tensorboard is not None and isinstance(outcome, RunResult):
+                        write_run(outcome, tensorboard, source=str(runs_dir / row["run_id"]))
+                    rows[row["run_id"]] = row
+                    write_csv(out_dir / "summary.csv", _summary_frame(listed, rows))
+                    counts[row["status"]] += 1
+                    shown.done(f"{row['run_id']}: {row['status']}", **counts)
 
     result = _summary_frame(listed, rows)
     result.attrs.update(
