@@ -31,6 +31,7 @@ from resgrad.compute import (
     check_dtype_speed,
     compile_model,
     evaluate,
+    keep_freed_memory,
     resolve_channels_last,
 )
 from resgrad.config import TrainConfig
@@ -174,6 +175,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     channels_last = resolve_channels_last(config.channels_last, device)
     check_compile(config.compile, device)
     check_dtype_speed(config.dtype, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for the activations each step allocates again
     if config.threads:
         torch.set_num_threads(config.threads)
     t_start = time.perf_counter()
