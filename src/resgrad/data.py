@@ -1,6 +1,7 @@
 """MNIST as two normalised tensors on the training device, and seeded batch order.
 
-Images go through ``torchvision.datasets.MNIST`` once; after that a batch is an
+The four official files are checked (MD5, idx header and size) and read once per process;
+torchvision downloads and unpacks them where they are missing. After that a batch is an
 index into a device tensor, with no per-sample PIL transform in the training loop.
 """
 
@@ -47,8 +48,15 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(data_dir or os.environ.get("RESGRAD_DATA") or "data")
 
 
-# The unpacked idx files: items and the shape of one item. Their .gz files' MD5 sums are
-# torchvision's (torchvision.datasets.MNIST.resources).
+# The official files' MD5 sums, as torchvision.datasets.MNIST.resources lists them (so that checking
+# and reading present files needs no torchvision, whose import costs about as much as torch's).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+# The unpacked idx files: items and the shape of one item.
 _IDX_SHAPES = {
     "train-images-idx3-ubyte": (60_000, (28, 28)),
     "train-labels-idx1-ubyte": (60_000, ()),
@@ -97,10 +105,8 @@ def check_mnist(data_dir: str | os.PathLike[str] | None = None, require: bool = 
     Raises:
         DataError: naming the damaged (or, with ``require``, the missing) file.
     """
-    from torchvision.datasets import MNIST
-
     raw = resolve_data_dir(data_dir) / "MNIST" / "raw"
-    for gz_name, expected in MNIST.resources:
+    for gz_name, expected in MNIST_MD5.items():
         gz, idx = raw / gz_name, raw / gz_name.removesuffix(".gz")
         if gz.is_file():
             found = _md5(gz)
@@ -115,13 +121,26 @@ def check_mnist(data_dir: str | os.PathLike[str] | None = None, require: bool = 
             raise _not_found(raw, f"{gz_name} is missing")
 
 
-def _mnist(root: Path, train: bool):  # -> torchvision.datasets.MNIST
-    from torchvision.datasets import MNIST  # torchvision's import is slow; keep it off `--help`
+def _read_idx(path: Path) -> torch.Tensor:
+    """An unpacked idx file of unsigned bytes that passed :func:`check_mnist`, as a uint8 tensor of its shape."""
+    items, shape = _IDX_SHAPES[path.name]
+    header = 4 + 4 * (1 + len(shape))
+    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8, offset=header).view(items, *shape)
 
+
+def _mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's images (N, 28, 28) uint8 and labels int64, checked; torchvision fetches and unpacks missing files."""
     check_mnist(root)
     raw = root / "MNIST" / "raw"
+    prefix = "train" if train else "t10k"
+    images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    if images.is_file() and labels.is_file():  # read as torchvision reads them, without its slow import
+        return _read_idx(images), _read_idx(labels).to(torch.int64)
+    from torchvision.datasets import MNIST  # to download and unpack what is missing
+
     try:
-        return MNIST(str(root), train=train, download=True)
+        ds = MNIST(str(root), train=train, download=True)
+        return ds.data, ds.targets
     except (RuntimeError, OSError) as exc:  # no network and no files: urllib's URLError is an OSError
         raise _not_found(raw, exc.__class__.__name__) from exc
     except (AssertionError, ValueError, TypeError) as exc:  # files that pass the checks yet do not parse
@@ -158,9 +177,9 @@ def _read_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     known = _READ.get(key)
     if known is not None and known[0] == _stamp(raw, train):
         return known[1], known[2]
-    ds = _mnist(root, train)
-    _READ[key] = (_stamp(raw, train), ds.data, ds.targets)
-    return ds.data, ds.targets
+    data, targets = _mnist(root, train)
+    _READ[key] = (_stamp(raw, train), data, targets)
+    return data, targets
 
 
 def load_split(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 import resgrad.data
-from resgrad.data import MNIST_FILES, DataError, batches, load_split, resolve_data_dir
+from resgrad.data import MNIST_FILES, MNIST_MD5, DataError, batches, load_split, resolve_data_dir
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -90,3 +92,18 @@ def test_a_process_reads_a_split_once_and_again_when_its_files_change(data_dir: 
         with pytest.raises(DataError, match="is damaged"):
             load_split(False, tmp_path)
         assert len(reads) == 1
+
+
+def test_the_md5_sums_are_torchvisions() -> None:
+    assert MNIST_MD5 == dict(MNIST.resources)
+
+
+def test_present_files_are_read_without_importing_torchvision(data_dir: Path) -> None:
+    """torchvision's import costs about what torch's does: a run on present files goes without it."""
+    code = (
+        "import sys; from resgrad.data import load_split; "
+        f"s = load_split(False, {str(data_dir)!r}, 10); load_split(True, {str(data_dir)!r}, 10); "
+        "print(len(s), 'torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["10", "False"]
