@@ -117,7 +117,8 @@ def render(folder: Path) -> str:
     lines = [
         BEGIN,
         f"Measured by `benchmarks/bf16_effect.py` on {meta['cpu']} (native bfloat16: {meta['native']}), "
-        f"{meta['threads']} torch thread(s), torch {meta['torch']}, {meta['date']}.",
+        f"{meta['threads']} torch thread(s), torch {meta['torch']}, {meta['date']}"
+        + (f" ({meta['note']})." if meta.get("note") else "."),
         "",
         "**One step, the same weights and batch**: bfloat16 against float32, relative difference per layer "
         "(median / largest over the layers).",
@@ -137,23 +138,26 @@ def render(folder: Path) -> str:
     runs = c.drop_duplicates(["model", "dtype", "seed"])
     lines += [
         "",
-        f"**Training curves**, seeds {', '.join(map(str, sorted(runs.seed.unique())))}: mean over the seeds, "
-        "and in brackets the spread between seeds (largest minus smallest).",
+        f"**Training curves**, seeds {', '.join(map(str, sorted(runs.seed.unique())))}: the mean over the seeds, "
+        "and in brackets the spread between them (largest minus smallest). The training loss is smoothed over 50 "
+        "steps; its gaps are the largest over the second half of training.",
         "",
-        "| model | dtype | final test accuracy | log10 grad ratio, last recorded step | images/s | "
-        "largest gap of the mean smoothed loss from float32's |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | dtype | final test accuracy | log10 grad ratio, last recorded step | smoothed loss at the end | "
+        "loss gap to float32, same seed | loss gap between float32 seeds | images/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (m, dtype), g in runs.groupby(["model", "dtype"], sort=False):
+        curve = c[c.model == m].pivot_table(index="step", columns=["dtype", "seed"], values="smoothed_loss")
+        half = curve[curve.index >= curve.index.max() / 2]
+        ref, own = half["float32"], half[dtype]
+        same_seed = "—" if dtype == "float32" else f"{float((own - ref).abs().max().max()):.4f}"
+        seeds_apart = f"{float((ref.max(axis=1) - ref.min(axis=1)).max()):.4f}"
+        end = curve[dtype].iloc[-1]
         acc, ratio = g.final_test_acc, g.log10_grad_ratio_last
-        mean_loss = c[(c.model == m) & (c.dtype == dtype)].groupby("step").smoothed_loss.mean()
-        ref = c[(c.model == m) & (c.dtype == "float32")].groupby("step").smoothed_loss.mean()
-        per_seed = c[(c.model == m) & (c.dtype == "float32")].groupby("step").smoothed_loss
-        spread = float((per_seed.max() - per_seed.min()).max())
-        gap = "—" if dtype == "float32" else f"{float((mean_loss - ref).abs().max()):.3f} (seeds apart: {spread:.3f})"
         lines.append(
             f"| {m} | {dtype} | {100 * acc.mean():.1f} % ({100 * (acc.max() - acc.min()):.1f}) | "
-            f"{ratio.mean():.2f} ({ratio.max() - ratio.min():.2f}) | {g.images_per_s.mean():,.0f} | {gap} |"
+            f"{ratio.mean():.2f} ({ratio.max() - ratio.min():.2f}) | {end.mean():.3f} ({end.max() - end.min():.3f}) | "
+            f"{same_seed} | {seeds_apart} | {g.images_per_s.mean():,.0f} |"
         )
     lines.append(END)
     return "\n".join(lines)
@@ -166,6 +170,7 @@ def main() -> None:
     p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $RESGRAD_DATA, else ./data)")
     p.add_argument("--out", type=Path, help="write the CSV files here")
     p.add_argument("--docs", type=Path, help="replace the bf16 block of this markdown file (needs --out)")
+    p.add_argument("--note", default="", help="a note on the conditions, printed with the tables")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     folder = a.out or Path("runs/bf16")
@@ -174,6 +179,7 @@ def main() -> None:
     curves(a.seeds, a.threads, a.data_dir).to_csv(folder / "curves.csv", index=False)
     cpu = torch.device("cpu")
     meta = dict(cpu=device_name(cpu), native=bfloat16_is_native(cpu), threads=a.threads, torch=torch.__version__)
+    meta["note"] = a.note
     (folder / "machine.json").write_text(json.dumps({**meta, "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
     block = render(folder)
     print(block)

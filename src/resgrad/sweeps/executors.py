@@ -134,8 +134,9 @@ class _Worker:
         self.held: TrainConfig | None = None
 
     def give(self, config: TrainConfig) -> None:
-        self.conn.send(config)
         self.held = config
+        with contextlib.suppress(OSError):  # a worker that died meanwhile: its sentinel tells, and the run is its
+            self.conn.send(config)
 
     def stop(self, now: bool) -> None:
         """Let the worker end after its run (``now``: terminate it), then reap it."""
