@@ -105,11 +105,14 @@ def profile_step(label: str, channels_last: bool, steps: int, data_dir: str | No
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from resgrad.compute import keep_freed_memory
     from resgrad.config import TrainConfig
     from resgrad.data import endless_batches, load_split
     from resgrad.gradients import GradientRecorder
     from resgrad.train import initial_model, make_optimizer, train_step
 
+    if channels_last:  # today's CPU step, as train() runs it; before, glibc's malloc kept its default thresholds
+        keep_freed_memory()
     config = TrainConfig(**MODELS[label], **SWEEP_RUN, channels_last=channels_last).validate()
     split = load_split(True, data_dir, 6400)
     model = initial_model(config)
@@ -126,17 +129,17 @@ def profile_step(label: str, channels_last: bool, steps: int, data_dir: str | No
 
         rec.end_step = labelled_end_step  # this instance only: its ops are grouped as the recorder's
 
-        def run(first: int, n: int) -> float:
-            t0 = time.perf_counter()
+        def run(first: int, n: int) -> tuple[float, float]:
+            t0, c0 = time.perf_counter(), time.process_time()
             for step in range(first, first + n):
                 _, idx = next(batches)
                 train_step(model, opt, split.images[idx], split.labels[idx], rec, step, 0, "float32", channels_last)
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, time.process_time() - c0
 
         run(0, 10)  # warm-up: oneDNN's first calls, the recorder's first step
-        unprofiled = run(10, steps) / steps
+        unprofiled, cpu = run(10, steps)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            wall = run(10 + steps, steps)
+            wall, _ = run(10 + steps, steps)
     events = [e for e in prof.events() if e.device_type.name == "CPU"]
     per_step = {c: 0.0 for c in CATEGORIES}
     by_op: dict[str, float] = {}
@@ -147,8 +150,14 @@ def profile_step(label: str, channels_last: bool, steps: int, data_dir: str | No
             by_op[e.name] = by_op.get(e.name, 0.0) + own
     wall_ms = wall * 1e3 / steps
     per_step["no op: Python, dispatch"] = max(wall_ms - sum(per_step.values()), 0.0)
-    layout = "channels-last" if channels_last else "contiguous"
-    common = dict(model=label, layout=layout, step_ms=wall_ms, unprofiled_step_ms=unprofiled * 1e3)
+    layout = "now: channels-last" if channels_last else "before: contiguous"
+    common = dict(
+        model=label,
+        layout=layout,
+        step_ms=wall_ms,
+        unprofiled_step_ms=unprofiled * 1e3 / steps,
+        cpu_ms=cpu * 1e3 / steps,
+    )
     rows = [dict(common, category=c, ms=per_step[c], fraction=per_step[c] / wall_ms) for c in CATEGORIES]
     top = sorted(by_op.items(), key=lambda kv: -kv[1])[:5]
     tops = [dict(common, rank=i + 1, op=op, ms=ms, fraction=ms / wall_ms) for i, (op, ms) in enumerate(top)]
@@ -156,6 +165,18 @@ def profile_step(label: str, channels_last: bool, steps: int, data_dir: str | No
 
 
 # ---------------------------------------------------------------- 2. the run
+
+
+def profile_step_apart(label: str, channels_last: bool, steps: int, threads: int, data_dir: str | None):
+    """:func:`profile_step` in a fresh process (each with glibc's malloc as it starts), so that one does not set
+    the next one's allocator."""
+    args = [label, str(int(channels_last)), str(steps), str(threads)]
+    cmd = [sys.executable, __file__, "--child-step", *args, "--data-dir", str(data_dir or "")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"the step profile of {label} failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["rows"], out["tops"]
 
 
 def _child(config_json: str, data_dir: str | None, t_spawn: float) -> None:
@@ -264,8 +285,9 @@ def render(folder: Path) -> str:
             r = step[(step.model == m) & (step.layout == lay) & (step.category == cat)].iloc[0]
             cells.append(f"{100 * r.fraction:.0f} %")
         lines.append(f"| {cat} | " + " | ".join(cells) + " |")
-    ms = [step[(step.model == m) & (step.layout == lay)].unprofiled_step_ms.iloc[0] for m, lay in cols]
-    lines.append("| **ms per step** (unprofiled) | " + " | ".join(f"**{v:.1f}**" for v in ms) + " |")
+    for column, label in (("unprofiled_step_ms", "**ms per step**, wall"), ("cpu_ms", "**ms per step**, CPU time")):
+        ms = [step[(step.model == m) & (step.layout == lay)][column].iloc[0] for m, lay in cols]
+        lines.append(f"| {label} (unprofiled) | " + " | ".join(f"**{v:.1f}**" for v in ms) + " |")
     lines += ["", "**Top five ops** by own time, ms per step (% of the step):", ""]
     lines.append("| model | layout | 1 | 2 | 3 | 4 | 5 |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -316,11 +338,19 @@ def main() -> None:
     p.add_argument("--docs", type=Path, help="replace the profile block of this markdown file (needs --out)")
     p.add_argument("--note", default="", help="a note on the conditions, printed with the tables")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-step", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         return _child(a.child, a.data_dir or None, a.t0)
     import torch
+
+    if a.child_step:
+        label, last, n, threads = a.child_step
+        torch.set_num_threads(int(threads))
+        rows, tops = profile_step(label, bool(int(last)), int(n), a.data_dir or None)
+        print(json.dumps({"rows": rows, "tops": tops}))
+        return None
 
     from resgrad.train import device_name
 
@@ -330,10 +360,12 @@ def main() -> None:
     if a.skip != "1":
         for label in a.models:
             for channels_last in (False, True):
-                rows, tops = profile_step(label, channels_last, steps, a.data_dir)
+                rows, tops = profile_step_apart(label, channels_last, steps, a.threads, a.data_dir)
                 step_rows += rows
                 top_rows += tops
-                print(f"1. {label}, {rows[0]['layout']}: {rows[0]['unprofiled_step_ms']:.1f} ms per step", flush=True)
+                r = rows[0]
+                ms, cpu = r["unprofiled_step_ms"], r["cpu_ms"]
+                print(f"1. {label}, {r['layout']}: {ms:.1f} ms per step ({cpu:.1f} CPU)", flush=True)
     if a.skip != "2":
         with tempfile.TemporaryDirectory() as tmp:
             paths = [("now", ROOT / "src")] + (
