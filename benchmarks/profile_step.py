@@ -181,7 +181,6 @@ def profile_step_apart(label: str, channels_last: bool, steps: int, threads: int
 
 def _child(config_json: str, data_dir: str | None, t_spawn: float) -> None:
     """In a fresh process: time the imports, then train the run twice with its phases timed; print JSON."""
-    t_imported0 = time.perf_counter()
     import torch  # noqa: F401
 
     import resgrad.rundir
@@ -190,15 +189,18 @@ def _child(config_json: str, data_dir: str | None, t_spawn: float) -> None:
     from resgrad.gradients import GradientRecorder
 
     startup = time.time() - t_spawn
+    startup_cpu = time.process_time()  # the interpreter's start and the imports
     spent: dict[str, float] = {}
+    cpu: dict[str, float] = {}
 
     def timed(name: str, fn):
         def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+                cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
 
         return wrapper
 
@@ -208,32 +210,34 @@ def _child(config_json: str, data_dir: str | None, t_spawn: float) -> None:
     GradientRecorder.end_step = timed("recording", GradientRecorder.end_step)
     GradientRecorder.to_frame = timed("frame", GradientRecorder.to_frame)
     config = TrainConfig.from_dict({**json.loads(config_json), "data_dir": data_dir})
-    out: dict[str, float] = {"start-up": startup, "imports_in_process": time.perf_counter() - t_imported0}
+    out: dict[str, dict[str, float]] = {"wall": {"start-up": startup}, "cpu": {"start-up": startup_cpu}}
     for run in (1, 2):
         spent.clear()
-        t0 = time.perf_counter()
+        cpu.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = resgrad.train.train(config, progress=False)
-        total = time.perf_counter() - t0
+        spent["total"], cpu["total"] = time.perf_counter() - t0, time.process_time() - c0
         with tempfile.TemporaryDirectory() as tmp:
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             resgrad.rundir.save_run(result, Path(tmp) / "run")
-            saving = time.perf_counter() - t1
-        if run == 1:
-            out["data (1st run)"] = spent.get("data", 0.0)
-            continue
-        out["data (2nd run)"] = spent.get("data", 0.0)
-        recording = spent.get("recording", 0.0) + spent.get("frame", 0.0)
-        out.update(
-            {
-                "model": spent.get("model", 0.0),
-                "steps": spent.get("steps", 0.0) - spent.get("recording", 0.0),
-                "recording": recording,
-                "evaluation": spent.get("evaluation", 0.0),
-                "saving": saving,
-                "rest": total - sum(spent.get(k, 0.0) for k in ("data", "model", "steps", "evaluation", "frame")),
-                "final_test_acc": result.summary["final_test_acc"],
-            }
-        )
+            spent["saving"], cpu["saving"] = time.perf_counter() - t1, time.process_time() - c1
+        for kind, got in (("wall", spent), ("cpu", cpu)):
+            phases = out[kind]
+            if run == 1:
+                phases["data (1st run)"] = got.get("data", 0.0)
+                continue
+            parts = ("data", "model", "steps", "evaluation", "frame")
+            phases.update(
+                {
+                    "data (2nd run)": got.get("data", 0.0),
+                    "model": got.get("model", 0.0),
+                    "steps": got.get("steps", 0.0) - got.get("recording", 0.0),
+                    "recording": got.get("recording", 0.0) + got.get("frame", 0.0),
+                    "evaluation": got.get("evaluation", 0.0),
+                    "saving": got["saving"],
+                    "rest": got["total"] - sum(got.get(k, 0.0) for k in parts),
+                }
+            )
     print(json.dumps(out))
 
 
@@ -253,11 +257,8 @@ def profile_run(label: str, path: str, src: Path, threads: int, steps: int, data
     if proc.returncode:
         raise RuntimeError(f"the run profile of {label} ({path}) failed:\n{proc.stderr[-3000:]}")
     phases = json.loads(proc.stdout.strip().splitlines()[-1])
-    total = sum(phases[p] for p in PHASES if p != "data (1st run)")
-    return [
-        dict(model=label, path=path, steps=steps, phase=p, seconds=phases[p], fraction=phases[p] / total)
-        for p in PHASES
-    ]
+    wall, cpu = phases["wall"], phases["cpu"]
+    return [dict(model=label, path=path, steps=steps, phase=p, seconds=wall[p], cpu_seconds=cpu[p]) for p in PHASES]
 
 
 # ---------------------------------------------------------------- tables
@@ -298,19 +299,25 @@ def render(folder: Path) -> str:
     lines += [
         "",
         f"**The run** ({steps} steps of 64, test on 2,000 images every 50 steps, trained twice in one process as a "
-        "warm sweep worker does): seconds per phase of the second run (start-up is the process's).",
+        "warm sweep worker does): seconds per phase of the second run, wall / CPU time (start-up is the process's: "
+        "the interpreter and the imports). The recorder's hooks run inside the steps; recording is `end_step` and "
+        "the frame.",
         "",
     ]
     paths = [(m, p) for m, p in run[["model", "path"]].drop_duplicates().itertuples(index=False)]
     lines.append("| | " + " | ".join(f"{m}, {p}" for m, p in paths) + " |")
     lines.append("|---|" + "---:|" * len(paths))
     for phase in PHASES:
-        cells = [
-            f"{run[(run.model == m) & (run.path == p) & (run.phase == phase)].seconds.iloc[0]:.1f}" for m, p in paths
-        ]
+        cells = []
+        for m, p in paths:
+            r = run[(run.model == m) & (run.path == p) & (run.phase == phase)].iloc[0]
+            cells.append(f"{r.seconds:.1f} / {r.cpu_seconds:.1f}")
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
-    totals = [run[(run.model == m) & (run.path == p) & (run.phase != "data (1st run)")].seconds.sum() for m, p in paths]
-    lines.append("| **a warm worker's run** | " + " | ".join(f"**{t:.1f}**" for t in totals) + " |")
+    cells = []
+    for m, p in paths:
+        later = run[(run.model == m) & (run.path == p) & ~run.phase.isin(["start-up", "data (1st run)"])]
+        cells.append(f"**{later.seconds.sum():.1f} / {later.cpu_seconds.sum():.1f}**")
+    lines.append("| **a warm worker's later run** | " + " | ".join(cells) + " |")
     lines.append(END)
     return "\n".join(lines)
 
@@ -371,8 +378,8 @@ def main() -> None:
             paths = [("now", ROOT / "src")] + (
                 [] if a.no_before else [(f"before ({a.before})", _source(a.before, Path(tmp)))]
             )
-            for label in a.models:
-                for path, src in paths:
+            for i, label in enumerate(a.models):
+                for path, src in paths if i % 2 == 0 else paths[::-1]:  # alternating, so that drift hits both
                     rows = profile_run(label, path, src, a.threads, run_steps, a.data_dir)
                     run_rows += rows
                     print(

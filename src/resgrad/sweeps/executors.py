@@ -177,7 +177,7 @@ def _run_pool(configs: list[TrainConfig], workers: int, threads: int) -> Iterato
         while fresh or again or any(w.held for w in pool):
             busy = sum(w.held is not None for w in pool)
             if fresh or (again and not busy):  # hand out runs: fresh ones on every worker, a retried one alone
-                want = min(workers, len(fresh)) if fresh else 1
+                want = min(workers, busy + len(fresh)) if fresh else 1  # also in place of a worker that died
                 while len(pool) < want:
                     pool.append(_Worker(context, threads))
                 for worker in pool:
