@@ -1,4 +1,4 @@
-"""The faster paths against the eager float32 contiguous step, over 100 steps: losses and every recorded norm.
+"""The faster paths against the eager float32 contiguous step over 100 steps (losses, every recorded norm); evaluation.
 
 The tolerances are those docs/performance.md states. Without batch norm, channels-last and
 compiled steps round differently in the last bits only: 1e-5 relative (measured: <= 6e-7).
@@ -20,9 +20,11 @@ import pandas as pd
 import pytest
 import torch
 
-from resgrad.compute import bfloat16_is_native, keep_freed_memory
+from resgrad.compute import EVAL_BATCH, bfloat16_is_native, evaluate, keep_freed_memory
 from resgrad.config import TrainConfig
+from resgrad.data import load_split
 from resgrad.errors import UsageError
+from resgrad.models import build_model
 from resgrad.records import QUANTITIES
 from resgrad.rundir import RunResult
 from resgrad.train import train
@@ -149,3 +151,17 @@ def test_kept_freed_memory_takes_the_page_faults_out_of_cpu_steps() -> None:
         out = subprocess.run([sys.executable, "-c", STEPS_FAULTS, mode], capture_output=True, text=True, check=True)
         faults[mode] = float(out.stdout.split()[-1])
     assert faults["keep"] < 0.1 * faults["default"], faults  # measured: 0-115 vs 2,800-4,500 a step
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_evaluation_in_batches_of_250_gives_the_numbers_of_batches_of_1000(data_dir: Path, norm: str) -> None:
+    """The CPU's evaluation batch went from 1,000 to 250 images: the same predictions, the loss summed in another order."""
+    torch.manual_seed(0)
+    model = build_model("residual", 8, width=4, norm=norm)
+    test = load_split(False, data_dir, 2000)
+    for channels_last in (False, True):
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        before = evaluate(model, test, 1000, channels_last=channels_last)
+        now = evaluate(model, test, EVAL_BATCH["cpu"], channels_last=channels_last)
+        assert now[1] == before[1] and now[0] == pytest.approx(before[0], rel=1e-6)
