@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RESGRAD := $(VENV)/bin/resgrad
 SHARED_MNIST := ../shared/data/MNIST
 
-.PHONY: setup demo test test-fast lint format results results-lesion results-landscape results-docs data clean
+.PHONY: setup demo test test-fast lint format results results-lesion results-landscape results-docs profile bf16 perf-goals data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,21 @@ results-landscape: setup data
 	results/record.sh results/landscape $(RESGRAD) landscape results/lesion --out results/landscape \
 		--threads 2 --device cpu --quiet
 	$(PY) results/make_docs.py
+
+# CPU performance (docs/performance.md): run these on a quiet machine, nothing else running.
+# `make profile`: where a step's and a sweep run's time goes (about 30 minutes on 2 cores);
+# `make bf16`: what bfloat16 does to the recorded quantities and the curves (about 30 minutes);
+# `make perf-goals`: the ratios issue 23 set goals for, each measured side by side (about an hour).
+profile: setup data
+	$(PY) benchmarks/profile_step.py --threads 1 --run-steps 100 --out results/profile --docs docs/performance.md
+
+bf16: setup data
+	$(PY) benchmarks/bf16_effect.py --threads 1 --out results/bf16 --docs docs/performance.md
+
+perf-goals: setup data
+	$(PY) benchmarks/tutorial_vs_resgrad.py --skip 1 2 --pairs 5
+	$(PY) benchmarks/depth_sweep_speed.py
+	$(PY) benchmarks/recorder_overhead.py --rounds 10
 
 clean:
 	rm -rf runs .pytest_cache .benchmarks

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from depth_sweep_speed import run_comparison
 from sweep_scaling import run_scaling
-from tutorial_vs_resgrad import BATCH, ResgradSteps, compare_bench, compare_training
+from tutorial_vs_resgrad import BATCH, ResgradSteps, compare_bench, compare_end_to_end, compare_training
 
 from resgrad.config import TrainConfig
 from resgrad.data import load_split
@@ -100,4 +101,29 @@ def test_tutorial_vs_resgrad_bench_against_hand_timer_runs(benchmark) -> None:
     """Smoke test of comparison 2: `resgrad bench`'s median for one point against a hand-written Timer."""
     r = benchmark.pedantic(compare_bench, args=("residual", 8, 2, 2, torch.device("cpu"), 0.01, 1), rounds=1)
     assert len(r["bench_runs"]) == len(r["hand_runs"]) == 1
-    assert r["bench_ms"] > 0 and r["hand_ms"] > 0 and r["ratio"] > 0
+    assert r["bench_ms"] > 0 and r["hand_ms"] > 0
+    assert r["ratio"] == pytest.approx(r["bench_ms"] / r["hand_ms"])
+
+
+@pytest.mark.slow
+def test_tutorial_vs_resgrad_end_to_end_runs(benchmark, data_dir: Path) -> None:
+    """Comparison 0: whole processes, the tutorial's script against `resgrad train`, on 256 training images."""
+    r = benchmark.pedantic(compare_end_to_end, args=(1, 1, str(data_dir), 1, 256), rounds=1)
+    assert set(r["seconds"]) == {"tutorial", "resgrad", "resgrad_batch_64"}
+    assert all(len(v) == 1 and v[0] > 0 for v in r["seconds"].values())
+    assert r["ratio"] == pytest.approx(r["median_s"]["tutorial"] / r["median_s"]["resgrad"])
+
+
+@pytest.mark.slow
+def test_depth_sweep_speed_script_runs(benchmark, data_dir: Path) -> None:
+    """`python benchmarks/depth_sweep_speed.py` at toy size: the same grid by the code of a git ref and by today's."""
+    flags = ["--archs", "plain", "residual", "--depths", "8", "--norms", "none", "--widths", "2", "--steps", "2"]
+    flags += ["--train-subset", "64", "--test-subset", "32", "--record-every", "1", "--device", "cpu"]
+    flags += ["--workers", "1", "--threads", "1"]
+    r = benchmark.pedantic(
+        run_comparison, kwargs=dict(before_ref="HEAD", flags=flags, data_dir=str(data_dir), committed=None), rounds=1
+    )
+    assert set(r["seconds"]) == {"before", "now"} and r["ratios"]["now"] > 0
+    table = r["tables"]["now"]
+    assert len(table) == 2 and (table.status_before == "complete").all() and (table.status_now == "complete").all()
+    assert table.ok.all() and table.loc["residual"].d_ratio_first.notna().all()  # plain w2: a zero gradient (NaN)

@@ -1,7 +1,14 @@
-"""Two comparisons measured side by side in one process, printed as ratios.
+"""Three comparisons measured side by side, printed as ratios.
 
-    python benchmarks/tutorial_vs_resgrad.py                 # small defaults, ~1-2 minutes on 2 CPU cores
+    python benchmarks/tutorial_vs_resgrad.py                 # small defaults, ~4 minutes on 2 CPU cores
     python benchmarks/tutorial_vs_resgrad.py --steps 500 --repeats 5 --threads 2
+
+0. End to end, whole processes, float32: ``resgrad train --arch seed-residual --epochs 1``
+   (resgrad's defaults: batch 128, the recorder every 10 steps, one test pass, the run
+   folder written) against the tutorial's own script, ``benchmarks/tutorial_script.py``
+   (DataLoader, ToTensor, batch 64, one epoch, one test pass), in alternating pairs; the
+   median wall times give the ratio tutorial / resgrad (the goal: >= 2). resgrad with
+   the tutorial's batch of 64 is timed beside them, for the same work.
 
 1. resgrad's training step against the tutorial's original loop, same model
    (``seed-residual``), batch 64, SGD(lr=0.01, momentum=0.5), cross-entropy:
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import statistics
 import time
 
@@ -34,6 +42,7 @@ from torch import nn
 
 from resgrad.bench.config import BenchConfig
 from resgrad.bench.run import run_bench
+from resgrad.compute import keep_freed_memory, resolve_channels_last
 from resgrad.data import endless_batches, load_split, resolve_data_dir
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model
@@ -46,6 +55,54 @@ BATCH = 64
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------- 0. end to end
+
+
+def compare_end_to_end(
+    pairs: int, threads: int | None, data_dir: str | None, epochs: int = 1, images: int | None = None
+) -> dict[str, object]:
+    """Wall seconds of whole processes: the tutorial's script and ``resgrad train`` (default and batch 64), alternating.
+
+    ``images``: train on the first this many training images only (the test of this script).
+    """
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
+    data = str(resolve_data_dir(data_dir))
+    script = Path(__file__).with_name("tutorial_script.py")
+    commands = {
+        "tutorial": [sys.executable, str(script), data, str(epochs), *([str(images)] if images else [])],
+        "resgrad": [sys.executable, "-m", "resgrad", "train", "--arch", "seed-residual", "--epochs", str(epochs)],
+        "resgrad_batch_64": [
+            sys.executable, "-m", "resgrad", "train", "--arch", "seed-residual", "--epochs", str(epochs),
+            "--batch-size", "64",
+        ],
+    }  # fmt: skip
+    seconds: dict[str, list[float]] = {name: [] for name in commands}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(pairs):
+            order = list(commands) if i % 2 == 0 else list(reversed(commands))  # alternating, so drift hits all
+            for name in order:
+                cmd = commands[name]
+                if name != "tutorial":
+                    cmd = [*cmd, "--data-dir", data, "--device", "cpu", "--quiet", "--out", f"{tmp}/{name}-{i}"]
+                    cmd += ["--train-subset", str(images)] if images else []
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+                seconds[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(v) for name, v in seconds.items()}
+    return {
+        "seconds": seconds,
+        "median_s": med,
+        "ratio": med["tutorial"] / med["resgrad"],
+        "ratio_batch_64": med["tutorial"] / med["resgrad_batch_64"],
+        "paired": [t / r for t, r in zip(seconds["tutorial"], seconds["resgrad"])],
+    }
 
 
 # ---------------------------------------------------------------- 1. the tutorial's loop
@@ -91,6 +148,12 @@ class ResgradSteps:
     def __init__(
         self, split, model: nn.Module, device: torch.device, recorder: GradientRecorder | None, seed: int = 0
     ) -> None:
+        # As resgrad.train by default: channels-last on the CPU (model and batches), contiguous on CUDA.
+        self.channels_last = resolve_channels_last(None, device)
+        if device.type == "cpu":
+            keep_freed_memory()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.split, self.model, self.device, self.recorder = split, model, device, recorder
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
         self.batches = endless_batches(len(split), BATCH, seed)
@@ -108,7 +171,7 @@ class ResgradSteps:
             epoch, idx = next(self.batches)
             idx = idx.to(device, non_blocking=True)
             x, y = split.images[idx], split.labels[idx]
-            losses[i] = train_step(model, opt, x, y, rec, self.step, epoch)
+            losses[i] = train_step(model, opt, x, y, rec, self.step, epoch, channels_last=self.channels_last)
             if (i + 1) % self.check_every == 0 or i == steps - 1:
                 chunk = losses[checked : i + 1].cpu()
                 if not torch.isfinite(chunk).all():
@@ -215,7 +278,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150, help="1: training steps per repeat and loop (default: 150)")
     p.add_argument("--repeats", type=int, default=3, help="alternating repeats of each comparison (default: 3)")
     p.add_argument("--no-recorder", action="store_true", help="1: resgrad's step without gradient recording")
-    p.add_argument("--skip", choices=["1", "2"], help="leave one comparison out")
+    p.add_argument("--skip", nargs="+", default=[], choices=["0", "1", "2"], help="leave these comparisons out")
+    p.add_argument("--pairs", type=int, default=3, help="0: alternating pairs of whole processes (default: 3)")
+    p.add_argument("--epochs", type=int, default=1, help="0: epochs of each process (default: 1)")
     p.add_argument("--arch", default="residual", help="2: the point (default: residual)")
     p.add_argument("--depth", type=int, default=20, help="2: (default: 20)")
     p.add_argument("--width", type=int, default=16, help="2: (default: 16)")
@@ -227,7 +292,22 @@ def main() -> None:
     device = torch.device(a.device)
     where = f"{a.device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
-    if a.skip != "1":
+    if "0" not in a.skip:
+        r = compare_end_to_end(a.pairs, a.threads, a.data_dir, a.epochs)
+        med = r["median_s"]
+        print(f"0. end to end, whole processes, float32, {a.epochs} epoch(s), {a.pairs} alternating pairs, {where}")
+        for name, label in (
+            ("tutorial", "tutorial's script (DataLoader, ToTensor, batch 64):"),
+            ("resgrad", "resgrad train --arch seed-residual (defaults):"),
+            ("resgrad_batch_64", "resgrad train ... --batch-size 64:"),
+        ):
+            runs = ", ".join(f"{v:.1f}" for v in r["seconds"][name])
+            print(f"   {label:<52} {med[name]:6.1f} s  (runs: {runs})")
+        print(
+            f"   ratio tutorial / resgrad: {r['ratio']:.2f}x  (goal: >= 2x; per pair: "
+            f"{', '.join(f'{v:.2f}' for v in r['paired'])}); with batch 64: {r['ratio_batch_64']:.2f}x"
+        )
+    if "1" not in a.skip:
         r = compare_training(a.steps, a.repeats, device, a.data_dir, recorder=not a.no_recorder)
         print(
             f"1. training step, seed-residual, batch {BATCH}, {a.steps} steps x {a.repeats} alternating repeats, "
@@ -253,7 +333,7 @@ def main() -> None:
             f"   one-off set-up, not timed above: tutorial MNIST dataset {r['setup_tutorial_s']:.2f} s, "
             f"resgrad load_split {r['setup_resgrad_s']:.2f} s"
         )
-    if a.skip != "2":
+    if "2" not in a.skip:
         r = compare_bench(a.arch, a.depth, a.width, a.batch_size, device, a.min_run_time, a.repeats)
         print(
             f"2. resgrad bench vs a hand-written torch.utils.benchmark Timer: "

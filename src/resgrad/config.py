@@ -176,8 +176,19 @@ class TrainConfig:
         group="speed",
         choices=DTYPES,
     )
-    channels_last: bool = option(
-        False, "model and batches in channels-last memory format (faster convolutions on recent GPUs)", group="speed"
+    channels_last: bool | None = option(
+        None,
+        "model and batches in channels-last memory format; default (auto): on the CPU, where oneDNN's "
+        "convolutions run faster in it (the same numbers up to float rounding), off on CUDA",
+        group="speed",
+        id_default=False,  # what runs made before this default did: their ids and folders stay
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the model (inductor; on the CPU it needs a C++ compiler): the first full-size step "
+        "waits for the compilation, tens of seconds per model shape; recorded steps, an epoch's last, "
+        "smaller batch and evaluation run eagerly",
+        group="speed",
     )
     cuda_graphs: str = option(
         "auto",
@@ -244,23 +255,27 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config a ``config.json`` holds; fields it lacks (older runs) take their defaults."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        """The config a ``config.json`` holds; fields it lacks (older runs) take what those runs did (``id_default``)."""
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(d) - {f.name for f in fields})
         if unknown:
-            raise UsageError(f"unknown config option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}.")
-        return cls(**d)
+            allowed = ", ".join(sorted(f.name for f in fields))
+            raise UsageError(f"unknown config option(s) {', '.join(unknown)}; allowed: {allowed}.")
+        older = {f.name: f.metadata["id_default"] for f in fields if f.name not in d and "id_default" in f.metadata}
+        return cls(**older, **d)
 
     def run_id(self) -> str:
         """Readable and stable: ``residual-d56-w16-s0-3f9c1a``.
 
         The hash covers every field that changes the numbers: the first release's
-        fields always, later fields only where they differ from their defaults.
+        fields always, later fields only where they differ from what runs made before
+        them did (their ``id_default``: the default they were added with).
         """
         key = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.metadata.get("in_id", True) and (f.name in self.ID_FIELDS_V1 or getattr(self, f.name) != f.default)
+            if f.metadata.get("in_id", True)
+            and (f.name in self.ID_FIELDS_V1 or getattr(self, f.name) != f.metadata.get("id_default", f.default))
         }
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
         shape = "" if self.arch in FIXED_ARCHS else f"-d{self.depth}-w{self.width}"

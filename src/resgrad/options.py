@@ -43,6 +43,7 @@ def option(
     grid: list[Any] | None = None,
     facet: bool = False,
     in_id: bool = True,
+    id_default: Any = dataclasses.MISSING,
     model: bool = False,
     metavar: str | None = None,
     alone: tuple[Any, ...] | None = None,
@@ -62,6 +63,9 @@ def option(
         grid: the sweep's default list for an axis (default: ``[default]``).
         facet: reports draw one panel per value when a sweep varies it.
         in_id: False for options that do not change a run's numbers (threads, paths).
+        id_default: run options added after the first release only: the value that does what runs made
+            before the option existed did. The field enters the run id only when it differs from this
+            (default: ``default``), so a new default that changes the numbers changes new runs' ids only.
         model: ``build_model`` takes it as a keyword argument (see ``TrainConfig.model_kwargs``).
         metavar: the flag's placeholder in ``--help``.
         alone: the values a list flag given with none stands for.
@@ -81,6 +85,7 @@ def option(
         grid=grid,
         facet=facet,
         in_id=in_id,
+        id_default=default if id_default is dataclasses.MISSING else id_default,
         model=model,
         metavar=metavar,
         alone=alone,

@@ -42,6 +42,8 @@ SUMMARY_KEYS = (
     "device",
     "device_name",
     "cuda_graphs",
+    "channels_last",
+    "compile_seconds",
     "threads",
     "python_version",
     "torch_version",

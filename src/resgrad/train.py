@@ -7,7 +7,6 @@ all; :func:`load_model` rebuilds the trained model from such a folder.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -18,7 +17,6 @@ import platform
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -26,9 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from resgrad import __version__
-from resgrad.config import DTYPES, TrainConfig
+from resgrad.compute import (
+    EVAL_BATCH,
+    autocast,
+    check_compile,
+    check_dtype_speed,
+    compile_model,
+    evaluate,
+    keep_freed_memory,
+    resolve_channels_last,
+)
+from resgrad.config import TrainConfig
 from resgrad.cudagraph import GraphedTrainStep, resolve_cuda_graphs
-from resgrad.data import Split, endless_batches, load_split
+from resgrad.data import endless_batches, load_split
 from resgrad.errors import UsageError, check_choice
 from resgrad.gradients import GradientRecorder
 from resgrad.models import build_model, count_params
@@ -39,9 +47,6 @@ from resgrad.schedules import every, log_spaced
 
 log = logging.getLogger(__name__)
 
-# Images per evaluation batch: on a GPU a few large batches, so that evaluating does not dominate a graphed run.
-EVAL_BATCH = {"cpu": 1000, "cuda": 5000}
-
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for an absent CUDA is a usage error."""
@@ -51,18 +56,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("device 'cuda' was asked for but torch sees no CUDA device here; use --device cpu or auto.")
     return torch.device(name)
-
-
-def autocast(device_type: str, dtype: str) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` to bfloat16 on ``device_type``, or nothing for float32.
-
-    The cast cache is off: each weight is cast once per forward anyway, and the cache
-    is unsafe under CUDA-graph capture (see torch.cuda.make_graphed_callables).
-    """
-    check_choice("dtype", dtype, DTYPES)
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def device_name(device: torch.device) -> str:
@@ -76,28 +69,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, split: Split, batch_size: int = 1000, dtype: str = "float32", channels_last: bool = False
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode, in the run's dtype and memory format."""
-    was_training = model.training
-    model.eval()
-    device = split.images.device
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in zip(split.images.split(batch_size), split.labels.split(batch_size)):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device.type, dtype):
-            logits = model(x)
-            total_loss += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
-    n = len(split)
-    return total_loss.item() / n, correct.item() / n
 
 
 def train_step(
@@ -197,7 +168,15 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
 
     config = config.validate()
     device = resolve_device(config.device)
-    graphs = resolve_cuda_graphs(config.cuda_graphs, device)
+    # Compiled code and CUDA graphs do not mix: auto leaves graphs out of a compiled run.
+    graphs = resolve_cuda_graphs(config.cuda_graphs, device) and not (config.compile and config.cuda_graphs == "auto")
+    if graphs and config.compile:
+        raise UsageError("--compile and --cuda-graphs on do not mix; drop one of them.")
+    channels_last = resolve_channels_last(config.channels_last, device)
+    check_compile(config.compile, device)
+    check_dtype_speed(config.dtype, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for the activations each step allocates again
     if config.threads:
         torch.set_num_threads(config.threads)
     t_start = time.perf_counter()
@@ -205,9 +184,11 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     test_set = load_split(False, config.data_dir, config.test_subset, device)
 
     model = initial_model(config).to(device)
-    if config.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(config, model.parameters(), capturable=graphs)
+    compiled = compile_model(model) if config.compile else None
+    compile_seconds = None
 
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total = config.steps or (config.epochs or 1) * steps_per_epoch
@@ -234,7 +215,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
         if graphs:  # the capture logic lives apart; the CPU path never enters it
             graphed = GraphedTrainStep(
                 functools.partial(
-                    train_step, model, opt, recorder=rec, dtype=config.dtype, channels_last=config.channels_last
+                    train_step, model, opt, recorder=rec, dtype=config.dtype, channels_last=channels_last
                 ),
                 train_set.images,
                 train_set.labels,
@@ -253,7 +234,14 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
             else:  # on the CPU; under CUDA graphs, an epoch's last, smaller batch
                 idx = idx.to(device, non_blocking=True)
                 x, y = train_set.images[idx], train_set.labels[idx]
-                losses[step] = train_step(model, opt, x, y, rec, step, epoch, config.dtype, config.channels_last)
+                # Compiled: full-size batches of steps the recorder leaves out (its hooks see eager modules only).
+                eager = compiled is None or step == 0 or schedule(step) or len(idx) != config.batch_size
+                t_step = time.perf_counter()
+                losses[step] = train_step(
+                    model if eager else compiled, opt, x, y, rec, step, epoch, config.dtype, channels_last
+                )
+                if not eager and compile_seconds is None:  # the first compiled step: mostly compilation
+                    compile_seconds = time.perf_counter() - t_step
             bar.update()
             # 3. divergence check and evaluation
             do_eval = (step + 1) % eval_every == 0 or step == total - 1
@@ -267,9 +255,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
                 bar.set_postfix(loss=f"{chunk[-1].item():.4f}", refresh=False)
             if do_eval:
                 train_seconds += time.perf_counter() - t_loop
-                test_loss, test_acc = evaluate(
-                    model, test_set, EVAL_BATCH[device.type], config.dtype, config.channels_last
-                )
+                test_loss, test_acc = evaluate(model, test_set, EVAL_BATCH[device.type], config.dtype, channels_last)
                 evals.append((step, test_loss, test_acc))
                 t_loop = time.perf_counter()
         train_seconds += time.perf_counter() - t_loop
@@ -307,6 +293,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
         "device": device.type,
         "device_name": device_name(device),
         "cuda_graphs": graphs,
+        "channels_last": channels_last,
+        "compile_seconds": compile_seconds,
         "threads": torch.get_num_threads(),
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,

@@ -7,6 +7,8 @@ import hashlib
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,9 @@ from helpers import mnist_copy, one_sentence, run_cli, tiny_run
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
+import resgrad.data
 from resgrad.config import TrainConfig
-from resgrad.data import IDX_MD5, MNIST_FILES, DataError, batches, load_split, resolve_data_dir
+from resgrad.data import IDX_MD5, MNIST_FILES, MNIST_MD5, DataError, batches, load_split, resolve_data_dir
 from resgrad.train import train
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -158,3 +161,41 @@ def test_an_unpacked_file_with_mnists_header_and_size_but_other_bytes_is_named_b
     assert not (tmp_path / "run").exists()
     with pytest.raises(DataError, match="not that of the official file"):
         load_split("train" in name, tmp_path / "data", subset=10)
+
+
+def test_a_process_reads_a_split_once_and_again_when_its_files_change(data_dir: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:  # the unpacked files only
+        shutil.copyfile(data_dir / "MNIST" / "raw" / name.removesuffix(".gz"), raw / name.removesuffix(".gz"))
+    first = load_split(False, tmp_path)
+    reads = []
+    real = resgrad.data._mnist
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(resgrad.data, "_mnist", lambda *a: reads.append(a) or real(*a))
+        again = load_split(False, tmp_path, subset=500)
+        assert reads == []  # from memory: neither torchvision nor the checks ran
+        assert torch.equal(again.images, first.images[:500]) and torch.equal(again.labels, first.labels[:500])
+        again.labels.zero_()  # each call's tensors are its own: the next call is not changed by this
+        assert torch.equal(load_split(False, tmp_path, subset=500).labels, first.labels[:500])
+        # A file that changed is read and checked again: here a damaged one is refused.
+        labels = raw / "t10k-labels-idx1-ubyte"
+        labels.write_bytes(labels.read_bytes()[:-1])
+        with pytest.raises(DataError, match="is damaged"):
+            load_split(False, tmp_path)
+        assert len(reads) == 1
+
+
+def test_the_md5_sums_are_torchvisions() -> None:
+    assert MNIST_MD5 == dict(MNIST.resources)
+
+
+def test_present_files_are_read_without_importing_torchvision(data_dir: Path) -> None:
+    """torchvision's import costs about what torch's does: a run on present files goes without it."""
+    code = (
+        "import sys; from resgrad.data import load_split; "
+        f"s = load_split(False, {str(data_dir)!r}, 10); load_split(True, {str(data_dir)!r}, 10); "
+        "print(len(s), 'torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["10", "False"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,13 +25,27 @@ from resgrad.train import train, train_step
 SMALL = dict(depth=8, width=4, train_subset=512, test_subset=200, threads=1, batch_size=32)
 
 
-def test_default_run_ids_are_those_of_before_the_new_fields():
+def test_run_ids_of_runs_made_before_the_new_fields_stay():
     # Ids computed before dtype, channels_last and cuda_graphs existed: a committed folder keeps its name.
-    assert TrainConfig().run_id() == "residual-d20-w16-s0-ca9c6f"
-    assert TrainConfig(arch="seed-residual").validate().run_id() == "seed-residual-s0-a57248"
-    assert TrainConfig(cuda_graphs="on").run_id() == TrainConfig(cuda_graphs="off").run_id() == TrainConfig().run_id()
-    ids = {TrainConfig().run_id(), TrainConfig(dtype="bfloat16").run_id(), TrainConfig(channels_last=True).run_id()}
-    assert len(ids) == 3  # what changes the numbers changes the id
+    # Runs made then were contiguous: channels_last=False, which a config.json without the key also means.
+    before = TrainConfig(channels_last=False)
+    assert before.run_id() == "residual-d20-w16-s0-ca9c6f"
+    seed = dataclasses.replace(before, arch="seed-residual").validate()
+    assert seed.run_id() == "seed-residual-s0-a57248"
+    old_json = {k: v for k, v in before.to_dict().items() if k not in ("dtype", "channels_last", "cuda_graphs")}
+    assert TrainConfig.from_dict(old_json) == before
+    graphs = {dataclasses.replace(before, cuda_graphs=mode).run_id() for mode in ("on", "off", "auto")}
+    assert graphs == {before.run_id()}
+    # What changes the numbers changes the id: bfloat16, channels-last, and the automatic memory format
+    # (channels-last on the CPU), today's default, differ from the contiguous runs of before.
+    ids = {
+        before.run_id(),
+        TrainConfig(channels_last=False, dtype="bfloat16").run_id(),
+        TrainConfig(channels_last=True).run_id(),
+        TrainConfig().run_id(),
+        TrainConfig(channels_last=False, compile=True).run_id(),
+    }
+    assert len(ids) == 5
 
 
 @pytest.mark.parametrize(
@@ -165,7 +180,7 @@ def test_bfloat16_norms_are_float32_exact_against_float64_of_the_same_gradients(
     assert len(weights) == 14 and len(signal) == 6
 
 
-def test_channels_last_on_cpu_gives_the_numbers_of_contiguous(data_dir: Path, monkeypatch) -> None:
+def test_channels_last_the_cpu_default_gives_the_numbers_of_contiguous(data_dir: Path, monkeypatch) -> None:
     formats: list[bool] = []  # whether the input of the second conv was in channels-last layout
 
     def watched(*args, **kwargs):
@@ -182,11 +197,11 @@ def test_channels_last_on_cpu_gives_the_numbers_of_contiguous(data_dir: Path, mo
     # No batch norm: its backward subtracts nearly equal terms, which magnifies the last-bit differences of
     # the two layouts' conv kernels in the weight gradients before it (to ~1e-3 in a few steps).
     base = dict(arch="residual", norm="none", steps=12, record_every=3, data_dir=str(data_dir), **SMALL)
-    contiguous = train(TrainConfig(**base), progress=False)
-    assert formats and not any(formats)
+    contiguous = train(TrainConfig(**base, channels_last=False), progress=False)
+    assert formats and not any(formats) and contiguous.summary["channels_last"] is False
     formats.clear()
-    last = train(TrainConfig(**base, channels_last=True), progress=False)
-    assert formats and all(formats)
+    last = train(TrainConfig(**base), progress=False)  # by default (auto): channels-last on the CPU
+    assert formats and all(formats) and last.summary["channels_last"] is True
     np.testing.assert_allclose(last.metrics.train_loss, contiguous.metrics.train_loss, rtol=1e-5)
     np.testing.assert_allclose(last.metrics.test_loss.dropna(), contiguous.metrics.test_loss.dropna(), rtol=1e-5)
     pd.testing.assert_frame_equal(last.grad_norms.drop(columns="norm"), contiguous.grad_norms.drop(columns="norm"))

@@ -30,7 +30,9 @@ def test_short_run_on_real_mnist_lowers_the_loss(data_dir: Path) -> None:
     assert loss[-10:].mean() < 0.8 * loss[:10].mean()
     evals = result.metrics.dropna(subset=["test_acc"])
     assert evals.step.tolist() == [19, 39, 59]
-    assert evals.test_acc.iloc[-1] > 0.3  # far above the 0.1 of chance
+    # Far above the 0.1 of chance. After 60 steps the accuracy is noisy: 0.26-0.43 over seeds 0-2 and both
+    # memory formats, which round differently and so take this chaotic start (lr 0.05, momentum 0.9) apart.
+    assert evals.test_acc.iloc[-1] > 0.2
     assert result.summary["final_test_acc"] == evals.test_acc.iloc[-1]
 
 

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from resgrad.bench.config import MODES
+from resgrad.compute import autocast
 from resgrad.config import DTYPES as DTYPE_NAMES
 from resgrad.errors import check_choice, oom_cause
-from resgrad.train import autocast, train_step
+from resgrad.train import train_step
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Side of the square matmul that measures a device's peak: big enough to reach it, small enough to be quick.

@@ -56,8 +56,8 @@ def _argument(cls: type, name: str, axis: bool, help_text: str | None) -> dict[s
     text = help_text or meta["help"]
     kw: dict[str, Any] = {"dest": meta["axis"] if axis else name, "default": None}
     kind = options.kind(cls, name)
-    if kind is bool:
-        kw["action"] = "store_true"
+    if kind is bool:  # off by default: --flag; on or automatic by default: --flag and --no-flag
+        kw["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
     else:
         kw["type"] = whole_number if kind is int else float if kind is float else str
         kw["metavar"] = meta["metavar"] or kw["dest"].upper().replace("_", "-")

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from resgrad.compute import evaluate
 from resgrad.data import Split, load_split
 from resgrad.errors import UsageError
 from resgrad.experiments.saved import saved_runs, usable_runs
@@ -33,7 +34,7 @@ from resgrad.models import Block, blocks
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
 from resgrad.progress import Progress
 from resgrad.report.lesion import COLUMNS, lesion_figures
-from resgrad.train import evaluate, load_model, resolve_device
+from resgrad.train import load_model, resolve_device
 
 log = logging.getLogger(__name__)
 

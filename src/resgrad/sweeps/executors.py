@@ -6,6 +6,7 @@ or a :class:`RunFailure` for a run that raised); the driver (:mod:`resgrad.sweep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -13,11 +14,10 @@ import signal
 import threading
 import time
 import traceback
-from collections import Counter
-from collections.abc import Generator, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -70,34 +70,87 @@ def _one_line_error(exc: BaseException, with_location: bool = True) -> str:
     return text if len(text) <= 1000 else text[:997] + "..."
 
 
-# In a pool worker: the queue on which it tells the driver each run it starts (set by _init_worker).
-_announce: Any = None
+def _serve(conn: Connection, threads: int, parent_pid: int) -> None:
+    """A pool worker: train the runs the driver sends, one at a time, and send back each outcome; None ends it.
 
-
-def _init_worker(threads: int, parent_pid: int, announce: Any) -> None:
-    """Pool worker set-up: torch threads, the start queue, and exit when the driver is gone (e.g. SIGKILLed)."""
-    global _announce
-    _announce = announce
+    The worker is warm: torch is imported once, and MNIST read once (``resgrad.data`` keeps it),
+    for all the runs it serves. A run that raises or diverges is that run's outcome; the worker goes on.
+    """
     # Ctrl-C in a terminal reaches the whole process group: only the driver acts on it (it stops the
-    # workers). A worker dying of it would read as a crash, and the driver would start a new pool.
+    # workers). A worker dying of it would read as a crash, and the driver would start a new one.
+    # (The driver started this process with SIGINT ignored already: see _sigint_ignored.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     # tqdm's default lock holds a multiprocessing semaphore; a killed worker would leave it to the
     # resource tracker, which then warns of "leaked semaphore objects". Workers show no bar anyway.
     tqdm.set_lock(threading.RLock())
 
-    def watch() -> None:
+    def watch() -> None:  # exit when the driver is gone (e.g. SIGKILLed)
         while os.getppid() == parent_pid:
             time.sleep(1.0)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+    while True:
+        try:
+            config = conn.recv()
+        except EOFError:  # the driver is gone
+            return
+        if config is None:
+            return
+        outcome = _run_point(config)
+        try:
+            conn.send(outcome)
+        except Exception as exc:  # noqa: BLE001  (an outcome that cannot be sent is the run's failure)
+            conn.send(RunFailure(config, f"its result could not be sent back: {_one_line_error(exc, False)}"))
 
 
-def _run_announced(config: TrainConfig) -> Outcome:
-    """:func:`_run_point` in a pool worker, after telling the driver which run this worker now holds."""
-    _announce.put(config.run_id())
-    return _run_point(config)
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT meanwhile (in the main thread), so that a process started now ignores it from its first line.
+
+    Python keeps a SIGINT disposition its parent set; a worker still importing torch would
+    otherwise die of a Ctrl-C with a traceback before it could ignore it itself.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+class _Worker:
+    """A spawned process serving runs over its own pipe, and the run it holds (None when idle)."""
+
+    def __init__(self, context: Any, threads: int) -> None:
+        self.conn, child = context.Pipe()
+        # spawn, not fork: a forked child of a process that has started torch's threads can deadlock.
+        self.process = context.Process(target=_serve, args=(child, threads, os.getpid()), name="resgrad-worker")
+        with _sigint_ignored():
+            self.process.start()
+        child.close()
+        self.held: TrainConfig | None = None
+
+    def give(self, config: TrainConfig) -> None:
+        self.held = config
+        with contextlib.suppress(OSError):  # a worker that died meanwhile: its sentinel tells, and the run is its
+            self.conn.send(config)
+
+    def stop(self, now: bool) -> None:
+        """Let the worker end after its run (``now``: terminate it), then reap it."""
+        if now:
+            self.process.terminate()
+        else:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+        self.process.join(timeout=None if now else 10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
 
 
 # ---------------------------------------------------------------- executors
@@ -110,82 +163,64 @@ def _run_in_process(configs: list[TrainConfig], step_bar: bool) -> Iterator[Outc
 
 
 def _run_pool(configs: list[TrainConfig], workers: int, threads: int) -> Iterator[Outcome]:
-    """Run ``configs`` on ``workers`` processes; a pool broken by a dying worker is replaced and the sweep goes on.
+    """Run ``configs`` on up to ``workers`` warm processes, each serving one run at a time; yield outcomes as they end.
 
-    The runs that workers held when one died get a second chance after the others, one at a
-    time in a pool of one worker (so that a second death is the run's own); then they fail.
+    A worker that dies (killed, out of memory) takes only the run it held: the driver starts
+    a new worker in its place. That run gets a second chance after the others, alone (so that
+    a second death is the run's own, not memory that other runs took); then it fails.
     """
+    context = multiprocessing.get_context("spawn")
+    fresh, again = deque(configs), deque[TrainConfig]()
     deaths: Counter[str] = Counter()
-    todo = list(configs)
-    while todo:
-        fresh = [c for c in todo if not deaths[c.run_id()]]
-        batch, size = (fresh, workers) if fresh else (todo, 1)
-        later = [c for c in todo if deaths[c.run_id()]] if fresh else []
-        unfinished, held = yield from _pool_pass(batch, size, threads)
-        if not unfinished:
-            todo = later
-            continue
-        # Blame the runs a worker held; when none was held (a worker died before taking one), all left unfinished.
-        for config in [c for c in unfinished if c.run_id() in held] or unfinished:
-            deaths[config.run_id()] += 1
-        retry = [c for c in unfinished if deaths[c.run_id()] < MAX_WORKER_DEATHS]
-        log.warning(
-            "a worker process died (killed, or out of memory?) holding %s; %d unfinished run(s) go on in a new pool",
-            ", ".join(sorted(held)) or "no run",
-            len(retry),
-        )
-        for config in unfinished:
-            if deaths[config.run_id()] >= MAX_WORKER_DEATHS:
-                error = f"its worker process died {MAX_WORKER_DEATHS} times (killed, or out of memory?)"
-                yield RunFailure(config, error)
-        todo = retry + later
-
-
-def _pool_pass(
-    configs: list[TrainConfig], workers: int, threads: int
-) -> Generator[Outcome, None, tuple[list[TrainConfig], set[str]]]:
-    """Run ``configs`` in one process pool, yielding outcomes as runs finish.
-
-    Returns what a dying worker left unfinished (in ``configs`` order; nothing when the
-    pool finished) and the ids of the unfinished runs that a worker had started.
-    """
-    # spawn, not fork: a forked child of a process that has started torch's threads can deadlock.
-    spawn = multiprocessing.get_context("spawn")
-    announced = spawn.SimpleQueue()
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=spawn, initializer=_init_worker, initargs=(threads, os.getpid(), announced)
-    )
-    futures: dict[Future, TrainConfig] = {}
-    pending: set[Future] = set()
-    started: set[str] = set()
-    finished: set[str] = set()
+    pool: list[_Worker] = []
+    interrupted = True
     try:
-        for config in configs:
-            try:
-                fut = pool.submit(_run_announced, config)
-            except BrokenProcessPool:  # a worker died already: what is not submitted stays unfinished
-                break
-            futures[fut] = config
-            pending.add(fut)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            while not announced.empty():  # read as we go, so that the pipe never fills up
-                started.add(announced.get())
-            for fut in done:
-                if isinstance(fut.exception(), BrokenProcessPool):  # a worker died: every unfinished run lands here
-                    continue
-                finished.add(futures[fut].run_id())
-                yield fut.result()
-    finally:
-        if pending:  # interrupted: stop the workers now rather than wait for their runs
-            procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API for this
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                proc.terminate()
-        pool.shutdown(wait=True)
-        announced.close()
-    unfinished = [c for c in configs if c.run_id() not in finished]
-    return unfinished, started - finished
+        while fresh or again or any(w.held for w in pool):
+            busy = sum(w.held is not None for w in pool)
+            if fresh or (again and not busy):  # hand out runs: fresh ones on every worker, a retried one alone
+                want = min(workers, busy + len(fresh)) if fresh else 1  # also in place of a worker that died
+                while len(pool) < want:
+                    pool.append(_Worker(context, threads))
+                for worker in pool:
+                    if worker.held is None and (fresh or (again and not busy)):
+                        worker.give(fresh.popleft() if fresh else again.popleft())
+                        busy += 1
+            ready = set(wait([w.conn for w in pool] + [w.process.sentinel for w in pool]))
+            for worker in list(pool):
+                outcome = None
+                if worker.conn in ready:
+                    with contextlib.suppress(EOFError, OSError):  # nothing to read: the worker died
+                        outcome = worker.conn.recv()
+                if outcome is not None:
+                    worker.held = None
+                    yield outcome
+                elif worker.conn in ready or worker.process.sentinel in ready:
+                    pool.remove(worker)
+                    worker.stop(now=True)
+                    yield from _worker_died(worker.held, deaths, again, len(fresh) + len(again))
+        interrupted = False
+    finally:  # interrupted (Ctrl-C, or the consumer stopped): stop the workers now rather than wait for their runs
+        for worker in pool:
+            worker.stop(now=interrupted)
+
+
+def _worker_died(
+    held: TrainConfig | None, deaths: Counter[str], again: deque[TrainConfig], waiting: int
+) -> Iterator[Outcome]:
+    """Log a worker's death; the run it held goes to ``again``, or fails after its second death."""
+    if held is not None:
+        deaths[held.run_id()] += 1
+    failed = held is not None and deaths[held.run_id()] >= MAX_WORKER_DEATHS
+    log.warning(
+        "a worker process died (killed, or out of memory?) holding %s; %d unfinished run(s) go on, a new worker"
+        " in its place",
+        held.run_id() if held is not None else "no run",
+        waiting + (held is not None and not failed),
+    )
+    if failed:
+        yield RunFailure(held, f"its worker process died {MAX_WORKER_DEATHS} times (killed, or out of memory?)")
+    elif held is not None:
+        again.append(held)
 
 
 def _run_on_ray(config: TrainConfig) -> Outcome:

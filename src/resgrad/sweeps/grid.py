@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resgrad.config import TrainConfig, axes, check_value, default_grid, grid_options, run_keys
+from resgrad.config import FIELDS, TrainConfig, axes, check_value, default_grid, grid_options, run_keys
 from resgrad.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -28,6 +28,10 @@ DEFAULT_GRID: dict[str, list[Any]] = default_grid()  # for an axis the spec leav
 LIST_FLAGS = axes()  # CLI list flag and TOML key -> grid option (depths -> depth)
 RUN_KEYS = run_keys()  # one value for every run
 SWEEP_KEYS = ("out", "executor", "workers", "ray_address", "gpus_per_run")
+# Run options whose default changed after sweep folders were written, with the value those runs had
+# (channels_last: contiguous, before channels-last became the CPU's default). A sweep.json names
+# them always; one that does not was written before the change, and its runs had the old value.
+OLD_DEFAULTS = {name: f.metadata["id_default"] for name, f in FIELDS.items() if f.metadata["id_default"] != f.default}
 CONFIG_KEYS = (*LIST_FLAGS, *RUN_KEYS, *SWEEP_KEYS)
 
 
@@ -80,14 +84,21 @@ class SweepSpec:
         return list(configs.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"grid": {k: list(v) for k, v in self.grid.items()}, "fixed": dict(self.fixed)}
+        """``{"grid": ..., "fixed": ...}`` as ``sweep.json`` holds it: ``fixed`` names every option in ``OLD_DEFAULTS``."""
+        now = {name: FIELDS[name].default for name in OLD_DEFAULTS if name not in self.grid}
+        return {"grid": {k: list(v) for k, v in self.grid.items()}, "fixed": {**now, **self.fixed}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
-        """Read ``{"grid": ..., "fixed": ...}``; other keys (metadata) are ignored."""
+        """Read ``{"grid": ..., "fixed": ...}``; other keys (metadata) are ignored.
+
+        An option of ``OLD_DEFAULTS`` that ``fixed`` leaves out takes its old default: such a
+        ``sweep.json`` was written before that default changed.
+        """
         if not isinstance(d, dict) or not isinstance(d.get("grid"), dict) or not isinstance(d.get("fixed", {}), dict):
             raise UsageError("a sweep spec must be a mapping with a 'grid' mapping and an optional 'fixed' mapping.")
-        return cls(grid=dict(d["grid"]), fixed=dict(d.get("fixed", {})))
+        before = {name: value for name, value in OLD_DEFAULTS.items() if name not in d["grid"]}
+        return cls(grid=dict(d["grid"]), fixed={**before, **d.get("fixed", {})})
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from resgrad import __version__
+from resgrad.compute import check_compile
 from resgrad.config import TrainConfig
 from resgrad.cudagraph import resolve_cuda_graphs
 from resgrad.data import check_mnist, load_split, resolve_data_dir
@@ -118,8 +119,10 @@ def _for_workers(configs: list[TrainConfig], threads: int, remote: bool) -> list
 
 
 def _preflight(sample: TrainConfig) -> None:
-    """Catch what would fail every run (no or damaged MNIST, no CUDA) as one usage error, before writing anything."""
-    resolve_cuda_graphs(sample.cuda_graphs, resolve_device(sample.device))
+    """Catch what would fail every run (no or damaged MNIST, no CUDA, no compiler) as one usage error, before writing."""
+    device = resolve_device(sample.device)
+    resolve_cuda_graphs(sample.cuda_graphs, device)
+    check_compile(sample.compile, device)
     load_split(False, sample.data_dir, subset=1)  # downloads MNIST where it is missing and can be
     check_mnist(sample.data_dir, require=True)  # both splits, by MD5 and size, without loading them
 
