@@ -130,7 +130,7 @@ def test_a_run_trains_on_the_gpu_ray_assigned(gpu_ids: list[int], visible: str |
     [
         (["--executor", "ray", "--gpus-per-run", "1.5"], "a fraction up to 1 (runs share a GPU) or a whole number"),
         (["--executor", "ray", "--gpus-per-run", "-1"], "gpus-per-run must be 0, a fraction up to 1"),
-        (["--executor", "ray", "--gpus-per-run", "nan"], "gpus-per-run must be 0, a fraction up to 1"),
+        (["--executor", "ray", "--gpus-per-run", "nan"], "gpus-per-run must be a finite number, got nan."),
         (["--gpus-per-run", "1"], "--gpus-per-run only applies to --executor ray"),
     ],
 )

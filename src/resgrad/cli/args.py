@@ -82,8 +82,8 @@ def add_options(
     skip: Sequence[str] = (),
     titles: dict[str, str] | None = None,
     helps: dict[str, str] | None = None,
-) -> None:
-    """One flag per declared field of ``cls``, in ``--help`` sections by the fields' groups.
+) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per declared field of ``cls``, in ``--help`` sections by the fields' groups; return the sections.
 
     Every flag defaults to None ("not given"): :func:`config_from` leaves such a field at the
     class's default (or, in a sweep, at the ``--config`` file's value).
@@ -105,6 +105,7 @@ def add_options(
         group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         flag = "--" + f.metadata["axis"].replace("_", "-") if axis else options.flag(cls, name)
         group.add_argument(flag, **_argument(cls, name, axis, (helps or {}).get(name)))
+    return groups
 
 
 def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from resgrad.cli.args import add_options, config_from, examples, paragraph, positive_int
+from resgrad.cli.args import add_options, config_from, examples, paragraph
 from resgrad.errors import UsageError
 
 log = logging.getLogger("resgrad")
@@ -154,27 +154,10 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p, sweep=True)  # no defaults here: a flag left out can come from --config
-    g = p.add_argument_group("the sweep")
-    g.add_argument("--out", type=Path, metavar="DIR", help="the sweep folder (created, or resumed when it is one)")
+    from resgrad.sweeps.grid import SweepOptions
+
+    g = add_options(p, SweepOptions)["the sweep"]
     g.add_argument("--config", type=Path, metavar="FILE", help="a sweep TOML file, e.g. sweeps/example.toml")
-    g.add_argument("--executor", choices=["local", "ray"], help="local processes or Ray tasks (default: local)")
-    g.add_argument(
-        "--workers",
-        type=positive_int,
-        help="runs at a time; local: processes, 1 = in this process (default: 1); ray: CPUs of a local Ray",
-    )
-    g.add_argument(
-        "--ray-address",
-        metavar="ADDR",
-        help="a Ray cluster (e.g. auto, ray://host:10001); default: $RAY_ADDRESS, else start a local Ray",
-    )
-    g.add_argument(
-        "--gpus-per-run",
-        type=float,
-        metavar="N",
-        help="ray: the GPUs each run asks Ray for, so that no more runs share the cluster's GPUs than that allows; "
-        "a fraction (0.5) puts several runs on one GPU (default: 1 for runs on CUDA, else 0)",
-    )
     g.add_argument("--force", action="store_true", help="rerun points already complete or diverged")
     g.add_argument(
         "--tensorboard",
@@ -186,7 +169,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from resgrad.sweeps.grid import CONFIG_KEYS, LIST_FLAGS, RUN_KEYS, SweepSpec, read_config
+    from resgrad.sweeps.grid import CONFIG_KEYS, LIST_FLAGS, RUN_KEYS, SWEEP_KEYS, SweepOptions, SweepSpec, read_config
     from resgrad.sweeps.sweep import count_statuses, run_sweep
 
     opts = read_config(args.config) if args.config else {}
@@ -201,15 +184,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         grid={option: opts[flag] for flag, option in LIST_FLAGS.items() if flag in opts},
         fixed={k: opts[k] for k in RUN_KEYS if k in opts},
     )
-    out = Path(opts["out"])
+    how = SweepOptions(**{k: opts[k] for k in SWEEP_KEYS if k in opts})
+    out = Path(how.out)
     summary = run_sweep(
         spec,
         out,
-        executor=opts.get("executor", "local"),
-        workers=opts.get("workers", 1),
+        executor=how.executor,
+        workers=how.workers,
         force=args.force,
-        ray_address=opts.get("ray_address"),
-        gpus_per_run=opts.get("gpus_per_run"),
+        ray_address=how.ray_address,
+        gpus_per_run=how.gpus_per_run,
         progress=False if args.quiet else None,
         tensorboard=args.tensorboard,
     )

@@ -25,15 +25,13 @@ import torch
 from tqdm.auto import tqdm
 
 from resgrad.config import TrainConfig
-from resgrad.errors import UsageError, check_choice
 from resgrad.rundir import RunResult
-from resgrad.sweeps.raycluster import assigned_gpu, check_gpus_per_run, gpus_that_fit, import_ray
+from resgrad.sweeps.grid import SweepOptions
+from resgrad.sweeps.raycluster import assigned_gpu, gpus_that_fit, import_ray
 from resgrad.train import train
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "ray")
-MAX_WORKERS = 1024  # runs at once: processes on this machine, or CPUs of a local Ray
 # A run whose worker process dies this often is recorded as failed (the Ray executor: max_retries=1 alike).
 MAX_WORKER_DEATHS = 2
 
@@ -293,18 +291,7 @@ def run_all(
 
 
 def check_executor(executor: str, workers: int, ray_address: str | None, gpus_per_run: float | None = None) -> None:
-    check_choice("executor", executor, EXECUTORS)
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
-        raise UsageError(f"workers must be a whole number from 1 to {MAX_WORKERS:,}, got {workers!r}.")
-    if ray_address is not None and not ray_address.strip():
-        raise UsageError(
-            "--ray-address is empty; give host:port, ray://host:port or auto, or leave it out to start a local Ray."
-        )
-    if ray_address and executor != "ray":
-        raise UsageError("a Ray address only applies to --executor ray.")
-    if gpus_per_run is not None:
-        check_gpus_per_run(gpus_per_run)
-        if executor != "ray":
-            raise UsageError("--gpus-per-run only applies to --executor ray (local runs use the one GPU they see).")
+    """Check a sweep's executor options (:class:`~resgrad.sweeps.grid.SweepOptions`) and that Ray is there for ``ray``."""
+    SweepOptions(executor=executor, workers=workers, ray_address=ray_address, gpus_per_run=gpus_per_run).validate()
     if executor == "ray":
         import_ray()

@@ -3,7 +3,8 @@
 A :class:`SweepSpec` is the cross product of the sweep's axes (``archs``, ``depths``,
 ``seeds``, ...) with one value of every other run option. Axes, TOML keys and defaults
 all come from the :class:`~resgrad.config.TrainConfig` field declarations, so a new
-option needs nothing here.
+option needs nothing here. :class:`SweepOptions` declares the rest of a sweep's flags and
+keys (its folder, where its runs train) the same way.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resgrad import options
 from resgrad.config import FIELDS, TrainConfig, axes, check_value, default_grid, grid_options, run_keys
 from resgrad.errors import UsageError
+from resgrad.options import option
+from resgrad.sweeps.raycluster import check_gpus_per_run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +31,65 @@ GRID_OPTIONS = grid_options()  # the TrainConfig fields a sweep varies
 DEFAULT_GRID: dict[str, list[Any]] = default_grid()  # for an axis the spec leaves out (the CLI's defaults too)
 LIST_FLAGS = axes()  # CLI list flag and TOML key -> grid option (depths -> depth)
 RUN_KEYS = run_keys()  # one value for every run
-SWEEP_KEYS = ("out", "executor", "workers", "ray_address", "gpus_per_run")
+EXECUTORS = ("local", "ray")
+MAX_WORKERS = 1024  # runs at once: processes on this machine, or CPUs of a local Ray
+
+
+def _check_ray_address(address: str) -> None:
+    if not address.strip():
+        raise UsageError(
+            "--ray-address is empty; give host:port, ray://host:port or auto, or leave it out to start a local Ray."
+        )
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs, beside what it runs: its folder and where its runs train.
+
+    Declared like run options (:func:`resgrad.options.option`): the same fields are the
+    ``resgrad sweep`` flags, the sweep TOML's keys and :func:`~resgrad.sweeps.sweep.run_sweep`'s
+    keyword arguments, each checked by its declaration.
+    """
+
+    out: str | None = option(
+        None, "the sweep folder (created, or resumed when it is one)", group="the sweep", metavar="DIR", in_id=False
+    )
+    executor: str = option("local", "local processes or Ray tasks", group="the sweep", choices=EXECUTORS)
+    workers: int = option(
+        1,
+        "runs at a time; local: warm worker processes, 1 = in this process; ray: CPUs of a local Ray",
+        group="the sweep",
+        metavar="N",
+        low=1,
+        high=MAX_WORKERS,
+    )
+    ray_address: str | None = option(
+        None,
+        "a Ray cluster (e.g. auto, ray://host:10001); default: $RAY_ADDRESS, else start a local Ray",
+        group="the sweep",
+        metavar="ADDR",
+        check=_check_ray_address,
+    )
+    gpus_per_run: float | None = option(
+        None,
+        "ray: the GPUs each run asks Ray for, so that no more runs share the cluster's GPUs than that allows; "
+        "a fraction (0.5) puts several runs on one GPU (default: 1 for runs on CUDA, else 0)",
+        group="the sweep",
+        metavar="N",
+        check=check_gpus_per_run,
+    )
+
+    def validate(self) -> SweepOptions:
+        """Each field checked by its declaration; a Ray address or GPUs per run only with ``executor="ray"``."""
+        checked = options.checked(self)
+        if checked.ray_address and checked.executor != "ray":
+            raise UsageError("a Ray address only applies to --executor ray.")
+        if checked.gpus_per_run is not None and checked.executor != "ray":
+            raise UsageError("--gpus-per-run only applies to --executor ray (local runs use the one GPU they see).")
+        return checked
+
+
+SWEEP_KEYS = tuple(options.fields(SweepOptions))  # out, executor, workers, ray_address, gpus_per_run
 # Run options whose default changed after sweep folders were written, with the value those runs had
 # (channels_last: contiguous, before channels-last became the CPU's default). A sweep.json names
 # them always; one that does not was written before the change, and its runs had the old value.
@@ -130,10 +192,9 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         if name in RUN_KEYS:
             value = check_value(name, value)
         elif name in SWEEP_KEYS:
-            expected, kind = {"workers": (int, "a whole number"), "gpus_per_run": ((int, float), "a number")}.get(
-                name, (str, "a string")
-            )
-            if isinstance(value, bool) or not isinstance(value, expected):
-                raise UsageError(f"key {key!r} in {path} must be {kind}, got {value!r}.")
+            try:
+                value = options.check_value(SweepOptions, name, value)
+            except UsageError as exc:
+                raise UsageError(f"key {key!r} in {path}: {exc}") from None
         out[name] = value
     return out
