@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from depth_sweep_speed import run_comparison
+from layout_accuracy import layout_errors
 from sweep_scaling import run_scaling
 from tutorial_vs_resgrad import BATCH, ResgradSteps, compare_bench, compare_end_to_end, compare_training
 
@@ -127,3 +128,10 @@ def test_depth_sweep_speed_script_runs(benchmark, data_dir: Path) -> None:
     table = r["tables"]["now"]
     assert len(table) == 2 and (table.status_before == "complete").all() and (table.status_now == "complete").all()
     assert table.ok.all() and table.loc["residual"].d_ratio_first.notna().all()  # plain w2: a zero gradient (NaN)
+
+
+def test_layout_accuracy_measures_both_layouts_against_float64(data_dir: Path) -> None:
+    """`python benchmarks/layout_accuracy.py` at toy size: one relative error per weighted layer and layout."""
+    errors = layout_errors(TrainConfig(arch="plain", depth=8, width=2, norm="batch"), 8, str(data_dir))
+    assert set(errors) == {"contiguous", "channels_last"}
+    assert all(len(v) == 8 and all(0 <= e < 1 for e in v) for v in errors.values())  # 7 convs and fc

@@ -43,14 +43,20 @@ def autocast(device_type: str, dtype: str) -> contextlib.AbstractContextManager[
     return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
 
 
-def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
-    """The run's memory format: as asked, or by default channels-last on the CPU only.
+def resolve_channels_last(channels_last: bool | None, device: torch.device, norm: str = "none") -> bool:
+    """The run's memory format: as asked, or by default channels-last on the CPU for nets without batch norm.
 
     On the CPU oneDNN runs the nets' 3x3 convolutions of 8-64 channels faster on channels-last
     tensors: measured 1.2-1.3x a float32 training step of plain/residual-56 and 1.6x evaluation,
-    and bfloat16 gains from it most (see docs/performance.md). On CUDA it is left to the user.
+    and bfloat16 gains from it most (see docs/performance.md). Batch norm's channels-last CPU
+    kernel rounds about 20x more than its contiguous one, and a deep net amplifies it: at init the
+    weight gradients of batch-norm nets lie 1-4 % (depth 8) and over 100 % (plain-56) from float64,
+    against 0.001-0.5 % and 7-17 % contiguous (``benchmarks/layout_accuracy.py``). So the default
+    leaves those nets contiguous. On CUDA it is left to the user.
     """
-    return device.type == "cpu" if channels_last is None else channels_last
+    if channels_last is not None:
+        return channels_last
+    return device.type == "cpu" and norm != "batch"
 
 
 # glibc's mallopt parameters: allocations up to this size come from the heap, and a free heap top up

@@ -178,8 +178,9 @@ class TrainConfig:
     )
     channels_last: bool | None = option(
         None,
-        "model and batches in channels-last memory format; default (auto): on the CPU, where oneDNN's "
-        "convolutions run faster in it (the same numbers up to float rounding), off on CUDA",
+        "model and batches in channels-last memory format; default (auto): on the CPU for nets without batch "
+        "norm, where oneDNN's convolutions run faster in it with the same numbers up to float rounding; off for "
+        "batch norm (its channels-last CPU kernel rounds more: docs/performance.md) and on CUDA",
         group="speed",
         id_default=False,  # what runs made before this default did: their ids and folders stay
     )

@@ -172,7 +172,7 @@ def train(config: TrainConfig, progress: bool | None = None) -> RunResult:
     graphs = resolve_cuda_graphs(config.cuda_graphs, device) and not (config.compile and config.cuda_graphs == "auto")
     if graphs and config.compile:
         raise UsageError("--compile and --cuda-graphs on do not mix; drop one of them.")
-    channels_last = resolve_channels_last(config.channels_last, device)
+    channels_last = resolve_channels_last(config.channels_last, device, config.norm)
     check_compile(config.compile, device)
     check_dtype_speed(config.dtype, device)
     if device.type == "cpu":

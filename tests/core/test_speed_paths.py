@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from resgrad.compute import EVAL_BATCH, bfloat16_is_native, evaluate, keep_freed_memory
+from resgrad.compute import EVAL_BATCH, bfloat16_is_native, evaluate, keep_freed_memory, resolve_channels_last
 from resgrad.config import TrainConfig
 from resgrad.data import load_split
 from resgrad.errors import UsageError
@@ -84,7 +84,8 @@ def check(a: RunResult, b: RunResult, loss: float, norms: float) -> None:
 @pytest.mark.slow
 def test_channels_last_steps_match_the_eager_contiguous_ones_over_100_steps(eager, data_dir: Path) -> None:
     for norm, loss, norms in (("none", 1e-5, 1e-5), ("batch", 1e-2, 0.1)):
-        fast = train(TrainConfig(**BASE, norm=norm, data_dir=str(data_dir)), progress=False)  # auto: channels-last
+        asked = None if norm == "none" else True  # auto: channels-last without batch norm only
+        fast = train(TrainConfig(**BASE, norm=norm, channels_last=asked, data_dir=str(data_dir)), progress=False)
         assert fast.summary["channels_last"] is True
         check(eager[norm], fast, loss, norms)
         if norm == "none":  # without batch norm the evaluations agree to the last bits: the same predictions
@@ -165,3 +166,11 @@ def test_evaluation_in_batches_of_250_gives_the_numbers_of_batches_of_1000(data_
         before = evaluate(model, test, 1000, channels_last=channels_last)
         now = evaluate(model, test, EVAL_BATCH["cpu"], channels_last=channels_last)
         assert now[1] == before[1] and now[0] == pytest.approx(before[0], rel=1e-6)
+
+
+def test_auto_is_channels_last_on_the_cpu_for_nets_without_batch_norm_only() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_channels_last(None, cpu, "none") is True
+    assert resolve_channels_last(None, cpu, "batch") is False  # batch norm's channels-last CPU kernel rounds more
+    assert resolve_channels_last(None, cuda, "none") is False
+    assert resolve_channels_last(True, cpu, "batch") is True and resolve_channels_last(False, cpu, "none") is False

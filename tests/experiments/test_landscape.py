@@ -291,8 +291,7 @@ def test_the_init_rebuilt_from_a_runs_seed_is_what_resgrad_train_starts_from(dat
     first = torch.randperm(200, generator=torch.Generator().manual_seed(5))[:32]
 
     # in the memory format train() used (channels-last on the CPU by default): the same kernels, the same bits
-    channels_last = resolve_channels_last(config.channels_last, torch.device("cpu"))
-    assert channels_last
+    channels_last = resolve_channels_last(config.channels_last, torch.device("cpu"), config.norm)
 
     def one_step_from(model: nn.Module) -> dict[str, torch.Tensor]:
         model = model.to(memory_format=torch.channels_last) if channels_last else model
