@@ -22,6 +22,7 @@ import statistics
 import torch
 from torch.utils import benchmark
 
+from resgrad.compute import keep_freed_memory, resolve_channels_last
 from resgrad.cudagraph import WARMUP_STEPS, GraphedTrainStep
 from resgrad.data import load_split
 from resgrad.gradients import GradientRecorder
@@ -78,16 +79,24 @@ def measure(
     """
     dev = torch.device(device)
     split = load_split(False, data_dir, subset=batch_size, device=dev)
+    # as resgrad.train runs a step here: on the CPU glibc keeps freed memory and, without batch norm,
+    # model and batch are channels-last (resgrad.compute's defaults)
+    channels_last = resolve_channels_last(None, dev) and not cuda_graphs
+    if dev.type == "cpu":
+        keep_freed_memory()
+    x = split.images.contiguous(memory_format=torch.channels_last) if channels_last else split.images
     models = {}
     for name in ("off", "on"):  # the same weights; only "on" ever has the recorder's hooks attached
         torch.manual_seed(0)
         models[name] = build_model(arch, depth, width).to(dev)
+        if channels_last:
+            models[name] = models[name].to(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
     times: dict[str, list[float]] = {"off": [], "on": []}
     with GradientRecorder(models["on"], schedule=1) as rec:
         steps = {
-            "off": make_step(models["off"], split.images, split.labels, None, cuda_graphs),
-            "on": make_step(models["on"], split.images, split.labels, rec, cuda_graphs),
+            "off": make_step(models["off"], x, split.labels, None, cuda_graphs),
+            "on": make_step(models["on"], x, split.labels, rec, cuda_graphs),
         }
         for name in ("off", "on"):  # warm-up (and graph capture) outside the measurement
             for _ in range(3 + (WARMUP_STEPS + 1) * cuda_graphs):
@@ -112,6 +121,7 @@ def measure(
         "ratio_q3": q3,
         "threads": threads,
         "recorded_steps": int(recorded.step.nunique()),
+        "channels_last": channels_last,
     }
 
 
@@ -133,7 +143,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
     print(
         f"recorder overhead: {a.arch} depth {a.depth} width {a.width} batch {a.batch_size} on {name}"
-        f"{', CUDA graphs' if a.cuda_graphs else ''}, {r['threads']} threads, torch {torch.__version__}"
+        f"{', CUDA graphs' if a.cuda_graphs else ''}{', channels-last' if r['channels_last'] else ''}, "
+        f"{r['threads']} threads, torch {torch.__version__}"
     )
     print(f"  training step without recording: {r['off_ms']:.2f} ms (median of {a.rounds} rounds of {a.steps} steps)")
     print(f"  training step recording every step: {r['on_ms']:.2f} ms")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resgrad.norms import F64, norm64, sum64
+from resgrad.norms import F64, flat, norm64, sum64
 
 # (module, z, y) -> σ′(z) elementwise, z and y in float32 or float64; y (the output) None when not at hand.
 Prime = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -57,7 +57,7 @@ def relu_counts(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor | 
     """
     out = output.detach() if output is not None else torch.relu(inputs.detach())
     if out.device.type == "cpu" and out.dtype in _INF_BITS and out.numel():
-        bits = out.view(_SAME_SIZE_INT[out.element_size()])
+        bits = flat(out).view(_SAME_SIZE_INT[out.element_size()])  # memory order: no copy of channels-last
         lo, hi = torch.aminmax(bits)
         if lo.item() >= 0 and hi.item() <= _INF_BITS[out.dtype]:  # .item() costs no device sync on the CPU
             return torch.count_nonzero(bits)

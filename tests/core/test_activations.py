@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resgrad.activations import sums_for, vjp_sums
+from resgrad.activations import relu_counts, sums_for, vjp_sums
 from resgrad.gradients import GradientRecorder
 
 
@@ -257,3 +257,19 @@ def test_an_in_place_activation_gives_what_its_out_of_place_twin_gives_in_a_net(
         got.append(rec.to_frame().query("quantity != 'weight_grad'"))
     assert list(got[0].layer) == list(got[1].layer)
     assert got[0].norm.tolist() == pytest.approx(got[1].norm.tolist(), rel=1e-12)
+
+
+@pytest.mark.parametrize("special", [None, math.nan, -0.0])
+def test_relu_counts_read_channels_last_outputs_in_memory_order(special: float | None) -> None:
+    """A channels-last ReLU output (resgrad's CPU default without batch norm) is counted as its contiguous twin."""
+    z = torch.randn(4, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    if special is not None:
+        z[1, 2, 3, 4] = special
+    out = torch.relu(z)
+    last = out.contiguous(memory_format=torch.channels_last)
+    assert not last.is_contiguous()
+    count, expected = relu_counts(nn.ReLU(), z, last), relu_counts(nn.ReLU(), z, out)
+    if special is not None and math.isnan(special):
+        assert math.isnan(float(count)) and math.isnan(float(expected))
+    else:
+        assert float(count) == float(expected) == float((z > 0).sum())
