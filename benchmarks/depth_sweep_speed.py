@@ -82,7 +82,7 @@ def seed_spread(committed: Path) -> pd.DataFrame:
 
 def compare(before: pd.DataFrame, now: pd.DataFrame, spread: pd.DataFrame | None) -> pd.DataFrame:
     """One row per grid point: both sweeps' numbers, their differences and whether each is within tolerance."""
-    both = before.join(now, lsuffix="_before", rsuffix="_now")
+    both = before.add_suffix("_before").join(now.add_suffix("_now"))
     both["d_acc"] = (both.final_test_acc_now - both.final_test_acc_before).abs()
     both["d_ratio_first"] = (both.log10_grad_ratio_first_now - both.log10_grad_ratio_first_before).abs()
     both["d_ratio_last"] = (both.log10_grad_ratio_last_now - both.log10_grad_ratio_last_before).abs()

@@ -139,26 +139,36 @@ def epilog_lesion() -> str:
     )
 
 
-def add_lesion(sub: argparse._SubParsersAction) -> None:
-    from resgrad.experiments.lesion import LesionConfig
-
-    p = sub.add_parser(
-        "lesion",
-        help="delete blocks of trained nets at test time (Veit et al. 2016)",
-        description="Block lesions: test accuracy of trained nets with single blocks and random sets of blocks "
-        "replaced by their shortcuts, plain vs residual.",
-        epilog=epilog_lesion(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _saved_nets_parser(
+    sub: argparse._SubParsersAction, name: str, cls: type, quiet: str, **parser: str
+) -> argparse.ArgumentParser:
+    """The parser of an experiment on saved nets: SWEEP_OR_RUN_DIR, --out (default beside it), cls's options, --quiet."""
+    p = sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **parser)
     p.add_argument("source", type=Path, metavar="SWEEP_OR_RUN_DIR", help="a sweep folder or a run folder")
     p.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
-        help="lesion folder (default: SWEEP_DIR/lesion, or RUN_DIR-lesion beside a run folder)",
+        help=f"{name} folder (default: SWEEP_DIR/{name}, or RUN_DIR-{name} beside a run folder)",
     )
-    add_options(p, LesionConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress (bar or lines) and no table; warnings only")
+    add_options(p, cls)
+    p.add_argument("--quiet", action="store_true", help=quiet)
+    return p
+
+
+def add_lesion(sub: argparse._SubParsersAction) -> None:
+    from resgrad.experiments.lesion import LesionConfig
+
+    p = _saved_nets_parser(
+        sub,
+        "lesion",
+        LesionConfig,
+        "no progress (bar or lines) and no table; warnings only",
+        help="delete blocks of trained nets at test time (Veit et al. 2016)",
+        description="Block lesions: test accuracy of trained nets with single blocks and random sets of blocks "
+        "replaced by their shortcuts, plain vs residual.",
+        epilog=epilog_lesion(),
+    )
     p.set_defaults(func=cmd_lesion)
 
 
@@ -293,24 +303,17 @@ def epilog_landscape() -> str:
 def add_landscape(sub: argparse._SubParsersAction) -> None:
     from resgrad.experiments.landscape import LandscapeConfig
 
-    p = sub.add_parser(
+    p = _saved_nets_parser(
+        sub,
         "landscape",
+        LandscapeConfig,
+        "no progress bar, no table",
         help="loss surfaces, the path from init and Hessian extremes of trained nets (Li et al. 2018)",
         description="Loss landscapes: the training loss of trained nets on a plane of filter-normalised random "
         "directions, along one of them and on the straight line from init, and the extreme eigenvalues of its "
         "Hessian, plain vs residual.",
         epilog=epilog_landscape(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", type=Path, metavar="SWEEP_OR_RUN_DIR", help="a sweep folder or a run folder")
-    p.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="landscape folder (default: SWEEP_DIR/landscape, or RUN_DIR-landscape beside a run folder)",
-    )
-    add_options(p, LandscapeConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.set_defaults(func=cmd_landscape)
 
 
