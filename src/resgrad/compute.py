@@ -47,7 +47,7 @@ def resolve_channels_last(channels_last: bool | None, device: torch.device, norm
     """The run's memory format: as asked, or by default channels-last on the CPU for nets without batch norm.
 
     On the CPU oneDNN runs the nets' 3x3 convolutions of 8-64 channels faster on channels-last
-    tensors: measured 1.2-1.3x a float32 training step of plain/residual-56 and 1.6x evaluation,
+    tensors: measured 1.1-1.55x a float32 training step of plain/residual-56 and 1.35x of seed-residual,
     and bfloat16 gains from it most (see docs/performance.md). Batch norm's channels-last CPU
     kernel rounds about 20x more than its contiguous one, and a deep net amplifies it: at init the
     weight gradients of batch-norm nets lie 1-4 % (depth 8) and over 100 % (plain-56) from float64,
