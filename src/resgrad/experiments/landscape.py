@@ -46,8 +46,8 @@ from resgrad.experiments.landscape_numerics import (
     move_to,
     random_directions,
 )
-from resgrad.experiments.saved import SavedRun, saved_runs, usable_runs
-from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
+from resgrad.experiments.saved import SavedRun, output_beside, saved_runs, usable_runs, write_study
+from resgrad.files import prepare_output
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
 from resgrad.report.landscape import COLUMNS, CURVATURE_COLUMNS, landscape_figures
 from resgrad.train import evaluate, initial_model, load_model, progress_enabled, resolve_device
@@ -303,9 +303,8 @@ def _load(run: SavedRun, device: torch.device, channels_last: bool) -> tuple[dic
 
 
 def default_out(path: str | os.PathLike[str]) -> Path:
-    """``SWEEP_DIR/landscape``; for a run folder ``RUN_DIR-landscape`` beside it (a run folder holds only its run)."""
-    path = Path(path)
-    return path / "landscape" if (path / "sweep.json").is_file() else path.with_name(f"{path.name}-landscape")
+    """``SWEEP_DIR/landscape``; for a run folder ``RUN_DIR-landscape`` beside it."""
+    return output_beside(path, "landscape")
 
 
 def check_out(out: str | os.PathLike[str]) -> Path:
@@ -316,10 +315,5 @@ def check_out(out: str | os.PathLike[str]) -> Path:
 def write_landscape(result: LandscapeResult, out: str | os.PathLike[str]) -> list[Path]:
     """Write ``landscape.csv``, ``curvature.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
     out = check_out(out)
-    figures = landscape_figures(result.frame)
-    with atomic_dir(out, "landscape") as tmp:
-        write_csv(tmp / "landscape.csv", result.frame)
-        write_csv(tmp / "curvature.csv", result.curvature)
-        for name, (_, data, _) in figures.items():
-            write_bytes(tmp / f"{name}.png", data)
-    return [out / "landscape.csv", out / "curvature.csv", *(out / f"{name}.png" for name in figures)]
+    tables = {"landscape.csv": result.frame, "curvature.csv": result.curvature}
+    return write_study(out, "landscape", tables, landscape_figures(result.frame))

@@ -28,8 +28,8 @@ from torch import nn
 from resgrad.compute import evaluate
 from resgrad.data import Split, load_split
 from resgrad.errors import UsageError
-from resgrad.experiments.saved import saved_runs, usable_runs
-from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
+from resgrad.experiments.saved import output_beside, saved_runs, usable_runs, write_study
+from resgrad.files import prepare_output
 from resgrad.models import Block, blocks
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
 from resgrad.progress import Progress
@@ -222,9 +222,8 @@ def run_lesion(
 
 
 def default_out(path: str | os.PathLike[str]) -> Path:
-    """``SWEEP_DIR/lesion``; for a run folder ``RUN_DIR-lesion`` beside it (a run folder holds only its run)."""
-    path = Path(path)
-    return path / "lesion" if (path / "sweep.json").is_file() else path.with_name(f"{path.name}-lesion")
+    """``SWEEP_DIR/lesion``; for a run folder ``RUN_DIR-lesion`` beside it."""
+    return output_beside(path, "lesion")
 
 
 def check_out(out: str | os.PathLike[str]) -> Path:
@@ -235,9 +234,4 @@ def check_out(out: str | os.PathLike[str]) -> Path:
 def write_lesion(result: LesionResult, out: str | os.PathLike[str]) -> list[Path]:
     """Write ``lesion.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
     out = check_out(out)
-    figures = lesion_figures(result.frame)
-    with atomic_dir(out, "lesion") as tmp:
-        write_csv(tmp / "lesion.csv", result.frame)
-        for name, (_, data, _) in figures.items():
-            write_bytes(tmp / f"{name}.png", data)
-    return [out / "lesion.csv", *(out / f"{name}.png" for name in figures)]
+    return write_study(out, "lesion", {"lesion.csv": result.frame}, lesion_figures(result.frame))

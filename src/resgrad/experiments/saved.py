@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from resgrad.config import TrainConfig
 from resgrad.errors import UsageError
+from resgrad.files import atomic_dir, write_bytes, write_csv
 from resgrad.rundir import check_run, read_summary
 from resgrad.sweeps.folder import sweep_runs
 
@@ -110,3 +113,25 @@ def usable_runs(runs: list[SavedRun], path: Path, is_sweep: bool, done: str) -> 
             f"({reasons or 'no run folders'}); rerun it with `resgrad sweep ... --force`."
         )
     return usable, skipped
+
+
+# ---------------------------------------------------------------- where an experiment writes
+
+
+def output_beside(path: str | os.PathLike[str], kind: str) -> Path:
+    """``SWEEP_DIR/<kind>``; for a run folder ``RUN_DIR-<kind>`` beside it (a run folder holds only its run)."""
+    path = Path(path)
+    return path / kind if (path / "sweep.json").is_file() else path.with_name(f"{path.name}-{kind}")
+
+
+def write_study(
+    out: Path, kind: str, tables: dict[str, pd.DataFrame], figures: dict[str, tuple[str, bytes, str]]
+) -> list[Path]:
+    """An experiment's CSV files (``tables``: name -> frame) and figures (name -> (heading, PNG, caption)) in ``out``,
+    swapped in whole as a ``kind`` folder; returns the paths, the CSV files first."""
+    with atomic_dir(out, kind) as tmp:
+        for name, frame in tables.items():
+            write_csv(tmp / name, frame)
+        for name, (_, data, _) in figures.items():
+            write_bytes(tmp / f"{name}.png", data)
+    return [*(out / name for name in tables), *(out / f"{name}.png" for name in figures)]

@@ -33,8 +33,8 @@ from torch import nn
 from resgrad.config import TrainConfig
 from resgrad.data import load_split
 from resgrad.errors import UsageError
-from resgrad.experiments.saved import saved_runs
-from resgrad.files import atomic_dir, prepare_output, write_bytes, write_csv
+from resgrad.experiments.saved import output_beside, saved_runs, write_study
+from resgrad.files import prepare_output
 from resgrad.models import FIXED_ARCHS, INITS, NORMS, available_archs, check_depth, check_width
 from resgrad.options import MAX_SEED, checked, data_dir_option, device_option, option, threads_option
 from resgrad.progress import Progress
@@ -307,8 +307,7 @@ def default_out(sweep: str | os.PathLike[str] | None) -> Path:
     """``SWEEP_DIR/shatter`` with ``--sweep`` (``RUN_DIR-shatter`` beside a run folder), else ``runs/shatter``."""
     if sweep is None:
         return Path("runs") / "shatter"
-    path = Path(sweep)
-    return path / "shatter" if (path / "sweep.json").is_file() else path.with_name(f"{path.name}-shatter")
+    return output_beside(sweep, "shatter")
 
 
 def check_out(out: str | os.PathLike[str]) -> Path:
@@ -320,8 +319,4 @@ def write_shatter(frame: pd.DataFrame, out: str | os.PathLike[str], at_distance:
     """Write ``shatter.csv`` and the figures into ``out``, swapped in whole; returns the paths."""
     out = check_out(out)
     figures = shatter_figures(frame, at_distance if at_distance is not None else frame.attrs.get("at_distance"))
-    with atomic_dir(out, "shatter") as tmp:
-        write_csv(tmp / "shatter.csv", frame)
-        for name, (_, data, _) in figures.items():
-            write_bytes(tmp / f"{name}.png", data)
-    return [out / "shatter.csv", *(out / f"{name}.png" for name in figures)]
+    return write_study(out, "shatter", {"shatter.csv": frame}, figures)
