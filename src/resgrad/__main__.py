@@ -1,5 +1,3 @@
-import sys
+from resgrad.cli import script
 
-from resgrad.cli import main
-
-sys.exit(main())
+script()

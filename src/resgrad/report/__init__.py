@@ -8,7 +8,7 @@ report.md and report.html). :mod:`~resgrad.report.lesion`, :mod:`~resgrad.report
 :mod:`~resgrad.report.landscape` draw the experiments' results. A new figure goes in a ``figures*`` module.
 """
 
-from resgrad.report.page import Report, make_report
+# The README's `resgrad.report.load_sweep`; the page (and seaborn) loads only where a module needs it.
 from resgrad.report.sweepdata import Sweep, load_sweep
 
-__all__ = ["Report", "Sweep", "load_sweep", "make_report"]
+__all__ = ["Sweep", "load_sweep"]
