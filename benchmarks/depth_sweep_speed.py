@@ -1,6 +1,6 @@
 """A reduced copy of the committed depth sweep, run by the code of before and by today's, side by side.
 
-    python benchmarks/depth_sweep_speed.py                     # 16 runs twice: ~25 minutes on 2 idle cores
+    python benchmarks/depth_sweep_speed.py                     # 16 runs twice: ~11 minutes on 2 idle cores
     python benchmarks/depth_sweep_speed.py --also bfloat16     # and a third sweep: today's code, --dtype bfloat16
 
 The grid is sweeps/mnist-depth-sweep.toml's with depths 8 and 56 and one seed: plain and

@@ -7,6 +7,7 @@ or a :class:`RunFailure` for a run that raised); the driver (:mod:`resgrad.sweep
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -95,6 +96,7 @@ def _serve(conn: Connection, threads: int, parent_pid: int) -> None:
         except EOFError:  # the driver is gone
             return
         if config is None:
+            gc.freeze()  # the worker ends: no last collection of torch's objects, which the driver waits for (0.5 s)
             return
         outcome = _run_point(config)
         try:
