@@ -94,7 +94,7 @@ results-landscape: setup data
 # CPU performance (docs/performance.md): run these on a quiet machine, nothing else running.
 # `make profile`: where a step's and a sweep run's time goes (about 30 minutes on 2 cores);
 # `make bf16`: what bfloat16 does to the recorded quantities and the curves (about 30 minutes);
-# `make perf-goals`: the ratios issue 23 set goals for, each measured side by side (about an hour).
+# `make perf-goals`: the ratios issue 23 set goals for, each measured side by side (about 20 minutes).
 profile: setup data
 	$(PY) benchmarks/profile_step.py --threads 1 --run-steps 100 --out results/profile --docs docs/performance.md
 
@@ -102,9 +102,10 @@ bf16: setup data
 	$(PY) benchmarks/bf16_effect.py --threads 1 --out results/bf16 --docs docs/performance.md
 
 perf-goals: setup data
-	$(PY) benchmarks/tutorial_vs_resgrad.py --skip 1 2 --pairs 5
-	$(PY) benchmarks/depth_sweep_speed.py
-	$(PY) benchmarks/recorder_overhead.py --rounds 10
+	results/record.sh results/bench/cpu bash -c "$(PY) benchmarks/tutorial_vs_resgrad.py --skip 1 2 --pairs 5 2>/dev/null > results/bench/cpu/end_to_end.txt"
+	results/record.sh results/bench/cpu bash -c "$(PY) benchmarks/depth_sweep_speed.py 2>/dev/null > results/bench/cpu/depth_sweep_speed.txt"
+	results/record.sh results/bench/cpu bash -c "$(PY) benchmarks/recorder_overhead.py 2>/dev/null > results/bench/cpu/recorder_overhead.txt"
+	$(MAKE) results-docs
 
 clean:
 	rm -rf runs .pytest_cache .benchmarks
