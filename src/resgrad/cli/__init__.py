@@ -20,7 +20,6 @@ from typing import NoReturn
 
 from resgrad import __version__
 from resgrad.cli.analysis import add_export, add_landscape, add_lesion, add_report, add_shatter
-from resgrad.cli.args import Parser
 from resgrad.cli.bench import add_bench
 from resgrad.cli.runs import add_sweep, add_train
 from resgrad.errors import OutputError, UsageError, out_of_memory
@@ -35,7 +34,7 @@ def make_parser(command: str | None = None) -> argparse.ArgumentParser:
     ``resgrad train`` builds train's alone; the other names stay known, so a typo still
     lists them. ``command`` None builds all, for the top-level help.
     """
-    parser = Parser(  # the subcommands' parsers are Parsers too
+    parser = argparse.ArgumentParser(
         prog="resgrad",
         description="Measure why residual connections make deep networks trainable: "
         "train plain/residual twins on MNIST, record per-layer gradient norms, sweep depths, report, benchmark.",
@@ -122,7 +121,5 @@ def script() -> NoReturn:
     # instead lets cyclic garbage live a little longer, and scans them none.
     gc.set_threshold(10_000, 10, 10)
     code = main()
-    # The process ends: a last collection of those objects would take 0.5 s. (Not after the imports:
-    # with nothing left unfrozen, Python 3.11 makes every later collection a full one.)
-    gc.freeze()
+    gc.freeze()  # the process ends: a last collection of those objects would take 0.5 s
     sys.exit(code)

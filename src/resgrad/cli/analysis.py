@@ -43,7 +43,7 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         help="tables, figures and an HTML report from a sweep folder",
         description="Summarise a sweep folder made by `resgrad sweep`: gradient-norm figures, "
         "tables over seeds, report.md and a self-contained report.html.",
-        epilog=epilog_report,
+        epilog=epilog_report(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a sweep folder (holds sweep.json and runs/)")
@@ -167,7 +167,7 @@ def add_lesion(sub: argparse._SubParsersAction) -> None:
         help="delete blocks of trained nets at test time (Veit et al. 2016)",
         description="Block lesions: test accuracy of trained nets with single blocks and random sets of blocks "
         "replaced by their shortcuts, plain vs residual.",
-        epilog=epilog_lesion,
+        epilog=epilog_lesion(),
     )
     p.set_defaults(func=cmd_lesion)
 
@@ -224,7 +224,7 @@ def add_shatter(sub: argparse._SubParsersAction) -> None:
         help="correlation of input gradients at nearby inputs (Balduzzi et al. 2017)",
         description="Shattered gradients: how the gradient of a net's output with respect to its input "
         "decorrelates along a line through a test image, plain vs residual, at init and trained.",
-        epilog=epilog_shatter,
+        epilog=epilog_shatter(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, ShatterConfig)
@@ -312,7 +312,7 @@ def add_landscape(sub: argparse._SubParsersAction) -> None:
         description="Loss landscapes: the training loss of trained nets on a plane of filter-normalised random "
         "directions, along one of them and on the straight line from init, and the extreme eigenvalues of its "
         "Hessian, plain vs residual.",
-        epilog=epilog_landscape,
+        epilog=epilog_landscape(),
     )
     p.set_defaults(func=cmd_landscape)
 

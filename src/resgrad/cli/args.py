@@ -27,19 +27,6 @@ def whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose ``epilog`` may be a function, called only when the help is shown.
-
-    The epilogs list a command's files and columns, read from the modules that write them;
-    importing those (the report's imports seaborn) cost every command's start-up.
-    """
-
-    def format_help(self) -> str:
-        if callable(self.epilog):
-            self.epilog = self.epilog()
-        return super().format_help()
-
-
 def examples(*commands: str) -> str:
     """The ``examples:`` block of an epilog."""
     return "examples:\n" + "".join(f"  {c}\n" for c in commands)

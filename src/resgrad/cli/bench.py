@@ -48,7 +48,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         description="Time plain and residual nets with torch.utils.benchmark: forward, forward+backward and the "
         "full training step, per device, arch, depth, width, batch size and dtype; FLOPs per step and % of a "
         "dense-matmul peak measured in the same run.",
-        epilog=epilog_bench,
+        epilog=epilog_bench(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, BenchConfig)  # one flag per BenchConfig field, all from its declaration

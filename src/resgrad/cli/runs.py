@@ -65,7 +65,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train one model on MNIST and record its gradient norms",
         description="Train one plain or residual net on MNIST, recording per-layer gradient norms.",
-        epilog=epilog_train,
+        epilog=epilog_train(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p)
@@ -150,7 +150,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         help="run a resumable grid of training runs (archs x depths x seeds x ...)",
         description="Train every point of a grid of runs, locally in parallel processes or on Ray; "
         "a rerun completes what is missing. The list flags (--archs, --depths, ...) take one or more values.",
-        epilog=epilog_sweep,
+        epilog=epilog_sweep(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p, sweep=True)  # no defaults here: a flag left out can come from --config
