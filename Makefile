@@ -94,7 +94,7 @@ results-landscape: setup data
 # CPU performance (docs/performance.md): run these on a quiet machine, nothing else running.
 # `make profile`: where a step's and a sweep run's time goes (about 30 minutes on 2 cores);
 # `make bf16`: what bfloat16 does to the recorded quantities and the curves (about 30 minutes);
-# `make perf-goals`: the ratios issue 23 set goals for, each measured side by side (about 20 minutes).
+# `make perf-goals`: the ratios issue 23 set goals for, each measured side by side, and the depth sweep's floor (about 25 minutes).
 profile: setup data
 	$(PY) benchmarks/profile_step.py --threads 1 --run-steps 100 --out results/profile --docs docs/performance.md
 
@@ -104,6 +104,7 @@ bf16: setup data
 perf-goals: setup data
 	results/record.sh results/bench/cpu bash -c "$(PY) benchmarks/tutorial_vs_resgrad.py --skip 1 2 --pairs 5 2>/dev/null > results/bench/cpu/end_to_end.txt"
 	results/record.sh results/bench/cpu bash -c "$(PY) benchmarks/depth_sweep_speed.py 2>/dev/null > results/bench/cpu/depth_sweep_speed.txt"
+	results/record.sh results/bench/cpu bash -c "$(PY) benchmarks/depth_sweep_floor.py 2>/dev/null > results/bench/cpu/depth_sweep_floor.txt"
 	results/record.sh results/bench/cpu bash -c "$(PY) benchmarks/recorder_overhead.py 2>/dev/null > results/bench/cpu/recorder_overhead.txt"
 	$(MAKE) results-docs
 

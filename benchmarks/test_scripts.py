@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from depth_sweep_floor import floor_seconds, time_parts
 from depth_sweep_speed import run_comparison
 from layout_accuracy import layout_errors
 from sweep_scaling import run_scaling
@@ -128,6 +129,16 @@ def test_depth_sweep_speed_script_runs(benchmark, data_dir: Path) -> None:
     table = r["tables"]["now"]
     assert len(table) == 2 and (table.status_before == "complete").all() and (table.status_now == "complete").all()
     assert table.ok.all() and table.loc["residual"].d_ratio_first.notna().all()  # plain w2: a zero gradient (NaN)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depth_sweep_floor_times_a_step_and_an_evaluation(data_dir: Path, channels_last: bool) -> None:
+    """`python benchmarks/depth_sweep_floor.py` at toy size: seconds per step and per evaluation; the floor's sum."""
+    cpu = torch.device("cpu")
+    train_set, test_set = load_split(True, data_dir, 256, cpu), load_split(False, data_dir, 64, cpu)
+    step, evaluation = time_parts("residual", 8, "batch", channels_last, train_set, test_set, steps=2, warmup=1)
+    assert 0 < step < 10 and 0 < evaluation < 10
+    assert floor_seconds({8: 6.0, 56: 50.0}) == (8 * 6.0 + 8 * 50.0) / 2  # 8 runs a depth on 2 workers
 
 
 def test_layout_accuracy_measures_both_layouts_against_float64(data_dir: Path) -> None:

@@ -548,6 +548,51 @@ def perf_goals() -> dict[str, str]:
     return {"table": "\n".join(lines)}
 
 
+def _floor_parts() -> pd.DataFrame:
+    """``depth_sweep_floor.txt``'s lines: one row per arch, depth, norm and layout."""
+    line = re.compile(
+        r"(\w+)-(\d+) (none|batch)\s+(contiguous|channels-last)\s+step\s+([\d.]+) ms\s+evaluation\s+([\d.]+) s"
+        r"\s+run\s+([\d.]+) s(  \(resgrad's default\))?"
+    )
+    rows = [m.groups() for m in line.finditer(_script_numbers("depth_sweep_floor.txt"))]
+    frame = pd.DataFrame(rows, columns=["arch", "depth", "norm", "layout", "step_ms", "eval_s", "run_s", "default"])
+    frame[["step_ms", "eval_s", "run_s"]] = frame[["step_ms", "eval_s", "run_s"]].astype(float)
+    frame["depth"] = frame["depth"].astype(int)
+    frame["default"] = frame["default"].notna()
+    return frame
+
+
+@section("perf_goals_floor")
+def perf_goals_floor() -> dict[str, str]:
+    """Why the depth-sweep goal is out of reach: the floor of its runs' parts, against half the time of before."""
+    parts, text = _floor_parts(), _script_numbers("depth_sweep_floor.txt")
+    before = float(_grab(_script_numbers("depth_sweep_speed.txt"), r"before\s+([\d.]+) s wall"))
+    deep = parts[parts.depth == 56]
+
+    def at(column: str, fmt: str, **where: object) -> str:
+        rows = deep
+        for key, value in where.items():
+            rows = rows[rows[key] == value]
+        return span(rows[column], lambda x: format(x, fmt))
+
+    floor = float(_grab(text, r"on 2 workers: ([\d.]+) s"))
+    fast = dict(re.findall(r"depth (\d+): ([\d.]+) s", _grab(text, r"fastest run per depth: (.*)")))
+    shallow = parts[(parts.depth == 8) & parts.default]
+    sentence = (
+        f"A depth-56 width-8 step of 64 takes {at('step_ms', '.0f', norm='none', layout='channels-last')} ms "
+        f"channels-last without batch norm, {at('step_ms', '.0f', norm='batch', layout='contiguous')} ms contiguous "
+        f"with it ({at('step_ms', '.0f', norm='batch', layout='channels-last')} ms channels-last), an evaluation on "
+        f"2,000 images {at('eval_s', '.1f')} s: with 300 steps and 7 evaluations a run of resgrad's defaults takes "
+        f"{at('run_s', '.0f', norm='none', default=True)} s without batch norm and "
+        f"{at('run_s', '.0f', norm='batch', default=True)} s with it, a depth-8 run "
+        f"{span(shallow['run_s'], lambda x: f'{x:.0f}')} s. If every run trained and evaluated at the fastest speed "
+        f"measured at its depth ({fast['8']} s at depth 8, {fast['56']} s at depth 56), the 16 runs would still take "
+        f"{floor:.0f} s on two workers, more than half the {before:.0f} s of before ({before / 2:.0f} s) "
+        "(`results/bench/cpu/depth_sweep_floor.txt`, one thread, width 8)."
+    )
+    return {"text": sentence}
+
+
 @section("bench_h200")
 def bench_h200() -> dict[str, str]:
     rows = pd.read_csv(RESULTS / "bench" / "nvidia-h200" / "bench.csv")
