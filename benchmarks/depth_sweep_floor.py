@@ -4,11 +4,11 @@
 
 ``benchmarks/depth_sweep_speed.py`` times the reduced depth sweep whole (16 runs: plain and
 residual, depths 8 and 56, no norm and batch norm, two inits; 300 steps of 64, a test on 2,000
-images every 50 steps and at the end, 2 workers of 1 thread). This script times what such a run
+images every 50 steps, 2 workers of 1 thread; the schedule is read from its flags). This script times what such a run
 is made of, in one process on one thread: a training step of 64 (``resgrad.train.train_step``,
 SGD with momentum 0.9, MNIST batches; after warm-up steps) and an evaluation on 2,000 test images
 (``resgrad.compute.evaluate``), for each arch, depth and norm, contiguous and channels-last. A
-run's time is then 300 steps and 7 evaluations; the init changes neither.
+run's time is then 300 steps and 6 evaluations (after steps 49, 99, ..., 299); the init changes neither.
 
 It prints each run's estimate and the floor: the wall time of the 16 runs on 2 workers if every
 run of a depth trained and evaluated at the fastest speed measured at that depth, whatever its
@@ -22,13 +22,28 @@ import argparse
 import time
 
 import torch
+from depth_sweep_speed import FIXED, GRID
 
 from resgrad.compute import EVAL_BATCH, evaluate, keep_freed_memory, resolve_channels_last
 from resgrad.data import load_split
 from resgrad.models import build_model
 from resgrad.train import train_step
 
-STEPS, EVALS, BATCH, TEST_IMAGES, WORKERS, INITS = 300, 7, 64, 2000, 2, 2  # the reduced depth sweep's schedule
+
+def values(flags: list[str], flag: str) -> list[str]:
+    """The values that follow ``flag`` in a command line's ``flags``."""
+    start = flags.index(flag) + 1
+    end = next((i for i in range(start, len(flags)) if flags[i].startswith("--")), len(flags))
+    return flags[start:end]
+
+
+# The reduced depth sweep's schedule, read from depth_sweep_speed.py's flags.
+STEPS, BATCH, EVAL_EVERY = (int(values(FIXED, f)[0]) for f in ("--steps", "--batch-size", "--eval-every"))
+TEST_IMAGES, WORKERS = (int(values(FIXED, f)[0]) for f in ("--test-subset", "--workers"))
+EVALS = sum((s + 1) % EVAL_EVERY == 0 or s == STEPS - 1 for s in range(STEPS))  # when resgrad.train evaluates
+WIDTH = int(values(GRID, "--widths")[0])
+ARCHS, DEPTHS, NORMS = (values(GRID, f) for f in ("--archs", "--depths", "--norms"))
+RUNS_PER_POINT = len(values(GRID, "--inits")) * len(values(GRID, "--seeds"))  # neither changes a run's time
 
 
 def time_parts(
@@ -36,7 +51,7 @@ def time_parts(
 ) -> tuple[float, float]:
     """Seconds per training step of 64 and per evaluation on the test set, for one net in one layout."""
     torch.manual_seed(0)
-    model = build_model(arch, depth, 8, norm=norm)
+    model = build_model(arch, depth, WIDTH, norm=norm)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -54,8 +69,8 @@ def time_parts(
 
 
 def floor_seconds(fastest: dict[int, float]) -> float:
-    """The 16 runs' wall time on the workers if each depth's runs all took its fastest run's seconds."""
-    runs_per_depth = 2 * 2 * INITS  # archs x norms x inits
+    """The sweep's wall time on the workers if each depth's runs all took its fastest run's seconds."""
+    runs_per_depth = len(ARCHS) * len(NORMS) * RUNS_PER_POINT
     return sum(runs_per_depth * t for t in fastest.values()) / WORKERS
 
 
@@ -71,13 +86,13 @@ def main() -> None:
     train_set = load_split(True, a.data_dir, device=cpu)
     test_set = load_split(False, a.data_dir, subset=TEST_IMAGES, device=cpu)
     print(
-        f"parts of a reduced-depth-sweep run: width 8, batch {BATCH}, 1 thread, float32, torch {torch.__version__}; "
+        f"parts of a reduced-depth-sweep run: width {WIDTH}, batch {BATCH}, 1 thread, float32, torch {torch.__version__}; "
         f"a run = {STEPS} steps + {EVALS} evaluations on {TEST_IMAGES:,} images"
     )
     fastest: dict[int, float] = {}
-    for depth in (8, 56):
-        for arch in ("plain", "residual"):
-            for norm in ("none", "batch"):
+    for depth in map(int, DEPTHS):
+        for arch in ARCHS:
+            for norm in NORMS:
                 default = resolve_channels_last(None, cpu, norm)
                 for channels_last in (False, True):
                     step, ev = time_parts(arch, depth, norm, channels_last, train_set, test_set, a.steps, a.warmup)
@@ -92,7 +107,8 @@ def main() -> None:
     floor = floor_seconds(fastest)
     shown = ", ".join(f"depth {d}: {t:.1f} s" for d, t in fastest.items())
     print(f"fastest run per depth: {shown}")
-    print(f"floor of the 16 runs on {WORKERS} workers: {floor:.0f} s")
+    runs = len(DEPTHS) * len(ARCHS) * len(NORMS) * RUNS_PER_POINT
+    print(f"floor of the {runs} runs on {WORKERS} workers: {floor:.0f} s")
 
 
 if __name__ == "__main__":

@@ -575,19 +575,21 @@ def perf_goals_floor() -> dict[str, str]:
             rows = rows[rows[key] == value]
         return span(rows[column], lambda x: format(x, fmt))
 
-    floor = float(_grab(text, r"on 2 workers: ([\d.]+) s"))
+    runs, workers = _grab(text, r"floor of the (\d+) runs"), _grab(text, r"runs on (\d+) workers")
+    floor = _grab(text, r"workers: ([\d.]+) s")
+    schedule = _grab(text, r"a run = (\d+ steps \+ \d+ evaluations)").replace(" + ", " and ")
     fast = dict(re.findall(r"depth (\d+): ([\d.]+) s", _grab(text, r"fastest run per depth: (.*)")))
     shallow = parts[(parts.depth == 8) & parts.default]
     sentence = (
         f"A depth-56 width-8 step of 64 takes {at('step_ms', '.0f', norm='none', layout='channels-last')} ms "
         f"channels-last without batch norm, {at('step_ms', '.0f', norm='batch', layout='contiguous')} ms contiguous "
         f"with it ({at('step_ms', '.0f', norm='batch', layout='channels-last')} ms channels-last), an evaluation on "
-        f"2,000 images {at('eval_s', '.1f')} s: with 300 steps and 7 evaluations a run of resgrad's defaults takes "
+        f"2,000 images {at('eval_s', '.1f')} s: with {schedule} a run of resgrad's defaults takes "
         f"{at('run_s', '.0f', norm='none', default=True)} s without batch norm and "
         f"{at('run_s', '.0f', norm='batch', default=True)} s with it, a depth-8 run "
         f"{span(shallow['run_s'], lambda x: f'{x:.0f}')} s. If every run trained and evaluated at the fastest speed "
-        f"measured at its depth ({fast['8']} s at depth 8, {fast['56']} s at depth 56), the 16 runs would still take "
-        f"{floor:.0f} s on two workers, more than half the {before:.0f} s of before ({before / 2:.0f} s) "
+        f"measured at its depth ({fast['8']} s at depth 8, {fast['56']} s at depth 56), the {runs} runs would still "
+        f"take {floor} s on {workers} workers, more than half the {before:.0f} s of before ({before / 2:.0f} s) "
         "(`results/bench/cpu/depth_sweep_floor.txt`, one thread, width 8)."
     )
     return {"text": sentence}
